@@ -1,0 +1,66 @@
+"""Prometheus text endpoint exposing the broker's per-worker and per-pool figures."""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+
+WORKER_GAUGES = [
+    ("rss_mb", "pythonml_worker_rss_megabytes", "Resident set size of the worker process"),
+    ("uss_mb", "pythonml_worker_uss_megabytes", "Unique set size of the worker process"),
+    ("pss_mb", "pythonml_worker_pss_megabytes", "Proportional set size of the worker process"),
+    ("cuda_allocated_mb", "pythonml_worker_cuda_allocated_megabytes", "CUDA memory allocated by torch"),
+    ("cuda_reserved_mb", "pythonml_worker_cuda_reserved_megabytes", "CUDA memory reserved by torch"),
+    ("inflight", "pythonml_worker_inflight_requests", "Requests being processed by the worker"),
+    ("capacity", "pythonml_worker_capacity", "Concurrent requests the worker accepts"),
+    ("uptime_s", "pythonml_worker_uptime_seconds", "Seconds since the worker process started"),
+]
+
+
+class BrokerCollector:
+    def __init__(self, snapshot: Callable[[], dict]):
+        self.snapshot = snapshot
+
+    def collect(self):
+        snap = self.snapshot() or {}
+        labels = ["worker", "pool", "device", "pid", "state"]
+        gauges = {key: GaugeMetricFamily(name, doc, labels=labels) for key, name, doc in WORKER_GAUGES}
+        restarts = CounterMetricFamily("pythonml_worker_restarts", "Restarts of the worker slot", labels=labels[:3])
+        served = CounterMetricFamily("pythonml_worker_requests", "Requests answered by the worker", labels=labels[:3])
+        models = GaugeMetricFamily("pythonml_worker_models_loaded", "Models loaded in the worker", labels=labels[:3])
+        for w in snap.get("workers", []):
+            lv = [w["worker_id"], w["pool"], w["device"], str(w["pid"]), w["state"]]
+            for key, _, _ in WORKER_GAUGES:
+                gauges[key].add_metric(lv, float(w.get(key) or 0))
+            restarts.add_metric(lv[:3], float(w["restarts"]))
+            served.add_metric(lv[:3], float(w["requests_served"]))
+            models.add_metric(lv[:3], float(len(w.get("models") or [])))
+        yield from gauges.values()
+        yield restarts
+        yield served
+        yield models
+        q = GaugeMetricFamily("pythonml_pool_queue_depth", "Requests waiting for a worker", labels=["pool", "device"])
+        live = GaugeMetricFamily("pythonml_pool_live_workers", "Workers able to serve", labels=["pool", "device"])
+        rej = CounterMetricFamily("pythonml_pool_rejected", "Requests refused with RESOURCE_EXHAUSTED", labels=["pool"])
+        exp = CounterMetricFamily("pythonml_pool_expired", "Requests whose deadline passed in the queue", labels=["pool"])
+        seen = set()
+        for p in snap.get("pools", []):
+            q.add_metric([p["pool"], p["device"]], p["queue_depth"])
+            live.add_metric([p["pool"], p["device"]], p["live_workers"])
+            if p["pool"] not in seen:
+                seen.add(p["pool"])
+                rej.add_metric([p["pool"]], p["rejected"])
+                exp.add_metric([p["pool"]], p["expired"])
+        yield q
+        yield live
+        yield rej
+        yield exp
+        mal = CounterMetricFamily("pythonml_malformed_frames", "Malformed frames dropped by the broker")
+        mal.add_metric([], snap.get("malformed_frames", 0))
+        yield mal
+
+
+def start_metrics(host: str, port: int, snapshot: Callable[[], dict]) -> None:
+    REGISTRY.register(BrokerCollector(snapshot))
+    start_http_server(port, addr=host)

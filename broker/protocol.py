@@ -1,0 +1,84 @@
+"""Wire protocol between facade, broker and workers (Majordomo-style, msgpack header + raw frames).
+
+Every message is multipart: [MAGIC, command, header(msgpack map), *payload frames].
+On a ROUTER socket the peer identity frame comes first. No pickle anywhere; msgpack is decoded
+with size limits so a hostile frame cannot make us allocate without bound.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import msgpack
+
+MAGIC = b"PML1"
+
+# facade -> broker
+REQUEST = b"REQUEST"
+CANCEL = b"CANCEL"
+STREAM_CLOSE = b"STREAM_CLOSE"
+HELLO = b"HELLO"            # facade announces itself (and re-announces after a broker restart)
+# broker -> facade
+PARTIAL = b"PARTIAL"
+FINAL = b"FINAL"
+ERROR = b"ERROR"
+POOLS = b"POOLS"            # pool liveness summary, pushed on every change
+# broker -> worker
+STOP = b"STOP"
+# worker -> broker
+READY = b"READY"
+HEARTBEAT = b"HEARTBEAT"
+LOADED = b"LOADED"
+UNLOADED = b"UNLOADED"
+DISCONNECT = b"DISCONNECT"
+
+FACADE_COMMANDS = {REQUEST, CANCEL, STREAM_CLOSE, HELLO}
+WORKER_COMMANDS = {READY, HEARTBEAT, PARTIAL, FINAL, ERROR, LOADED, UNLOADED, DISCONNECT}
+TO_WORKER_COMMANDS = {REQUEST, CANCEL, STREAM_CLOSE, STOP}
+TO_FACADE_COMMANDS = {PARTIAL, FINAL, ERROR, POOLS}
+
+MAX_HEADER_BYTES = 1 << 20  # a header is small metadata; payloads travel as raw frames
+
+# Internal methods answered by the broker itself (never reach a worker).
+BROKER_QUERY_MODELS = "_broker/models"
+BROKER_QUERY_STATS = "_broker/stats"
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the protocol: counted and dropped by the receiver."""
+
+
+def pack_header(header: dict) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def unpack_header(raw: bytes) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types
+        raise ProtocolError(f"undecodable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    return header
+
+
+def encode(command: bytes, header: dict, frames: Sequence[bytes] = ()) -> list:
+    return [MAGIC, command, pack_header(header), *frames]
+
+
+def decode(parts: Sequence[Any], allowed: set) -> tuple[bytes, dict, list]:
+    """Parse [MAGIC, command, header, *frames]; raise ProtocolError when malformed."""
+    if len(parts) < 3:
+        raise ProtocolError(f"expected at least 3 frames, got {len(parts)}")
+    magic, command = bytes(parts[0]), bytes(parts[1])
+    if magic != MAGIC:
+        raise ProtocolError("bad magic frame")
+    if command not in allowed:
+        raise ProtocolError(f"unknown command {command[:32]!r}")
+    header = unpack_header(bytes(parts[2]))
+    return command, header, list(parts[3:])
+
+
+def error_header(request_id: str, code: str, message: str) -> dict:
+    return {"id": request_id, "code": code, "message": message}

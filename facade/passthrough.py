@@ -1,0 +1,147 @@
+"""gRPC handlers that forward a method to a worker pool, for every streaming shape.
+
+Requests are parsed once (to move frame bytes into shared memory and read the model name); worker
+replies are already-serialized response messages and go back to the client untouched (identity
+serializer). Bidi streams keep at most `max_pending` frames waiting and drop the oldest beyond that,
+so a slow model never builds unbounded latency; drops are counted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from typing import Optional
+
+import grpc
+
+from facade.broker_client import BrokerClient
+from facade.errors import BrokerError
+from facade.routes import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, Route, message_class, method_descriptor, shape_of
+
+log = logging.getLogger("facade")
+
+DEFAULT_MAX_PENDING = 2
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def timeout_of(context) -> Optional[float]:
+    t = context.time_remaining()
+    return t if t is not None and t < 1e8 else None
+
+
+async def abort(context, exc: BrokerError):
+    await context.abort(exc.status, exc.message)
+
+
+class PassThrough:
+    def __init__(self, client: BrokerClient, max_frame_bytes: int):
+        self.client = client
+        self.max_frame_bytes = max_frame_bytes
+        self.dropped_frames = 0
+
+    def _split(self, route: Route, msg) -> tuple[bytes, Optional[bytes], str]:
+        frame = None
+        if route.frame_field:
+            frame = getattr(msg, route.frame_field)
+            if frame:
+                msg.ClearField(route.frame_field)
+            else:
+                frame = None
+        model = getattr(msg, route.model_field) if route.model_field else ""
+        return msg.SerializeToString(), frame, model
+
+    def handler(self, route: Route):
+        md = method_descriptor(route.service, route.method)
+        req_cls = message_class(md.input_type)
+        shape = shape_of(md)
+        client = self.client
+
+        if shape == UNARY:
+            async def unary(request, context):
+                payload, frame, model = self._split(route, request)
+                try:
+                    return await client.unary(route.path, route.pool, payload, model=model,
+                                              timeout=timeout_of(context), frame=frame)
+                except BrokerError as exc:
+                    await abort(context, exc)
+            return grpc.unary_unary_rpc_method_handler(unary, req_cls.FromString, _identity)
+
+        if shape == SERVER_STREAM:
+            async def server_stream(request, context):
+                payload, frame, model = self._split(route, request)
+                try:
+                    async for part in client.stream(route.path, route.pool, payload, model=model,
+                                                    timeout=timeout_of(context), frame=frame):
+                        yield part
+                except BrokerError as exc:
+                    await abort(context, exc)
+            return grpc.unary_stream_rpc_method_handler(server_stream, req_cls.FromString, _identity)
+
+        if shape == CLIENT_STREAM:
+            async def client_stream(request_iterator, context):
+                stream_id = uuid.uuid4().hex
+                try:
+                    async for msg in request_iterator:
+                        payload, frame, model = self._split(route, msg)
+                        await client.unary(route.path, route.pool, payload, model=model, frame=frame,
+                                           timeout=timeout_of(context), stream=stream_id, extra={"end": False})
+                    return await client.unary(route.path, route.pool, b"", timeout=timeout_of(context),
+                                              stream=stream_id, extra={"end": True})
+                except BrokerError as exc:
+                    await abort(context, exc)
+                finally:
+                    await client.close_stream(stream_id)
+            return grpc.stream_unary_rpc_method_handler(client_stream, req_cls.FromString, _identity)
+
+        async def bidi(request_iterator, context):
+            stream_id = uuid.uuid4().hex
+            pending: deque = deque()
+            state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "error": None}
+            wake = asyncio.Event()
+
+            async def reader():
+                try:
+                    async for msg in request_iterator:
+                        meta = getattr(msg, "metadata", None)
+                        if meta is not None and "max_pending" in meta:
+                            try:
+                                state["max_pending"] = max(1, min(64, int(meta["max_pending"])))
+                            except ValueError:
+                                pass
+                        pending.append(msg)
+                        while len(pending) > state["max_pending"]:
+                            pending.popleft()
+                            self.dropped_frames += 1
+                        wake.set()
+                except Exception as exc:  # client went away mid-stream
+                    state["error"] = exc
+                finally:
+                    state["done"] = True
+                    wake.set()
+
+            task = asyncio.get_running_loop().create_task(reader())
+            try:
+                while True:
+                    if not pending:
+                        if state["done"]:
+                            break
+                        wake.clear()
+                        await wake.wait()
+                        continue
+                    msg = pending.popleft()
+                    payload, frame, model = self._split(route, msg)
+                    try:
+                        reply = await client.unary(route.path, route.pool, payload, model=model, frame=frame,
+                                                   timeout=timeout_of(context), stream=stream_id)
+                    except BrokerError as exc:
+                        await abort(context, exc)
+                        return
+                    yield reply
+            finally:
+                task.cancel()
+                await client.close_stream(stream_id)
+        return grpc.stream_stream_rpc_method_handler(bidi, req_cls.FromString, _identity)

@@ -1,0 +1,91 @@
+"""Which pool serves each gRPC method, where its frame bytes and model name live, and its shape.
+
+Adding a pass-through method is one entry here. Methods that the facade answers itself (health,
+stats, model listing, KServe server metadata, model files) live in facade/local.py and facade/kserve.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from google.protobuf import message_factory
+
+from protos import ml_inference_pb2 as ML
+from protos import pythonml_pb2 as X
+
+UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI = "U", "S", "C", "B"
+
+
+@dataclass(frozen=True)
+class Route:
+    service: str
+    method: str
+    pool: str
+    frame_field: Optional[str] = None   # bytes field moved into shared memory
+    model_field: Optional[str] = None   # field naming the model (affinity, auto-load)
+
+    @property
+    def path(self) -> str:
+        return f"{self.service}/{self.method}"
+
+
+def method_descriptor(service: str, method: str):
+    for module in (ML, X):
+        svc = module.DESCRIPTOR.services_by_name.get(service.split(".")[-1])
+        if svc is not None and svc.full_name == service:
+            return svc.methods_by_name[method]
+    raise KeyError(f"{service}/{method}")
+
+
+def shape_of(md) -> str:
+    if md.client_streaming and md.server_streaming:
+        return BIDI
+    if md.client_streaming:
+        return CLIENT_STREAM
+    if md.server_streaming:
+        return SERVER_STREAM
+    return UNARY
+
+
+def message_class(descriptor):
+    return message_factory.GetMessageClass(descriptor)
+
+
+MP = "ml.MediapipeService"
+TF = "ml.TransformersService"
+
+ROUTES: list[Route] = [
+    Route(MP, "DetectFaces", "vision", frame_field="image_data"),
+    Route(MP, "DetectHands", "vision", frame_field="image_data"),
+    Route(MP, "DetectPose", "vision", frame_field="image_data"),
+    *[Route(MP, m, "vision", frame_field="frame_data") for m in (
+        "StreamFaceDetection", "StreamHandTracking", "StreamPoseTracking", "StreamHolisticTracking",
+        "StreamFaceMesh", "StreamIrisTracking", "StreamObjectDetection", "StreamObjectTracking",
+        "StreamObjectDetection3D", "StreamSelfieSegmentation", "StreamHairSegmentation",
+        "StreamTemplateMatching", "StreamAutoFlip", "ProcessMediaSequence")],
+    Route(TF, "GenerateText", "hf", model_field="model"),
+    Route(TF, "GenerateEmbeddings", "hf", model_field="model"),
+    Route(TF, "ChatCompletion", "hf", model_field="model"),
+]
+
+ROUTES_BY_PATH = {r.path: r for r in ROUTES}
+
+# gRPC service -> pools whose liveness decides its health status
+SERVICE_POOLS = {
+    "ml.MediapipeService": ("vision",),
+    "ml.TransformersService": ("hf",),
+    "ml.ModelManagementService": ("hf", "litert"),
+    "inference.GRPCInferenceService": ("litert",),
+    "pythonml.v1.Diagnostics": ("vision", "hf", "litert", "fake"),
+}
+
+# LoadModel pipeline types served by the litert pool; everything else goes to hf
+LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
+
+
+def pool_for_load(pipeline_type: str, model_id: str, options) -> str:
+    if options.get("pool"):
+        return options["pool"]
+    if pipeline_type.lower() in LITERT_PIPELINES or model_id.lower().endswith(".tflite"):
+        return "litert"
+    return "hf"

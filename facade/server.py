@@ -1,0 +1,131 @@
+"""The facade process: grpc.aio server on --host:--port, one DEALER to the broker.
+
+Never runs a model and never blocks its event loop. Started by run.py; announces the bound port to
+the broker (HELLO), which lets run.py print the READY line. Imports neither torch nor mediapipe.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common import logs, proc
+from facade.auth import TokenInterceptor
+from facade.broker_client import BrokerClient
+from facade.health import HealthTracker
+from facade.local import Diagnostics, ModelManagement, Stats
+from facade.passthrough import PassThrough
+from facade.routes import ROUTES
+from protos import ml_inference_pb2 as ML
+from protos import pythonml_pb2 as X
+from shm.pool import SlotAllocator
+
+log = logging.getLogger("facade")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="PythonML gRPC facade (started by run.py)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=50051)
+    ap.add_argument("--broker", required=True)
+    ap.add_argument("--pools", default="")
+    ap.add_argument("--shm-fd", type=int, default=-1)
+    ap.add_argument("--shm-slots", type=int, default=0)
+    ap.add_argument("--shm-slot-size", type=int, default=0)
+    ap.add_argument("--token-env", default="PYTHONML_TOKEN")
+    ap.add_argument("--max-message-mb", type=int, default=64)
+    ap.add_argument("--max-frame-mb", type=int, default=64)
+    ap.add_argument("--grace-s", type=float, default=10.0)
+    ap.add_argument("--model-dirs", default="")
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-format", default="text")
+    return ap.parse_args(argv)
+
+
+def _model_files_server(model_dirs: list):
+    try:
+        from facade import model_files
+    except ImportError:
+        return None
+    factory = getattr(model_files, "make_model_file_server", None)
+    return factory(model_dirs) if factory else None
+
+
+async def serve(args: argparse.Namespace) -> int:
+    pools = {p for p in args.pools.split(",") if p}
+    allocator = SlotAllocator(args.shm_fd, args.shm_slots, args.shm_slot_size) if args.shm_fd >= 0 else None
+    client = BrokerClient(args.broker, allocator, max_message_bytes=(args.max_message_mb + 16) * 2**20)
+    token = os.environ.get(args.token_env, "") if args.token_env else ""
+    interceptors = [TokenInterceptor(token)] if token else []
+    max_bytes = args.max_message_mb * 2**20
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)])
+
+    passthrough = PassThrough(client, args.max_frame_mb * 2**20)
+    by_service: dict = {}
+    for route in ROUTES:
+        by_service.setdefault(route.service, {})[route.method] = passthrough.handler(route)
+    handlers = [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
+    model_dirs = [d for d in args.model_dirs.split(os.pathsep) if d]
+    handlers += [ModelManagement(client, pools, _model_files_server(model_dirs)).handlers(),
+                 Stats(client).handlers(), Diagnostics(client).handlers()]
+    server.add_generic_rpc_handlers(tuple(handlers))
+    service_names = [s.full_name for s in ML.DESCRIPTOR.services_by_name.values()]
+    service_names += [s.full_name for s in X.DESCRIPTOR.services_by_name.values()]
+    try:
+        from facade.kserve import make_kserve_servicer
+        from protos.kserve import grpc_service_pb2, grpc_service_pb2_grpc
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(make_kserve_servicer(client), server)
+        service_names.append("inference.GRPCInferenceService")
+    except ImportError as exc:
+        log.info("KServe API not available: %s", exc)
+
+    health_tracker = HealthTracker(pools, always_serving=("pythonml.v1.Stats",))
+    health_pb2_grpc.add_HealthServicer_to_server(health_tracker.servicer, server)
+    service_names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(service_names, server)
+
+    try:
+        port = server.add_insecure_port(f"{args.host}:{args.port}")
+    except RuntimeError as exc:
+        log.critical("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        return 2
+    if port == 0:
+        log.critical("cannot listen on %s:%d (address in use?)", args.host, args.port)
+        return 2
+    await server.start()
+    await health_tracker.start()
+    loop = asyncio.get_running_loop()
+    client.on_pools.append(lambda p: loop.create_task(health_tracker.update(p)))
+    await client.start({"port": port, "pid": os.getpid()})
+    log.info("listening on %s:%d", args.host, port)
+
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.info("draining for up to %.1fs (%d requests in flight)", args.grace_s, client.inflight())
+    for service in list(health_tracker.current):
+        await health_tracker.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(args.grace_s)
+    return 0
+
+
+def main(argv=None) -> None:
+    proc.set_pdeathsig(signal.SIGKILL)
+    args = parse_args(argv)
+    logs.configure(args.log_level, args.log_format, process_name="facade")
+    code = asyncio.run(serve(args))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Protocol buffer sources and generated modules (regenerate with scripts/gen_protos.sh)."""

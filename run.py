@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""PythonML entry point: supervisor + broker in this process; facade and workers as children.
+
+`python run.py [--port 50051] ...` starts the service; `python run.py call VERB ...` is the client CLI.
+Every flag can also be given as an environment variable PML_<FLAG> (e.g. PML_PORT=50052).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from common import logs, proc  # noqa: E402
+
+log = logging.getLogger("main")
+
+DEFAULT_POOLS = "vision,hf,litert"
+
+
+def env_default(name: str, default, cast=str):
+    raw = os.environ.get("PML_" + name.upper().replace("-", "_"))
+    if raw is None:
+        return default
+    if cast is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return cast(raw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="run.py", description="PythonML inference service. Every flag also reads PML_<FLAG> from the environment.",
+        epilog="Client: python run.py call --help")
+    a = ap.add_argument
+    a("--host", default=env_default("host", "127.0.0.1"), help="gRPC bind address (default 127.0.0.1)")
+    a("--port", type=int, default=env_default("port", 50051, int), help="gRPC port (default 50051; 0 = any free port)")
+    a("--pools", default=env_default("pools", DEFAULT_POOLS),
+      help="comma list of pool[@device][*count], e.g. 'vision,hf,hf@cuda:0,litert' (default: vision,hf,litert "
+           "on cpu plus hf on every CUDA device)")
+    a("--cuda", choices=["auto", "off"], default=env_default("cuda", "auto"),
+      help="add an hf worker per CUDA device when --pools has no explicit device (default auto)")
+    a("--log-level", default=env_default("log_level", "info"), choices=["debug", "info", "warning", "error"])
+    a("--log-format", default=env_default("log_format", "text"), choices=["text", "json"])
+    a("--auth-token-env", default=env_default("auth_token_env", "PYTHONML_TOKEN"),
+      help="name of the environment variable holding the shared token; when it is set, calls need "
+           "'authorization: Bearer <token>' (health stays open)")
+    a("--metrics-port", type=int, default=env_default("metrics_port", 0, int),
+      help="Prometheus text endpoint port on --host (0 = off)")
+    a("--shm-slots", type=int, default=env_default("shm_slots", 32, int), help="frames in flight through shared memory")
+    a("--shm-slot-mb", type=int, default=env_default("shm_slot_mb", 8, int), help="largest frame through shared memory (MiB)")
+    a("--max-message-mb", type=int, default=env_default("max_message_mb", 64, int), help="gRPC message size limit (MiB)")
+    a("--max-frame-mb", type=int, default=env_default("max_frame_mb", 32, int), help="largest decoded frame a worker accepts (MiB)")
+    a("--queue-limit", type=int, default=env_default("queue_limit", 256, int), help="queued requests per pool before RESOURCE_EXHAUSTED")
+    a("--queue-timeout-s", type=float, default=env_default("queue_timeout_s", 30.0, float),
+      help="longest wait for a live worker before UNAVAILABLE")
+    a("--heartbeat-interval-s", type=float, default=env_default("heartbeat_interval_s", 1.0, float))
+    a("--heartbeat-timeout-s", type=float, default=env_default("heartbeat_timeout_s", 5.0, float),
+      help="a worker silent this long is killed as hung and restarted")
+    a("--startup-timeout-s", type=float, default=env_default("startup_timeout_s", 300.0, float))
+    a("--drain-s", type=float, default=env_default("drain_s", 10.0, float), help="SIGTERM: longest wait for in-flight work")
+    a("--worker-threads", type=int, default=env_default("worker_threads", 0, int),
+      help="thread budget per worker (0 = automatic share of the CPUs)")
+    a("--model-dir", action="append", default=[d for d in env_default("model_dir", "").split(os.pathsep) if d],
+      help="folder holding local models (repeatable)")
+    a("--model-file-service", default=env_default("model_file_service", ""),
+      help="address of the orchestrator's GetModelFile service (host:port)")
+    a("--no-auto-load", action="store_true", default=env_default("no_auto_load", False, bool),
+      help="refuse requests for models not loaded with LoadModel (default: load on first use)")
+    a("--max-worker-rss-mb", type=float, default=env_default("max_worker_rss_mb", 0.0, float),
+      help="recycle a worker between requests when its RSS exceeds this (0 = no cap)")
+    a("--litert-no-xnnpack", action="store_true", default=env_default("litert_no_xnnpack", False, bool))
+    a("--litert-gpu", action="store_true", default=env_default("litert_gpu", False, bool),
+      help="try the LiteRT GPU delegate (falls back to CPU with a message)")
+    a("--worker-endpoint", default=env_default("worker_endpoint", ""),
+      help="bind the worker socket on tcp://host:port (CurveZMQ keys required) instead of a private ipc socket")
+    return ap
+
+
+def detect_cuda_devices() -> list:
+    """Count NVIDIA GPUs without importing torch (start-up stays light)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return []
+    try:
+        gpus = os.listdir("/proc/driver/nvidia/gpus")
+    except OSError:
+        return []
+    n = len(gpus)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def parse_pools(spec: str, cuda: str) -> list:
+    """'vision,hf@cuda:0*2' -> [(pool, device, count)]."""
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        count = 1
+        if "*" in item:
+            item, n = item.split("*", 1)
+            count = int(n)
+        pool, _, device = item.partition("@")
+        out.append((pool, device or "cpu", count))
+    explicit_cuda = any(d.startswith("cuda") for _, d, _ in out)
+    if cuda == "auto" and not explicit_cuda and any(p == "hf" for p, _, _ in out):
+        out += [("hf", dev, 1) for dev in detect_cuda_devices()]
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "call":
+        from client.cli import main as client_main
+        return client_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return Service(args).run()
+
+
+class Service:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.stop_requested = False
+        self.ready_printed = False
+        self.exit_code = 0
+
+    def _worker_options(self, pool: str, device: str) -> dict:
+        ncpu = os.cpu_count() or 1
+        threads = self.args.worker_threads or (ncpu if pool == "hf" else max(1, ncpu // 2))
+        return {"auto_load": not self.args.no_auto_load, "model_file_service": self.args.model_file_service,
+                "model_dirs": list(self.args.model_dir), "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
+                "threads": threads, "max_frame_bytes": self.args.max_frame_mb * 2**20,
+                "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
+                "max_rss_mb": self.args.max_worker_rss_mb}
+
+    def _worker_child(self, pool: str, device: str):
+        from broker.supervisor import POOL_MODULES, Child
+
+        def make(worker_id: str) -> Child:
+            opts = self._worker_options(pool, device)
+            t = str(opts["threads"])
+            env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
+                   "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "TOKENIZERS_PARALLELISM": "false", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            argv = [sys.executable, "-m", POOL_MODULES.get(pool, f"workers.{pool}_worker"), "--pool", pool,
+                    "--device", device, "--connect", self.backend_connect, "--worker-id", worker_id,
+                    "--shm-fd", str(self.shm_fd), "--shm-slots", str(self.args.shm_slots),
+                    "--shm-slot-size", str(self.args.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
+                    "--heartbeat-interval", str(self.args.heartbeat_interval_s), "--drain-seconds", str(self.args.drain_s),
+                    "--max-message-bytes", str((self.args.max_message_mb + 16) * 2**20),
+                    "--log-level", self.args.log_level, "--log-format", self.args.log_format]
+            if self.curve_server_public:
+                argv += ["--curve-server-key", self.curve_server_public.decode()]
+            return Child(name=worker_id, argv=argv, env=env, pass_fds=(self.shm_fd,))
+        return make
+
+    def _facade_child(self):
+        from broker.supervisor import Child
+        a = self.args
+        pools = ",".join(sorted({p for p, _, _ in self.pools}))
+        argv = [sys.executable, "-m", "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
+                "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
+                "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
+                "--max-message-mb", str(a.max_message_mb), "--max-frame-mb", str(a.max_frame_mb),
+                "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
+                "--log-level", a.log_level, "--log-format", a.log_format]
+        return Child(name="facade", argv=argv, env={}, pass_fds=(self.shm_fd,))
+
+    def _on_hello(self, header: dict) -> None:
+        port = int(header.get("port") or 0)
+        if port and not self.ready_printed:
+            self.port = port  # a restarted facade binds the same port
+            logs.write_nonblocking(1, f"READY port={port} pid={os.getpid()}\n".encode())
+            self.ready_printed = True
+            log.info("listening on %s:%d (ready in %.2fs)", self.args.host, port, time.time() - self.t0)
+
+    def _on_facade_exit(self, pidfd: int) -> None:
+        from broker.supervisor import describe_exit
+        child = self.sup.reap(pidfd)
+        code = child.exit_code if child else None
+        if self.stop_requested:
+            self.facade_done = True
+            return
+        if not self.ready_printed:
+            log.critical("the gRPC facade failed to start (%s); see the log above", describe_exit(code))
+            self.exit_code = 1
+            self.stop_requested = True
+            self.facade_done = True
+            return
+        log.error("the gRPC facade died (%s); restarting it", describe_exit(code))
+        self.facade_restarts += 1
+        time.sleep(min(2.0, 0.1 * self.facade_restarts))
+        self._start_facade()
+
+    def _start_facade(self) -> None:
+        self.facade = self.sup.spawn(self._facade_child())
+        self.broker.extra_pidfd_handlers[self.facade.pidfd] = self._on_facade_exit
+
+    def run(self) -> int:
+        self.t0 = time.time()
+        a = self.args
+        proc.set_pdeathsig(signal.SIGTERM)  # the orchestrator died: shut down
+        logs.configure(a.log_level, a.log_format, process_name="main", nonblocking=True)
+        logs.set_nonblocking(1)
+        from broker.router import Broker, BrokerConfig
+        from broker.supervisor import Supervisor
+        from shm.pool import create_pool_fd
+
+        self.pools = parse_pools(a.pools, a.cuda)
+        self.port = a.port
+        self.run_dir = proc.make_run_dir()
+        self.facade_done = False
+        self.facade_restarts = 0
+        self.curve_server_public = None
+        try:
+            self.shm_fd = create_pool_fd(a.shm_slots, a.shm_slot_mb * 2**20)
+            self.frontend = f"ipc://{self.run_dir}/frontend.sock"
+            if a.worker_endpoint:
+                import zmq
+                self.curve_server_public, secret = zmq.curve_keypair()
+                cfg_backend, self.backend_connect = a.worker_endpoint, a.worker_endpoint.replace("*", "127.0.0.1")
+                wpub, wsec = zmq.curve_keypair()
+                os.environ["PML_CURVE_PUBLIC"], os.environ["PML_CURVE_SECRET"] = wpub.decode(), wsec.decode()
+            else:
+                secret = None
+                cfg_backend = self.backend_connect = f"ipc://{self.run_dir}/backend.sock"
+            self.sup = Supervisor()
+            self.broker = Broker(BrokerConfig(frontend=self.frontend, backend=cfg_backend, queue_limit=a.queue_limit,
+                                              queue_timeout_s=a.queue_timeout_s, heartbeat_timeout_s=a.heartbeat_timeout_s,
+                                              startup_timeout_s=a.startup_timeout_s,
+                                              max_message_bytes=(a.max_message_mb + 16) * 2**20,
+                                              curve_secret=secret, curve_public=self.curve_server_public), self.sup)
+            if secret:
+                self._start_curve_auth(os.environ["PML_CURVE_PUBLIC"].encode())
+            self._hook_hello()
+            self._start_facade()
+            for pool, device, count in self.pools:
+                for _ in range(count):
+                    self.broker.add_slot(pool, device, self._worker_child(pool, device))
+            if a.metrics_port:
+                from broker.metrics import start_metrics
+                start_metrics(a.host, a.metrics_port, lambda: self.broker.snapshot)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+            proc.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
+            while not self.stop_requested:
+                self.broker.poll_once(50)
+            self._shutdown()
+        except Exception:
+            log.critical("fatal error: %s", sys.exc_info()[1], exc_info=True)
+            self.exit_code = self.exit_code or 1
+        finally:
+            try:
+                self.sup.kill_all()
+            except Exception:
+                pass
+            proc.remove_run_dir(self.run_dir)
+        return self.exit_code
+
+    def _start_curve_auth(self, allowed_public: bytes) -> None:
+        """Only workers holding our generated client key may join the tcp worker socket."""
+        import zmq
+        from zmq.auth.thread import ThreadAuthenticator
+        self.auth = ThreadAuthenticator(zmq.Context.instance())
+        self.auth.start()
+        keys_dir = os.path.join(self.run_dir, "curve")
+        os.makedirs(keys_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(keys_dir, "worker.key"), "w") as f:
+            f.write(f'metadata\ncurve\n    public-key = "{allowed_public.decode()}"\n')
+        self.auth.configure_curve(domain="*", location=keys_dir)
+
+    def _hook_hello(self) -> None:
+        from broker import protocol as P
+        original = self.broker._on_frontend
+
+        def on_frontend(parts):
+            if len(parts) >= 4 and bytes(parts[2]) == P.HELLO:
+                try:
+                    self._on_hello(P.unpack_header(bytes(parts[3])))
+                except P.ProtocolError:
+                    pass
+            original(parts)
+        self.broker._on_frontend = on_frontend
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.stop_requested:
+            log.info("received %s: draining", signal.Signals(signum).name)
+        self.stop_requested = True
+        self.broker.stopping = True  # no restarts from now on
+
+    def _shutdown(self) -> None:
+        a = self.args
+        if self.exit_code == 0:
+            self.sup.kill(self.facade, signal.SIGTERM)
+            end = time.time() + a.drain_s + 3
+            while not self.facade_done and time.time() < end:
+                self.broker.poll_once(50)
+        self.broker.stop_workers(timeout_s=min(a.drain_s, 10))
+        self.broker.close()
+        log.info("stopped (exit %d)", self.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Start the real service (run.py) as a subprocess for integration tests and benchmarks."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = os.path.join(ROOT, ".venv", "bin", "python") if os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")) else sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, proc: subprocess.Popen, port: int, stderr_path: Optional[str]):
+        self.proc = proc
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.stderr_path = stderr_path
+        self._channels: list = []
+
+    def channel(self, **options) -> grpc.Channel:
+        ch = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 256 * 2**20),
+                                                          ("grpc.max_send_message_length", 256 * 2**20)])
+        self._channels.append(ch)
+        return ch
+
+    def log(self) -> str:
+        if self.stderr_path and os.path.exists(self.stderr_path):
+            with open(self.stderr_path, errors="replace") as f:
+                return f.read()
+        return ""
+
+    def wait_healthy(self, service: str = "", timeout: float = 120.0) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        stub = health_pb2_grpc.HealthStub(self.channel())
+        end = time.time() + timeout
+        last = None
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                last = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+                if last == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last = exc.code()
+            time.sleep(0.1)
+        raise TimeoutError(f"service {service!r} not SERVING after {timeout}s (last {last}):\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        for ch in self._channels:
+            ch.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_service(args=(), env: Optional[dict] = None, wait_service: Optional[str] = "",
+                  timeout: float = 180.0, log_path: Optional[str] = None, port: Optional[int] = None) -> Service:
+    """Start run.py on a free port; wait for READY, then (unless wait_service is None) for health SERVING."""
+    port = port or free_port()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if log_path is None:
+        import tempfile
+        fd, log_path = tempfile.mkstemp(prefix="pythonml-test-", suffix=".log")
+        os.close(fd)
+    err = open(log_path, "wb")
+    proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "run.py"), "--port", str(port), *args], cwd=ROOT,
+                            env=full_env, stdout=subprocess.PIPE, stderr=err)
+    err.close()
+    svc = Service(proc, port, log_path)
+    end = time.time() + 30
+    line = b""
+    while time.time() < end:
+        r, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if r:
+            line = proc.stdout.readline()
+            if line.startswith(b"READY"):
+                break
+        if proc.poll() is not None:
+            raise RuntimeError(f"run.py exited with {proc.returncode}:\n{svc.log()[-4000:]}")
+    if not line.startswith(b"READY"):
+        svc.stop(signal.SIGKILL)
+        raise TimeoutError(f"no READY line within 30s:\n{svc.log()[-4000:]}")
+    if wait_service is not None:
+        try:
+            svc.wait_healthy(wait_service, timeout)
+        except Exception:
+            svc.stop(signal.SIGKILL)
+            raise
+    return svc

@@ -1,0 +1,343 @@
+"""Worker process base: connect, READY, heartbeat thread, handler dispatch, stats, graceful stop.
+
+One I/O loop (the main thread) owns the DEALER socket. Handlers run on a thread pool sized by the
+worker's capacity; their replies and the heartbeats go through a queue plus a wake-up pipe, so the
+socket is only ever touched by the I/O thread. A long model load therefore never delays a heartbeat.
+See docs/ARCHITECTURE.md for the handler API.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import zmq
+
+from broker import protocol as P
+from common import logs, proc
+from shm.pool import SlotReader, SlotRef, StaleSlotError
+from workers.context import Cancelled, RequestContext, WorkerError
+
+ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
+
+
+@dataclass
+class ModelRecord:
+    model_id: str
+    pipeline_type: str = ""
+    ram_mb: float = 0.0
+    vram_mb: float = 0.0
+    loaded_at: int = field(default_factory=lambda: int(time.time()))
+    load_payload: bytes = b""   # serialized LoadModelRequest that reproduces this load (replay)
+    load_method: str = "ml.ModelManagementService/LoadModel"
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("load_payload")
+        return d
+
+
+class Worker:
+    pool = "base"
+    capacity = 1
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = args.device
+        self.worker_id = args.worker_id
+        self.options: dict = json.loads(args.options_json or "{}")
+        self.log = logging.getLogger(f"{self.pool}@{self.device}")
+        self.models: dict[str, ModelRecord] = {}
+        self.started = time.time()
+        self.requests_served = 0
+        self._outq: "queue.Queue[list]" = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._inflight: dict[str, RequestContext] = {}
+        self._inflight_lock = threading.Lock()
+        self._streams: dict[str, dict] = {}
+        self._stopping = threading.Event()
+        self._recycle_reason: Optional[str] = None
+        self.shm: Optional[SlotReader] = None
+        if args.shm_fd >= 0:
+            self.shm = SlotReader(args.shm_fd, args.shm_slots, args.shm_slot_size)
+        self._handlers: dict[str, Callable] = {}
+
+    # ---- to override -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Heavy imports and warm-up, once, before READY."""
+
+    def handlers(self) -> dict:
+        return {}
+
+    def on_stream_close(self, stream_id: str, state: dict) -> None:
+        """Hook after a stream's state values have been closed."""
+
+    # ---- helpers for subclasses --------------------------------------------------------------
+    def note_loaded(self, record: ModelRecord) -> None:
+        self.models[record.model_id] = record
+        self._send(P.LOADED, {"model": record.summary(), "method": record.load_method},
+                   [record.load_payload])
+
+    def note_unloaded(self, model_id: str) -> None:
+        self.models.pop(model_id, None)
+        self._send(P.UNLOADED, {"model_id": model_id})
+
+    def request_recycle(self, reason: str) -> None:
+        """Ask the supervisor to replace this process between requests (e.g. to give memory back)."""
+        self._recycle_reason = reason
+
+    def measure_memory(self) -> dict:
+        out = {"rss_mb": 0.0, "uss_mb": 0.0, "pss_mb": 0.0,
+               "cuda_allocated_mb": 0.0, "cuda_reserved_mb": 0.0}
+        try:
+            import psutil
+            mi = psutil.Process().memory_full_info()
+            out["rss_mb"] = mi.rss / 2**20
+            out["uss_mb"] = getattr(mi, "uss", 0) / 2**20
+            out["pss_mb"] = getattr(mi, "pss", 0) / 2**20
+        except Exception:  # pragma: no cover - psutil missing fields on exotic kernels
+            pass
+        torch = sys.modules.get("torch")
+        if torch is not None and self.device.startswith("cuda"):
+            try:
+                if torch.cuda.is_initialized():
+                    out["cuda_allocated_mb"] = torch.cuda.memory_allocated(self.device) / 2**20
+                    out["cuda_reserved_mb"] = torch.cuda.memory_reserved(self.device) / 2**20
+            except Exception:
+                pass
+        return out
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    def _send(self, command: bytes, header: dict, frames=()) -> None:
+        self._outq.put(P.encode(command, header, frames))
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _status(self) -> dict:
+        with self._inflight_lock:
+            inflight = len(self._inflight)
+        return {"worker_id": self.worker_id, "pool": self.pool, "device": self.device,
+                "pid": os.getpid(), "capacity": self.capacity, "inflight": inflight,
+                "requests_served": self.requests_served, "uptime_s": time.time() - self.started,
+                "models": [m.summary() for m in self.models.values()],
+                "memory": self.measure_memory(), "recycle": self._recycle_reason}
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.args.heartbeat_interval
+        max_rss = float(self.options.get("max_rss_mb") or 0)
+        while not self._stopping.wait(interval):
+            status = self._status()
+            if max_rss and status["memory"]["rss_mb"] > max_rss and not self._recycle_reason:
+                self._recycle_reason = (f"rss {status['memory']['rss_mb']:.0f} MB above the "
+                                        f"{max_rss:.0f} MB cap")
+                status["recycle"] = self._recycle_reason
+            self._send(P.HEARTBEAT, status)
+
+    def _frame_view_for(self, header: dict, frames: list) -> Callable[[], Optional[memoryview]]:
+        def view() -> Optional[memoryview]:
+            ref = header.get("shm")
+            if ref is not None:
+                if self.shm is None:
+                    raise WorkerError("INTERNAL", "frame sent through shared memory but this worker has no pool")
+                try:
+                    return self.shm.view_of(SlotRef.from_wire(ref))
+                except StaleSlotError as exc:
+                    raise WorkerError("ABORTED", f"{exc}; resend the frame") from None
+                except ValueError as exc:
+                    raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
+            if header.get("frame_inline") and len(frames) > 1:
+                return memoryview(frames[1])
+            return None
+        return view
+
+    def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
+        rid = ctx.request_id
+        try:
+            ctx.check_cancelled()
+            result = fn(ctx)
+            if ctx.cancelled.is_set():
+                raise Cancelled()
+            frames = [result] if result is not None else []
+            self._send(P.FINAL, {"id": rid}, frames)
+        except WorkerError as exc:
+            self._send(P.ERROR, P.error_header(rid, exc.code, exc.message))
+        except Exception as exc:  # a bug or a library error: INTERNAL, the worker stays up
+            self.log.error("handler %s failed: %s", ctx.method, traceback.format_exc())
+            self._send(P.ERROR, P.error_header(rid, "INTERNAL", f"{ctx.method} failed in the {self.pool} worker: {type(exc).__name__}: {exc}"))
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(rid, None)
+            self.requests_served += 1
+
+    def _echo(self, ctx: RequestContext) -> bytes:
+        from protos import pythonml_pb2 as X
+        req = X.EchoRequest.FromString(ctx.payload)
+        reply = X.EchoReply(payload=req.payload, pid=os.getpid(), worker_id=self.worker_id)
+        frame = ctx.frame_bytes()
+        if frame is not None:
+            reply.sha256 = hashlib.sha256(frame).hexdigest()
+        return reply.SerializeToString()
+
+    def _dispatch(self, executor: ThreadPoolExecutor, command: bytes, header: dict, frames: list) -> None:
+        if command == P.REQUEST:
+            rid = str(header.get("id", ""))
+            method = str(header.get("method", ""))
+            fn = self._handlers.get(method)
+            if fn is None:
+                self._send(P.ERROR, P.error_header(rid, "UNIMPLEMENTED", f"the {self.pool} worker does not implement {method}"))
+                return
+            stream = header.get("stream")
+            state = None
+            if stream is not None:
+                state = self._streams.setdefault(str(stream), {})
+            ctx = RequestContext(request_id=rid, method=method, payload=bytes(frames[0]) if frames else b"",
+                                 header=header, frames=frames, stream_state=state)
+            ctx._send_partial = lambda data, rid=rid: self._send(P.PARTIAL, {"id": rid}, [data])
+            ctx._frame_view = self._frame_view_for(header, frames)
+            with self._inflight_lock:
+                self._inflight[rid] = ctx
+            executor.submit(self._run_request, ctx, fn)
+        elif command == P.CANCEL:
+            with self._inflight_lock:
+                ctx = self._inflight.get(str(header.get("id", "")))
+            if ctx is not None:
+                ctx.cancelled.set()
+        elif command == P.STREAM_CLOSE:
+            state = self._streams.pop(str(header.get("stream", "")), None)
+            if state is not None:
+                executor.submit(self._close_stream, str(header.get("stream")), state)
+        elif command == P.STOP:
+            self._stopping.set()
+
+    def _close_stream(self, stream_id: str, state: dict) -> None:
+        for value in list(state.values()):
+            close = getattr(value, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:
+                    self.log.warning("closing stream %s state: %s", stream_id, exc)
+        state.clear()
+        self.on_stream_close(stream_id, state)
+
+    def serve(self) -> int:
+        zctx = zmq.Context.instance()
+        sock = zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.args.max_message_bytes)
+        if self.args.curve_server_key:
+            sock.curve_serverkey = self.args.curve_server_key.encode()
+            sock.curve_publickey = os.environ["PML_CURVE_PUBLIC"].encode()
+            sock.curve_secretkey = os.environ["PML_CURVE_SECRET"].encode()
+        sock.connect(self.args.connect)
+        t0 = time.time()
+        self.setup()
+        self._handlers = dict(self.handlers())
+        self._handlers.setdefault(ECHO_METHOD, self._echo)
+        self.log.info("setup done in %.2fs; %d methods", time.time() - t0, len(self._handlers))
+        sock.send_multipart(P.encode(P.READY, self._status()))
+        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        hb.start()
+        executor = ThreadPoolExecutor(max_workers=max(1, self.capacity), thread_name_prefix="handler")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        malformed = 0
+        while True:
+            events = dict(poller.poll(200))
+            if sock in events:
+                while True:
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    try:
+                        command, header, frames = P.decode(parts, P.TO_WORKER_COMMANDS)
+                    except P.ProtocolError as exc:
+                        malformed += 1
+                        self.log.warning("dropped malformed message (%d so far): %s", malformed, exc)
+                        continue
+                    self._dispatch(executor, command, header, frames)
+            if self._wake_r in events:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    msg = self._outq.get_nowait()
+                except queue.Empty:
+                    break
+                sock.send_multipart(msg, copy=False)
+            if self._stopping.is_set():
+                break
+        # graceful stop: let in-flight requests finish for a bounded time
+        deadline = time.time() + self.args.drain_seconds
+        executor.shutdown(wait=False)
+        while time.time() < deadline:
+            with self._inflight_lock:
+                if not self._inflight:
+                    break
+            time.sleep(0.05)
+        while True:
+            try:
+                sock.send_multipart(self._outq.get_nowait(), copy=False)
+            except queue.Empty:
+                break
+        sock.send_multipart(P.encode(P.DISCONNECT, {"worker_id": self.worker_id}))
+        sock.close(linger=500)
+        return 0
+
+
+def worker_arg_parser(default_pool: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=f"PythonML {default_pool} worker (started by run.py)")
+    ap.add_argument("--pool", default=default_pool)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--connect", required=True)
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--shm-fd", type=int, default=-1)
+    ap.add_argument("--shm-slots", type=int, default=0)
+    ap.add_argument("--shm-slot-size", type=int, default=0)
+    ap.add_argument("--options-json", default="{}")
+    ap.add_argument("--heartbeat-interval", type=float, default=1.0)
+    ap.add_argument("--drain-seconds", type=float, default=10.0)
+    ap.add_argument("--max-message-bytes", type=int, default=256 * 2**20)
+    ap.add_argument("--curve-server-key", default="")
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-format", default="text")
+    return ap
+
+
+def run_worker_main(worker_cls: type, argv=None) -> None:
+    proc.set_pdeathsig(signal.SIGKILL)
+    args = worker_arg_parser(worker_cls.pool).parse_args(argv)
+    logs.configure(args.log_level, args.log_format, process_name=f"{args.pool}@{args.device}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C goes to run.py
+    worker = worker_cls(args)
+
+    def on_term(signum, frame):
+        worker._stopping.set()
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        code = worker.serve()
+    except Exception:
+        logging.getLogger("worker").critical("worker failed: %s", traceback.format_exc())
+        code = 3
+    sys.stdout.flush()
+    os._exit(code)

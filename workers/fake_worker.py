@@ -1,0 +1,93 @@
+"""Fake worker for tests and benchmarks: echo, sleep, stream N parts, crash, hang, grow memory.
+
+The action is chosen per request (pythonml.v1.Diagnostics/Echo, field `action`). It also implements
+ml.ModelManagementService/LoadModel|UnloadModel with bookkeeping only, so that replay of model loads
+after a crash can be tested without a real model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+
+from protos import ml_inference_pb2 as ML
+from protos import pythonml_pb2 as X
+from workers.base import ECHO_METHOD, ModelRecord, Worker, run_worker_main
+from workers.context import RequestContext, WorkerError
+
+
+class FakeWorker(Worker):
+    pool = "fake"
+    capacity = 4
+
+    def setup(self) -> None:
+        self._ballast: list = []
+        self.capacity = int(self.options.get("capacity") or self.capacity)
+        delay = float(self.options.get("setup_delay_s") or 0)
+        if delay:
+            time.sleep(delay)
+
+    def handlers(self) -> dict:
+        return {ECHO_METHOD: self.echo,
+                "ml.ModelManagementService/LoadModel": self.load_model,
+                "ml.ModelManagementService/UnloadModel": self.unload_model}
+
+    def _reply(self, req: X.EchoRequest, ctx: RequestContext, part: int = 0) -> bytes:
+        reply = X.EchoReply(payload=req.payload, part=part, pid=os.getpid(), worker_id=self.worker_id)
+        frame = ctx.frame_bytes()
+        if frame is not None:
+            reply.sha256 = hashlib.sha256(frame).hexdigest()
+        return reply.SerializeToString()
+
+    def echo(self, ctx: RequestContext):
+        req = X.EchoRequest.FromString(ctx.payload)
+        action = req.action or "echo"
+        if action in ("echo", "shm_echo"):
+            return self._reply(req, ctx)
+        if action == "sleep":
+            end = time.time() + req.sleep_ms / 1000.0
+            while time.time() < end:
+                ctx.check_cancelled()
+                time.sleep(0.005)
+            return self._reply(req, ctx)
+        if action == "stream":
+            for i in range(req.parts):
+                ctx.check_cancelled()
+                ctx.send_partial(self._reply(req, ctx, part=i))
+                if req.sleep_ms:
+                    time.sleep(req.sleep_ms / 1000.0)
+            return None
+        if action == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return self._reply(req, ctx)
+        if action == "grow":
+            self._ballast.append(bytearray(os.urandom(1)) * (req.grow_mb * 2**20))
+            return self._reply(req, ctx)
+        if action == "fail":
+            raise WorkerError("FAILED_PRECONDITION", "fake failure requested")
+        raise WorkerError("INVALID_ARGUMENT", f"unknown fake action {action!r}")
+
+    def load_model(self, ctx: RequestContext) -> bytes:
+        req = ML.LoadModelRequest.FromString(ctx.payload)
+        if not req.model_id:
+            raise WorkerError("INVALID_ARGUMENT", "model_id is empty")
+        if req.model_id.startswith("missing"):
+            raise WorkerError("NOT_FOUND", f"model {req.model_id!r} not found")
+        self.note_loaded(ModelRecord(req.model_id, req.pipeline_type or "fake", ram_mb=1.0,
+                                     load_payload=ctx.payload))
+        return ML.LoadModelResponse(success=True, message=f"loaded {req.model_id}",
+                                    ram_allocated_mb=1).SerializeToString()
+
+    def unload_model(self, ctx: RequestContext) -> bytes:
+        req = ML.UnloadModelRequest.FromString(ctx.payload)
+        if req.model_id not in self.models:
+            raise WorkerError("NOT_FOUND", f"model {req.model_id!r} is not loaded")
+        self.note_unloaded(req.model_id)
+        return ML.StatusResponse(success=True, message=f"unloaded {req.model_id}").SerializeToString()
+
+
+if __name__ == "__main__":
+    run_worker_main(FakeWorker)

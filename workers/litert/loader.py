@@ -1,0 +1,108 @@
+"""Where a LiteRT model's bytes come from.
+
+`resolve(model_id, options, frame, worker_options)` tries, in order:
+1. ``options["content"] == "frame"``: bytes uploaded with the request (KServe RepositoryModelLoad
+   ``file:...`` parameter, carried in the request's frame);
+2. ``options["path"]``: a local .tflite file;
+3. ``options["alias"]`` or the model id itself as a built-in alias (registry.py);
+4. the model id as a local path (absolute, or relative to one of the worker's ``model_dirs``, with or
+   without ``.tflite``, or ``<dir>/<id>/model.tflite``);
+5. the orchestrator's file service (``model_file_service``), file ``options["file_path"]`` (default
+   ``model.tflite``, or the id's basename when the id ends with .tflite).
+Bytes are checked for the .tflite flatbuffer identifier ("TFL3") before LiteRT sees them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from workers.context import WorkerError
+from workers.litert import registry
+from workers.litert.file_client import MAX_MODEL_BYTES, fetch_model_file
+
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+@dataclass
+class ModelBytes:
+    content: bytes
+    source: str              # human-readable origin, e.g. "alias face_detection_short_range (/.../x.tflite)"
+    path: str = ""           # local path when there is one (lets a replay after a restart re-read it)
+
+
+def check_tflite(content: bytes, model_id: str, source: str) -> None:
+    if len(content) < 8 or content[4:8] != TFLITE_IDENTIFIER:
+        head = content[:8].hex() if content else "empty"
+        raise WorkerError("INVALID_ARGUMENT",
+                          f"model '{model_id}' ({source}) is not a .tflite flatbuffer: expected the identifier "
+                          f"'TFL3' at bytes 4..8, got {head} ({len(content)} bytes)")
+
+
+def _read(path: str, model_id: str, source: str) -> ModelBytes:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_MODEL_BYTES:
+            raise WorkerError("RESOURCE_EXHAUSTED", f"model '{model_id}': {path} is {size} bytes; .tflite files "
+                                                    f"are limited to 2 GiB")
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise WorkerError("NOT_FOUND", f"model '{model_id}': {path} does not exist") from None
+    except IsADirectoryError:
+        raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}': {path} is a folder, not a .tflite file") from None
+    except PermissionError:
+        raise WorkerError("PERMISSION_DENIED", f"model '{model_id}': no permission to read {path}") from None
+    return ModelBytes(data, f"{source} {path}", os.path.abspath(path))
+
+
+def _local_candidates(model_id: str, model_dirs) -> list:
+    names = [model_id] if model_id.endswith(".tflite") else [model_id, model_id + ".tflite",
+                                                             os.path.join(model_id, "model.tflite")]
+    out = []
+    if os.path.isabs(model_id):
+        out.extend(n for n in names if os.path.isabs(n))
+    else:
+        for d in model_dirs or []:
+            out.extend(os.path.join(d, n) for n in names)
+        if model_id.endswith(".tflite") or os.sep in model_id:
+            out.append(model_id)  # relative to the working directory
+    return out
+
+
+def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options: dict) -> ModelBytes:
+    opts = {k: v for k, v in (options or {}).items()}
+    if opts.get("content") == "frame":
+        if frame is None:
+            raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}': content=frame but no bytes were attached")
+        mb = ModelBytes(bytes(frame), f"{len(frame)} uploaded bytes")
+    elif opts.get("path"):
+        mb = _read(opts["path"], model_id, "file")
+    else:
+        alias = opts.get("alias") or model_id
+        path = registry.resolve(alias)
+        if path is not None:
+            mb = _read(path, model_id, f"built-in alias {alias}:")
+        else:
+            mb = None
+            for cand in _local_candidates(model_id, worker_options.get("model_dirs")):
+                if os.path.isfile(cand):
+                    mb = _read(cand, model_id, "file")
+                    break
+            if mb is None:
+                service = opts.get("model_file_service") or worker_options.get("model_file_service") or ""
+                if service:
+                    file_path = opts.get("file_path") or (os.path.basename(model_id)
+                                                          if model_id.endswith(".tflite") else "model.tflite")
+                    data = fetch_model_file(service, model_id, file_path)
+                    mb = ModelBytes(data, f"file service {service}: {model_id}/{file_path}")
+                else:
+                    tried = ", ".join(_local_candidates(model_id, worker_options.get("model_dirs"))) or "no local path"
+                    raise WorkerError(
+                        "NOT_FOUND",
+                        f"LiteRT model '{model_id}' not found: not a built-in alias (e.g. "
+                        f"{', '.join(registry.short_names()[:6])}, ...), not a local file ({tried}), and no model "
+                        f"file service is configured; pass options path=/abs/model.tflite or alias=NAME, or start "
+                        f"the service with a model file service")
+    check_tflite(mb.content, model_id, mb.source)
+    return mb

@@ -1,0 +1,336 @@
+"""The `ml.MediapipeService` handlers: parse the request, decode the frame, run, serialise the response.
+
+`VisionService(options).handlers()` maps each method path to `fn(ctx) -> bytes`. It does not depend
+on the worker base, so the handlers are unit-tested with `workers.context.make_test_context`.
+Frames come from `ctx.frame_bytes()` (shared memory); if the facade left them in the message
+(no shared memory), the message's own bytes field is used.
+
+Bad input raises WorkerError("INVALID_ARGUMENT", "<frame label>: <problem>"). In a bidirectional
+stream a gRPC status ends the call, so a bad frame ends that stream (and only that stream) with
+the message naming the frame; the worker and other streams are unaffected.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Optional
+
+import numpy as np
+
+from protos import ml_inference_pb2 as pb
+from workers.context import RequestContext, WorkerError
+from workers.vision import (autoflip, faces, frames, hands, holistic, iris_gaze, mesh, pose, segmentation,
+                            sequence, solutions, template, tracking)
+
+SVC = "ml.MediapipeService/"
+
+UNIMPLEMENTED = {
+    "StreamHairSegmentation": "hair segmentation needs MediaPipe's hair_segmentation.tflite model, which the "
+                              "mediapipe 0.10.21 wheel does not ship and this service cannot download; "
+                              "use StreamSelfieSegmentation for a person mask",
+    "StreamObjectDetection": "object detection needs an object detector model (e.g. MediaPipe's "
+                             "efficientdet_lite0.tflite / ssd_mobilenet), which is not shipped offline with "
+                             "mediapipe 0.10.21; use StreamObjectTracking for faces and people",
+    "StreamObjectDetection3D": "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite "
+                               "models, which the mediapipe 0.10.21 wheel does not ship (only the graph)",
+}
+
+
+def _meta(req) -> dict:
+    return dict(req.metadata) if hasattr(req, "metadata") else {}
+
+
+class _CallState:
+    """A stream's state dict, or a throw-away one for a call without a stream (closed after the call)."""
+
+    def __init__(self, ctx: RequestContext):
+        self.temp = ctx.stream_state is None
+        self.state = {} if self.temp else ctx.stream_state
+
+    def __enter__(self) -> dict:
+        return self.state
+
+    def __exit__(self, *exc):
+        if self.temp:
+            for v in self.state.values():
+                if hasattr(v, "close"):
+                    with contextlib.suppress(Exception):
+                        v.close()
+
+
+class VisionService:
+    def __init__(self, options: Optional[dict] = None, pool_size: int = 2):
+        self.options = options or {}
+        self.max_bytes = int(self.options.get("max_frame_bytes") or frames.DEFAULT_MAX_BYTES)
+        self.pool = solutions.StaticPool(max_per_kind=pool_size)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def warm(self) -> None:
+        """Build one static instance of the common solutions (model load before READY)."""
+        self.pool.warm("face_detection_short", "hands", "pose")
+
+    def handlers(self) -> dict[str, Callable[[RequestContext], bytes]]:
+        h = {
+            "DetectFaces": self.detect_faces,
+            "DetectHands": self.detect_hands,
+            "DetectPose": self.detect_pose,
+            "StreamFaceDetection": self.stream_face_detection,
+            "StreamHandTracking": self.stream_hand_tracking,
+            "StreamPoseTracking": self.stream_pose_tracking,
+            "StreamHolisticTracking": self.stream_holistic,
+            "StreamFaceMesh": self.stream_face_mesh,
+            "StreamIrisTracking": self.stream_iris,
+            "StreamSelfieSegmentation": self.stream_segmentation,
+            "StreamTemplateMatching": self.stream_template_matching,
+            "StreamObjectTracking": self.stream_object_tracking,
+            "StreamAutoFlip": self.stream_autoflip,
+            "ProcessMediaSequence": self.process_media_sequence,
+        }
+        for name, why in UNIMPLEMENTED.items():
+            h[name] = self._unimplemented(name, why)
+        return {SVC + k: v for k, v in h.items()}
+
+    # ---------------------------------------------------------------- input
+    def _image(self, ctx: RequestContext) -> tuple[pb.ImageRequest, np.ndarray]:
+        req = pb.ImageRequest.FromString(ctx.payload)
+        data = ctx.frame_bytes()
+        if data is None or len(data) == 0:
+            data = req.image_data
+        fmt = req.format or ""
+        rgb = frames.decode(data, fmt, req.width, req.height, what="image", max_bytes=self.max_bytes)
+        return req, rgb
+
+    def _frame(self, ctx: RequestContext, state: dict) -> tuple[pb.VideoFrame, np.ndarray, str]:
+        req = pb.VideoFrame.FromString(ctx.payload)
+        n = state.get("_frames", 0)
+        state["_frames"] = n + 1
+        what = f"frame {req.frame_number}" if req.frame_number or n == 0 else f"frame #{n} of the stream"
+        data = ctx.frame_bytes()
+        if data is None or len(data) == 0:
+            data = req.frame_data
+        rgb = frames.decode(data, req.format, req.width, req.height, what=what, max_bytes=self.max_bytes)
+        return req, rgb, what
+
+    @staticmethod
+    def _unimplemented(name: str, why: str):
+        def handler(ctx: RequestContext) -> bytes:
+            raise WorkerError("UNIMPLEMENTED", f"{name}: {why}")
+        return handler
+
+    # ---------------------------------------------------------------- unary
+    def detect_faces(self, ctx: RequestContext) -> bytes:
+        req, rgb = self._image(ctx)
+        meta = _meta(req)
+        kind = faces.model_kind(meta)
+        with self.pool.acquire(kind) as sol:
+            found = faces.detect(sol, rgb)
+        if not found and "face_model" not in meta:
+            # short-range BlazeFace only sees faces within ~2 m: retry small faces with the full-range model
+            with self.pool.acquire("face_detection_full") as sol:
+                found = faces.detect(sol, rgb)
+        resp = pb.FaceDetectionResponse()
+        resp.faces.extend(faces.to_proto(f) for f in found)
+        return resp.SerializeToString()
+
+    def detect_hands(self, ctx: RequestContext) -> bytes:
+        req, rgb = self._image(ctx)
+        with self.pool.acquire("hands") as sol:
+            found = hands.detect(sol, rgb, hands.is_mirrored(_meta(req)))
+        resp = pb.HandDetectionResponse()
+        resp.hands.extend(hands.to_proto(h) for h in found)
+        return resp.SerializeToString()
+
+    def detect_pose(self, ctx: RequestContext) -> bytes:
+        req, rgb = self._image(ctx)
+        with self.pool.acquire("pose") as sol:
+            p = pose.detect(sol, rgb)
+        resp = pb.PoseDetectionResponse()
+        if p is not None:
+            resp.poses.append(pose.to_proto(p))
+        return resp.SerializeToString()
+
+    # ---------------------------------------------------------------- streams
+    def stream_face_detection(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            found = faces.detect(solutions.stream_solution(st, faces.model_kind(req.metadata)), rgb)
+            resp = pb.FaceDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            resp.faces.extend(faces.to_proto(f) for f in found)
+            return resp.SerializeToString()
+
+    def stream_hand_tracking(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            found = hands.detect(solutions.stream_solution(st, "hands"), rgb, hands.is_mirrored(req.metadata))
+            resp = pb.HandDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            resp.hands.extend(hands.to_proto(h) for h in found)
+            return resp.SerializeToString()
+
+    def stream_pose_tracking(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            p = pose.detect(solutions.stream_solution(st, "pose"), rgb)
+            resp = pb.PoseDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            if p is not None:
+                resp.poses.append(pose.to_proto(p))
+            return resp.SerializeToString()
+
+    def stream_holistic(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            found = faces.detect(solutions.stream_solution(st, "face_detection_short"), rgb)
+            resp = pb.HolisticTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            holistic.analyse(solutions.stream_solution(st, "holistic"), rgb, found, resp)
+            return resp.SerializeToString()
+
+    def _meshes(self, st: dict, rgb: np.ndarray) -> list:
+        meshes = mesh.detect(solutions.stream_solution(st, "face_mesh"), rgb)
+        if meshes:
+            mesh.score_with(meshes, faces.detect(solutions.stream_solution(st, "face_detection_short"), rgb))
+        meshes.sort(key=lambda m: -(m.box()[2] * m.box()[3]))
+        return meshes
+
+    def stream_face_mesh(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            resp = pb.FaceMeshResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            resp.faces.extend(mesh.to_proto(m) for m in self._meshes(st, rgb))
+            return resp.SerializeToString()
+
+    def stream_iris(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, _ = self._frame(ctx, st)
+            resp = pb.IrisTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            meshes = self._meshes(st, rgb)
+            h, w = rgb.shape[:2]
+            for i, m in enumerate(meshes):
+                if i == 0:
+                    iris_gaze.to_response(m.points, w, h, m.confidence, resp)
+                else:   # further faces: their eyes only (combined gaze / head pose are for the largest face)
+                    extra = pb.IrisTrackingResponse()
+                    iris_gaze.to_response(m.points, w, h, m.confidence, extra)
+                    resp.eyes.extend(extra.eyes)
+            return resp.SerializeToString()
+
+    def stream_segmentation(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, what = self._frame(ctx, st)
+            meta = dict(req.metadata)
+            h, w = rgb.shape[:2]
+            if req.background_image:
+                segmentation.set_background(st, req.background_image, w, h, what, self.max_bytes)
+            soft = segmentation.segment(solutions.stream_solution(st, segmentation.model_kind(meta)), rgb)
+            resp = pb.SegmentationResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            segmentation.compose(rgb, soft, meta, st, what, resp)
+            return resp.SerializeToString()
+
+    def stream_template_matching(self, ctx: RequestContext) -> bytes:
+        req = pb.TemplateMatchingRequest.FromString(ctx.payload)
+        what = f"frame {req.frame_number}" if req.frame_number else "frame"
+        data = ctx.frame_bytes()
+        if data is None or len(data) == 0:
+            data = req.frame_data
+        ffmt = template.infer_format(data, req.frame_format, req.frame_width, req.frame_height)
+        frame = frames.decode(data, ffmt, req.frame_width, req.frame_height, what=what, max_bytes=self.max_bytes)
+        tfmt = template.infer_format(req.template_data, req.template_format, req.template_width, req.template_height)
+        tmpl = frames.decode(req.template_data, tfmt, req.template_width, req.template_height,
+                             what=f"{what} template", max_bytes=self.max_bytes)
+        thr = req.threshold if req.threshold > 0 else 0.8
+        if thr > 1:
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: threshold {thr} is above 1 (scores are normalised correlations)")
+        found = template.match(frame, tmpl, thr, req.max_matches if req.max_matches > 0 else 100,
+                               req.max_overlap if req.max_overlap > 0 else 0.3, what)
+        resp = pb.TemplateMatchingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+        for x, y, tw, th, s in found:
+            resp.matches.add(x=x, y=y, confidence=s, width=tw, height=th)
+        return resp.SerializeToString()
+
+    def _subjects(self, st: dict, rgb: np.ndarray, meta: dict) -> list[tuple[str, tuple, float]]:
+        """Faces and people in this frame: [(label, normalised box, score)]."""
+        wanted = {s.strip() for s in (meta.get("detect") or "faces,people").lower().split(",") if s.strip()}
+        bad = wanted - {"faces", "people"}
+        if bad:
+            raise WorkerError("INVALID_ARGUMENT", f"metadata detect={meta.get('detect')!r}: use 'faces', 'people' or both")
+        out = []
+        if "faces" in wanted:
+            kind = "face_detection_short" if meta.get("face_model", "full").lower() == "short" else "face_detection_full"
+            out += [("face", f.box, f.score) for f in faces.detect(solutions.stream_solution(st, kind), rgb)]
+        if "people" in wanted:
+            if meta.get("people_detector", "pose").lower() == "hog":
+                out += [("person", r[:4], r[4]) for r in tracking.hog_people(rgb, st)]
+            else:
+                p = pose.detect(solutions.stream_solution(st, "pose"), rgb)
+                if p is not None and p.score > 0.3:
+                    out.append(("person", p.box(), p.score))
+        return out
+
+    def stream_object_tracking(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, what = self._frame(ctx, st)
+            meta = dict(req.metadata)
+            tr = st.get("tracker")
+            if tr is None:
+                try:
+                    tl = int(meta.get("trajectory_length", 30))
+                    mm = int(meta.get("max_missed", 10))
+                except ValueError:
+                    raise WorkerError("INVALID_ARGUMENT", f"{what}: trajectory_length / max_missed must be integers") from None
+                tr = st["tracker"] = tracking.Tracker(trajectory_len=max(1, tl), max_missed=max(0, mm))
+            tracks = tr.update(self._subjects(st, rgb, meta))
+            resp = pb.ObjectTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            resp.objects.extend(tracking.to_proto(t) for t in tracks)
+            return resp.SerializeToString()
+
+    def stream_autoflip(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, what = self._frame(ctx, st)
+            meta = dict(req.metadata)
+            aspect = autoflip.parse_aspect(meta.get("aspect_ratio", "9:16"), what)
+            subs = self._subjects(st, rgb, meta)
+            rf = st.setdefault("reframer", autoflip.Reframer())
+            h, w = rgb.shape[:2]
+            weights = [(box, score * (2.0 if label == "face" else 1.0)) for label, box, score in subs]
+            x, y, cw, ch = rf.update(w, h, aspect, weights)
+            crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
+            in_fmt = frames.ALIASES.get(req.format.lower(), req.format.lower())
+            out_fmt = meta.get("output_format") or (in_fmt if in_fmt in ("rgb", "bgr", "rgba") else "rgb")
+            data, used = frames.encode(crop, out_fmt)
+            out = pb.VideoFrame(frame_data=data, format=used, width=cw, height=ch,
+                                timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            out.metadata.update({"crop_x": str(x), "crop_y": str(y), "crop_width": str(cw), "crop_height": str(ch),
+                                 "aspect_ratio": f"{aspect:.4f}", "subjects": str(len(subs))})
+            return out.SerializeToString()
+
+    def process_media_sequence(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            seq = st.get("sequence")
+            if seq is None:
+                seq = st["sequence"] = sequence.SequenceState()
+            if ctx.header.get("end"):
+                return sequence.summarise(seq).SerializeToString()
+            req = pb.MediaSequenceFrame.FromString(ctx.payload)
+            index = len(seq.records)
+            what = f"frame {req.frame_number}" if req.frame_number else f"frame #{index} of the sequence"
+            data = ctx.frame_bytes()
+            if data is None or len(data) == 0:
+                data = req.frame_data
+            rgb = frames.decode(data, req.format, req.width, req.height, what=what, max_bytes=self.max_bytes)
+            scores: dict[str, float] = {}
+            fs = faces.detect(solutions.stream_solution(st, "face_detection_full"), rgb)
+            if fs:
+                scores["face"] = max(f.score for f in fs)
+            p = pose.detect(solutions.stream_solution(st, "pose"), rgb)
+            if p is not None and p.score > 0.3:
+                scores["person"] = p.score
+            hs = hands.detect(solutions.stream_solution(st, "hands"), rgb)
+            if hs:
+                scores["hand"] = max(h.score for h in hs)
+            for hd in hs:
+                if hd.gesture is not None:
+                    scores[hd.gesture[0]] = max(scores.get(hd.gesture[0], 0.0), hd.gesture[1])
+            seq.add(sequence.FrameRecord(index, req.frame_number, req.timestamp_ms, scores, len(fs), len(hs)),
+                    req.features)
+            return b""
