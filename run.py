@@ -140,7 +140,7 @@ class Service:
                 "max_rss_mb": self.args.max_worker_rss_mb}
 
     def _worker_child(self, pool: str, device: str):
-        from broker.supervisor import POOL_MODULES, Child
+        from broker.supervisor import Child, module_for_pool
 
         def make(worker_id: str) -> Child:
             opts = self._worker_options(pool, device)
@@ -148,7 +148,7 @@ class Service:
             env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            argv = [sys.executable, "-m", POOL_MODULES.get(pool, f"workers.{pool}_worker"), "--pool", pool,
+            argv = [sys.executable, "-m", module_for_pool(pool), "--pool", pool,
                     "--device", device, "--connect", self.backend_connect, "--worker-id", worker_id,
                     "--shm-fd", str(self.shm_fd), "--shm-slots", str(self.args.shm_slots),
                     "--shm-slot-size", str(self.args.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),

@@ -352,6 +352,9 @@ class Broker:
             req.worker_id = None
             return False
         req.frames = []  # the bytes now belong to the worker's socket
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dispatched %s %s (model=%r stream=%s) to %s", req.id, req.header.get("method"), req.model,
+                      req.stream, ws.worker_id)
         return True
 
     def _dispatch_queued(self) -> None:
@@ -407,6 +410,9 @@ class Broker:
                     self._send_facade(req.facade, P.PARTIAL, header, frames)
                 return
             ws.served += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s from %s after %.1f ms", req.id, command.decode(), ws.worker_id,
+                          1000 * (time.time() - req.enqueued_at))
             if command == P.ERROR:
                 header = P.error_header(req.id, str(header.get("code") or "INTERNAL"),
                                         str(header.get("message") or "worker error"))

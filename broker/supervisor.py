@@ -176,6 +176,13 @@ class Supervisor:
             self.reap(pidfd)
 
 
+def module_for_pool(pool: str) -> str:
+    """Worker module of a pool; any pool named fake* runs the fake worker (tests)."""
+    if pool.startswith("fake"):
+        return POOL_MODULES["fake"]
+    return POOL_MODULES.get(pool, f"workers.{pool}_worker")
+
+
 def describe_exit(code: Optional[int]) -> str:
     if code is None:
         return "still running"

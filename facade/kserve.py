@@ -31,6 +31,9 @@ EXTENSIONS = ["model_repository", "parameters"]
 LOAD = "ml.ModelManagementService/LoadModel"
 UNLOAD = "ml.ModelManagementService/UnloadModel"
 PREFIX = "inference.GRPCInferenceService/"
+# raw input tensors at least this big travel through the shared-memory frame pool (one copy in the
+# facade, zero-copy view in the worker) instead of inside the ZeroMQ message through the broker
+SHM_MIN_BYTES = 16 * 1024
 
 
 def _repository_param(p) -> tuple:
@@ -65,6 +68,21 @@ def load_request(request: K.RepositoryModelLoadRequest) -> tuple:
     return ML.LoadModelRequest(model_id=request.model_name, pipeline_type="tflite", options=options), upload
 
 
+def split_raw_inputs(request: K.ModelInferRequest) -> tuple:
+    """(frame, extra header) moving big raw_input_contents out of `request` (cleared in place), or (None, None).
+
+    The worker finds the tensors in its frame, cut by the header's ``raw_lengths`` (one per input, in order).
+    """
+    raws = request.raw_input_contents
+    total = sum(len(r) for r in raws)
+    if not raws or total < SHM_MIN_BYTES:
+        return None, None
+    lengths = [len(r) for r in raws]
+    frame = raws[0] if len(raws) == 1 else b"".join(raws)
+    del request.raw_input_contents[:]
+    return frame, {"raw_lengths": lengths}
+
+
 def builtin_aliases() -> list:
     try:
         from workers.litert import registry  # importlib spec lookups only: no model runtime import
@@ -97,12 +115,12 @@ def make_kserve_servicer(client):
         async def ServerMetadata(self, request, context):
             return K.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
-        async def _forward(self, method: str, request, model: str, context, response_cls):
+        async def _forward(self, method: str, request, model: str, context, response_cls, frame=None, extra=None):
             if not model:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the model name is empty")
             try:
                 raw = await client.unary(PREFIX + method, POOL, request.SerializeToString(), model=model,
-                                         timeout=timeout_of(context))
+                                         timeout=timeout_of(context), frame=frame, extra=extra)
             except BrokerError as exc:
                 await self._abort(context, exc)
             return response_cls.FromString(raw)
@@ -119,7 +137,9 @@ def make_kserve_servicer(client):
             return await self._forward("ModelMetadata", request, request.name, context, K.ModelMetadataResponse)
 
         async def ModelInfer(self, request, context):
-            return await self._forward("ModelInfer", request, request.model_name, context, K.ModelInferResponse)
+            frame, extra = split_raw_inputs(request)
+            return await self._forward("ModelInfer", request, request.model_name, context, K.ModelInferResponse,
+                                       frame=frame, extra=extra)
 
         async def RepositoryIndex(self, request, context):
             try:

@@ -107,11 +107,23 @@ def stats_message(stats: dict) -> X.StatsResponse:
 
 
 class Stats:
-    def __init__(self, client: BrokerClient):
+    def __init__(self, client: BrokerClient, passthrough=None):
         self.client = client
+        self.passthrough = passthrough
 
     async def get_stats(self, request, context):
-        return stats_message(await self.client.query("stats")).SerializeToString()
+        stats = await self.client.query("stats")
+        out = stats_message(stats)
+        out.worker_crashes = int(stats.get("crashes", 0))
+        out.worker_hangs = int(stats.get("hangs", 0))
+        alloc = self.client.allocator
+        if alloc is not None:
+            out.shm_slots_total = alloc.slots
+            out.shm_slots_free = alloc.free_count()
+            out.shm_inline_fallbacks = alloc.fallbacks
+        if self.passthrough is not None:
+            out.dropped_stream_frames = self.passthrough.dropped_frames
+        return out.SerializeToString()
 
     def handlers(self):
         return grpc.method_handlers_generic_handler("pythonml.v1.Stats", {

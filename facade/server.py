@@ -76,7 +76,7 @@ async def serve(args: argparse.Namespace) -> int:
     handlers = [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
     model_dirs = [d for d in args.model_dirs.split(os.pathsep) if d]
     handlers += [ModelManagement(client, pools, _model_files_server(model_dirs)).handlers(),
-                 Stats(client).handlers(), Diagnostics(client).handlers()]
+                 Stats(client, passthrough).handlers(), Diagnostics(client).handlers()]
     server.add_generic_rpc_handlers(tuple(handlers))
     service_names = [s.full_name for s in ML.DESCRIPTOR.services_by_name.values()]
     service_names += [s.full_name for s in X.DESCRIPTOR.services_by_name.values()]
@@ -109,7 +109,16 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("listening on %s:%d", args.host, port)
 
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    parent = os.getppid()
+
+    def on_term():
+        if os.getppid() != parent:
+            # run.py is gone (SIGKILL): nothing to drain towards; remove its socket folder and leave
+            run_dir = os.path.dirname(args.broker[len("ipc://"):]) if args.broker.startswith("ipc://") else ""
+            proc.remove_run_dir(run_dir)
+            os._exit(0)
+        stop.set()
+    loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("draining for up to %.1fs (%d requests in flight)", args.grace_s, client.inflight())
@@ -120,7 +129,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> None:
-    proc.set_pdeathsig(signal.SIGKILL)
+    proc.set_pdeathsig(signal.SIGTERM)
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format, process_name="facade")
     code = asyncio.run(serve(args))

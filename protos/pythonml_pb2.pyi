@@ -10,16 +10,28 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("workers", "pools", "uptime_s", "malformed_frames")
+    __slots__ = ("workers", "pools", "uptime_s", "malformed_frames", "shm_slots_total", "shm_slots_free", "dropped_stream_frames", "worker_crashes", "worker_hangs", "shm_inline_fallbacks")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     MALFORMED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SHM_SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHM_SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_STREAM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_CRASHES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_HANGS_FIELD_NUMBER: _ClassVar[int]
+    SHM_INLINE_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStats]
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
     uptime_s: float
     malformed_frames: int
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., malformed_frames: _Optional[int] = ...) -> None: ...
+    shm_slots_total: int
+    shm_slots_free: int
+    dropped_stream_frames: int
+    worker_crashes: int
+    worker_hangs: int
+    shm_inline_fallbacks: int
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., malformed_frames: _Optional[int] = ..., shm_slots_total: _Optional[int] = ..., shm_slots_free: _Optional[int] = ..., dropped_stream_frames: _Optional[int] = ..., worker_crashes: _Optional[int] = ..., worker_hangs: _Optional[int] = ..., shm_inline_fallbacks: _Optional[int] = ...) -> None: ...
 
 class PoolStats(_message.Message):
     __slots__ = ("pool", "device", "live_workers", "queue_depth", "queue_limit", "rejected", "expired")

@@ -402,3 +402,20 @@ def test_worker_adapter_reports_loads_to_the_broker(tmp_path):
     assert not w._outq.empty()  # LOADED went to the broker queue
     call(w.service, "ml.ModelManagementService/UnloadModel", ML.UnloadModelRequest(model_id=FACE_MODEL))
     assert FACE_MODEL not in w.models
+
+
+def test_raw_inputs_from_the_shared_memory_frame(svc):
+    """Big raw inputs arrive in the request's frame (the facade moves them), cut by header raw_lengths."""
+    req = face_req()
+    raw = req.raw_input_contents[0]
+    del req.raw_input_contents[:]
+    ctx, _ = make_test_context("inference.GRPCInferenceService/ModelInfer", payload=req.SerializeToString(),
+                               frame=raw, raw_lengths=[len(raw)])
+    resp = K.ModelInferResponse.FromString(svc.model_infer(ctx))
+    scores = np.frombuffer(resp.raw_output_contents[1], np.float32)
+    assert best_face_score(scores) > 0.5
+    ctx, _ = make_test_context("inference.GRPCInferenceService/ModelInfer", payload=req.SerializeToString(),
+                               frame=raw[:100], raw_lengths=[len(raw)])
+    with pytest.raises(WorkerError) as ei:
+        svc.model_infer(ctx)
+    assert ei.value.code == "INTERNAL" and "holds 100 bytes" in ei.value.message

@@ -23,8 +23,8 @@ class FakeWorker(Worker):
 
     def setup(self) -> None:
         self._ballast: list = []
-        self.capacity = int(self.options.get("capacity") or self.capacity)
-        delay = float(self.options.get("setup_delay_s") or 0)
+        self.capacity = int(os.environ.get("PML_FAKE_CAPACITY") or self.capacity)
+        delay = float(os.environ.get("PML_FAKE_SETUP_DELAY_S") or 0)
         if delay:
             time.sleep(delay)
 

@@ -174,6 +174,12 @@ class HFWorker(Worker):
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes) -> tuple[LoadedModel, bool]:
         """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded)."""
+        self._check_device(opts.get("device", ""))
+        dtype = self._dtype(opts.get("dtype", ""))
+        pt = (pipeline_type or "").strip().lower()
+        if pt and pt not in GEN_TYPES | EMB_TYPES:
+            raise WorkerError("UNIMPLEMENTED", f"pipeline_type '{pipeline_type}' is not served by the hf worker; use one of "
+                                               f"{sorted(GEN_TYPES | EMB_TYPES)}")
         with self._lock:
             lock = self._load_locks.setdefault(model_id, threading.Lock())
         with lock:
@@ -181,8 +187,6 @@ class HFWorker(Worker):
                 lm = self._loaded.get(model_id)
             if lm is not None:
                 return lm, False
-            self._check_device(opts.get("device", ""))
-            dtype = self._dtype(opts.get("dtype", ""))
             t0 = time.time()
             resolved = self.resolver.resolve(model_id, opts)
             kind = self._kind_for(pipeline_type, resolved)
@@ -192,6 +196,7 @@ class HFWorker(Worker):
                 self._load_causal(lm, dtype)
             else:
                 self._load_embedder(lm, dtype, opts)
+            self._warm_up(lm)
             used = memory.delta(before, memory.snapshot(self.device))
             lm.record = ModelRecord(model_id=model_id, pipeline_type=pipeline_type or
                                     ("text-generation" if kind == "generate" else "feature-extraction"),
@@ -233,6 +238,15 @@ class HFWorker(Worker):
         lm.batcher = EmbeddingBatcher(lm.embedder.encode, int(opts.get("max_batch") or self.embed_max_batch),
                                       float(opts.get("max_wait_ms") or self.embed_max_wait_s * 1000) / 1000.0,
                                       name=lm.model_id)
+
+    def _warm_up(self, lm: LoadedModel) -> None:
+        """One tiny forward pass: touches every weight (mmap-backed safetensors count in RSS only once
+        read, so the measured delta is the real cost) and fails the load, not the first request."""
+        if lm.kind == "generate":
+            with self.torch.inference_mode():
+                lm.model(input_ids=self.torch.tensor([[lm.tokenizer.bos_token_id or 0]], device=self.device))
+        else:
+            lm.embedder.encode(["warm up"])
 
     def _acquire(self, model_id: str, kind: str) -> LoadedModel:
         with self._lock:

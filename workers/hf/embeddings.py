@@ -29,7 +29,10 @@ class Embedder:
         from pathlib import Path
         if (Path(path) / "modules.json").is_file():
             from sentence_transformers import SentenceTransformer
-            from sentence_transformers.models import Normalize
+            try:
+                from sentence_transformers.sentence_transformer.modules import Normalize
+            except ImportError:  # sentence-transformers < 6
+                from sentence_transformers.models import Normalize
             st = SentenceTransformer(str(path), device=device, local_files_only=True,
                                      model_kwargs={"dtype": dtype} if dtype is not None else None)
             if normalize is False:

@@ -19,7 +19,7 @@ from typing import Optional
 
 from workers.context import WorkerError
 from workers.litert import registry
-from workers.litert.file_client import MAX_MODEL_BYTES, fetch_model_file
+from workers.litert.file_client import MAX_MODEL_BYTES, fetch_model_file, fetch_to_cache
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -94,8 +94,13 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
                 if service:
                     file_path = opts.get("file_path") or (os.path.basename(model_id)
                                                           if model_id.endswith(".tflite") else "model.tflite")
-                    data = fetch_model_file(service, model_id, file_path)
-                    mb = ModelBytes(data, f"file service {service}: {model_id}/{file_path}")
+                    where = f"file service {service}: {model_id}/{file_path}"
+                    cache = worker_options.get("cache_dir") or ""
+                    if cache:
+                        data, local = fetch_to_cache(service, model_id, file_path, cache)
+                        mb = ModelBytes(data, where, local)
+                    else:
+                        mb = ModelBytes(fetch_model_file(service, model_id, file_path), where)
                 else:
                     tried = ", ".join(_local_candidates(model_id, worker_options.get("model_dirs"))) or "no local path"
                     raise WorkerError(

@@ -196,8 +196,25 @@ class LiteRTService:
     def _list(specs) -> str:
         return "; ".join(s.describe() for s in specs) or "(none)"
 
-    def _feeds(self, req, inst: ModelInstance, sig: Signature) -> dict:
-        raws = req.raw_input_contents
+    @staticmethod
+    def _raw_inputs(req, ctx: RequestContext):
+        """The request's raw input tensors: in the message, or (big ones) in the shared-memory frame."""
+        lengths = ctx.header.get("raw_lengths")
+        if lengths is None:
+            return req.raw_input_contents
+        if req.raw_input_contents:
+            raise WorkerError("INVALID_ARGUMENT", "raw inputs both in the message and in the frame")
+        view = ctx.frame_bytes()
+        if view is None or sum(lengths) != len(view):
+            raise WorkerError("INTERNAL", f"raw input frame holds {0 if view is None else len(view)} bytes, "
+                                          f"expected {sum(lengths)}")
+        out, pos = [], 0
+        for n in lengths:
+            out.append(view[pos:pos + n])
+            pos += n
+        return out
+
+    def _feeds(self, req, inst: ModelInstance, sig: Signature, raws) -> dict:
         if raws and len(raws) != len(req.inputs):
             raise WorkerError("INVALID_ARGUMENT", f"{len(raws)} raw_input_contents for {len(req.inputs)} inputs; "
                                                   f"send one raw entry per input, in order")
@@ -222,7 +239,7 @@ class LiteRTService:
         inst = self._get(req.model_name, self.auto_load)
         signature = param_value(req.parameters, "signature")
         sig = inst.signature(req.model_version or (str(signature) if signature else ""))
-        feeds = self._feeds(req, inst, sig)
+        feeds = self._feeds(req, inst, sig, self._raw_inputs(req, ctx))
         if req.outputs:
             wanted = []
             for o in req.outputs:

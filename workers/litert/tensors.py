@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -149,8 +149,8 @@ def encode_bytes_raw(arr: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def decode_input(tensor, raw: Optional[bytes], spec: TensorSpec) -> np.ndarray:
-    """Validate one ModelInferRequest.InferInputTensor (+ its raw bytes, if any) against `spec`.
+def decode_input(tensor, raw, spec: TensorSpec) -> np.ndarray:
+    """Validate one ModelInferRequest.InferInputTensor (+ its raw bytes-like, if any) against `spec`.
 
     Returns a C-contiguous numpy array of spec.dtype and the request's shape.
     """

@@ -126,7 +126,7 @@ def scores(s: HandShape) -> dict[str, float]:
     spread = _ramp(s.spread_index_middle, 5.0, 12.0)
     return {
         "Closed_Fist": min(four_curled, c["thumb"]),
-        "Open_Palm": min(four_open, 0.5 + 0.5 * e["thumb"]),
+        "Open_Palm": min(four_open, 0.3 + 0.7 * e["thumb"]),
         "Pointing_Up": min(e["index"], c["middle"], c["ring"], c["pinky"], s.index_up),
         "Thumb_Up": min(four_curled, e["thumb"], s.thumb_up),
         "Thumb_Down": min(four_curled, e["thumb"], s.thumb_down),

@@ -1,0 +1,274 @@
+"""`python run.py call vision TASK INPUT -o OUT.png`: run a MediaPipe capability on an image or a video
+file through the service and write an annotated PNG (boxes, landmarks, gesture names, mask, tracks).
+
+Tasks: faces, mesh, iris, hands, pose, holistic, segment, track, autoflip, template, sequence.
+Images are sent as their own jpeg/png bytes for the unary tasks (faces, hands, pose) and as raw rgb
+frames for the streams; videos are read with OpenCV and streamed frame by frame (--max-frames).
+The PNG shows the last frame with its results (track: with every track's trajectory).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+              (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (17, 18), (18, 19), (19, 20), (0, 17)]
+POSE_EDGES = [(11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
+              (24, 26), (26, 28), (27, 31), (28, 32), (0, 2), (0, 5), (9, 10)]
+TASKS = ("faces", "mesh", "iris", "hands", "pose", "holistic", "segment", "track", "autoflip", "template", "sequence")
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("vision", help="MediaPipe on an image or video; writes an annotated PNG")
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("input", help="image (jpg/png) or video file")
+    p.add_argument("-o", "--output", default="", help="annotated PNG to write (default: <input>.<task>.png)")
+    p.add_argument("--max-frames", type=int, default=300, help="frames of a video to send")
+    p.add_argument("--aspect", default="9:16", help="autoflip: target aspect ratio")
+    p.add_argument("--effect", default="mask", choices=("mask", "alpha", "blur", "replace", "cutout"),
+                   help="segment: output mode")
+    p.add_argument("--template", default="", help="template: image file of the template to find")
+    p.add_argument("--threshold", type=float, default=0.8, help="template: match threshold")
+    p.add_argument("--meta", action="append", default=[], help="extra frame metadata KEY=VALUE (repeatable)")
+    p.set_defaults(func=run)
+
+
+def _frames(path: str, limit: int):
+    import cv2
+    if path.lower().endswith(IMAGE_EXT):
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"cannot read image {path}")
+        yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open video {path}")
+    n = 0
+    while n < limit:
+        ok, fr = cap.read()
+        if not ok:
+            break
+        n += 1
+        yield cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)
+    cap.release()
+
+
+def _px(lm, w, h):
+    return int(round(lm.x * w)), int(round(lm.y * h))
+
+
+def _draw_landmarks(img, lms, edges, color, radius=2):
+    import cv2
+    h, w = img.shape[:2]
+    pts = [_px(p, w, h) for p in lms]
+    for a, b in edges:
+        if a < len(pts) and b < len(pts):
+            cv2.line(img, pts[a], pts[b], color, 1, cv2.LINE_AA)
+    for p in pts:
+        cv2.circle(img, p, radius, color, -1, cv2.LINE_AA)
+
+
+def _label(img, text, org, color=(255, 255, 255)):
+    import cv2
+    x, y = org
+    cv2.putText(img, text, (x, max(12, y)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, (x, max(12, y)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+
+
+def _box(img, x, y, bw, bh, color, text=""):
+    import cv2
+    h, w = img.shape[:2]
+    p0, p1 = (int(x * w), int(y * h)), (int((x + bw) * w), int((y + bh) * h))
+    cv2.rectangle(img, p0, p1, color, 2)
+    if text:
+        _label(img, text, (p0[0], p0[1] - 4), color)
+
+
+def draw_faces(img, resp):
+    import cv2
+    h, w = img.shape[:2]
+    for f in resp.faces:
+        _box(img, f.x, f.y, f.width, f.height, (0, 255, 0), f"face {f.confidence:.2f}")
+        for k in f.keypoints:
+            cv2.circle(img, _px(k, w, h), 3, (255, 0, 0), -1)
+
+
+def draw_hand(img, hd):
+    _draw_landmarks(img, hd.landmarks, HAND_EDGES, (255, 200, 0), 3)
+    h, w = img.shape[:2]
+    x, y = _px(hd.landmarks[0], w, h)
+    g = f" {hd.gestures[0].name} {hd.gestures[0].confidence:.2f}" if hd.gestures else ""
+    _label(img, f"{hd.handedness}{g}", (x, y + 16), (255, 255, 0))
+
+
+def draw_pose(img, p):
+    _draw_landmarks(img, p.landmarks, POSE_EDGES, (0, 255, 255), 3)
+    h, w = img.shape[:2]
+    idx = {"left_elbow": 13, "right_elbow": 14, "left_knee": 25, "right_knee": 26, "left_shoulder": 11,
+           "right_shoulder": 12, "left_hip": 23, "right_hip": 24}
+    for a in p.joint_angles:
+        if a.name in idx:
+            x, y = _px(p.landmarks[idx[a.name]], w, h)
+            _label(img, f"{a.degrees:.0f}", (x + 4, y), (0, 255, 255))
+
+
+def draw_mesh(img, face):
+    import cv2
+    h, w = img.shape[:2]
+    pts = [_px(p, w, h) for p in face.landmarks]
+    c = list(face.contours)
+    for a, b in zip(c[0::2], c[1::2]):
+        cv2.line(img, pts[a], pts[b], (0, 255, 0), 1, cv2.LINE_AA)
+    for p in pts[:468]:
+        cv2.circle(img, p, 1, (200, 200, 200), -1)
+    for p in pts[468:]:
+        cv2.circle(img, p, 2, (0, 0, 255), -1)
+
+
+def run(args, channel) -> int:
+    import cv2
+    import numpy as np
+    from protos import ml_inference_pb2 as pb
+    from protos import ml_inference_pb2_grpc as pbg
+
+    stub = pbg.MediapipeServiceStub(channel)
+    meta = dict(kv.split("=", 1) for kv in args.meta if "=" in kv)
+    out_path = args.output or f"{os.path.splitext(args.input)[0]}.{args.task}.png"
+    frames = list(_frames(args.input, max(1, args.max_frames)))
+    if not frames:
+        print(f"no frames in {args.input}", file=sys.stderr)
+        return 1
+    last = frames[-1].copy()
+    h, w = last.shape[:2]
+    is_image = args.input.lower().endswith(IMAGE_EXT)
+    t0 = time.perf_counter()
+    summary = ""
+
+    def video(extra=None):
+        md = {**meta, **(extra or {}), "max_pending": str(max(2, len(frames)))}
+        for n, f in enumerate(frames):
+            fh, fw = f.shape[:2]
+            yield pb.VideoFrame(frame_data=f.tobytes(), format="rgb", width=fw, height=fh, frame_number=n,
+                                timestamp_ms=int(n * 1000 / 30), metadata=md)
+
+    def image_request():
+        if is_image:
+            with open(args.input, "rb") as fh:
+                data = fh.read()
+            fmt = "png" if data[:4] == b"\x89PNG" else "jpeg" if data[:3] == b"\xff\xd8\xff" else ""
+            if fmt:
+                return pb.ImageRequest(image_data=data, format=fmt, metadata=meta)
+        return pb.ImageRequest(image_data=last.tobytes(), format="raw", width=w, height=h, metadata=meta)
+
+    task = args.task
+    if task == "faces":
+        r = stub.DetectFaces(image_request(), timeout=args.timeout) if is_image else \
+            list(stub.StreamFaceDetection(video(), timeout=args.timeout))[-1]
+        draw_faces(last, r)
+        summary = f"{len(r.faces)} face(s)"
+    elif task == "hands":
+        r = stub.DetectHands(image_request(), timeout=args.timeout) if is_image else \
+            list(stub.StreamHandTracking(video(), timeout=args.timeout))[-1]
+        for hd in r.hands:
+            draw_hand(last, hd)
+        summary = ", ".join(f"{hd.handedness}: {hd.gestures[0].name if hd.gestures else 'no gesture'}"
+                            for hd in r.hands) or "no hands"
+    elif task == "pose":
+        r = stub.DetectPose(image_request(), timeout=args.timeout) if is_image else \
+            list(stub.StreamPoseTracking(video(), timeout=args.timeout))[-1]
+        for p in r.poses:
+            draw_pose(last, p)
+        summary = (", ".join(f"{a.name} {a.degrees:.0f}" for a in r.poses[0].joint_angles) if r.poses else "no pose")
+    elif task == "mesh":
+        r = list(stub.StreamFaceMesh(video(), timeout=args.timeout))[-1]
+        for f in r.faces:
+            draw_mesh(last, f)
+        summary = f"{len(r.faces)} face mesh(es), {[len(f.landmarks) for f in r.faces]} landmarks"
+    elif task == "iris":
+        r = list(stub.StreamIrisTracking(video(), timeout=args.timeout))[-1]
+        for e in r.eyes:
+            _draw_landmarks(last, e.eye_landmarks, [], (0, 255, 0), 1)
+            _draw_landmarks(last, e.iris_landmarks, [], (0, 0, 255), 2)
+            cx, cy = _px(e.iris_landmarks[0], w, h)
+            L = 0.25 * w
+            cv2.arrowedLine(last, (cx, cy), (int(cx + L * e.gaze.x), int(cy + L * e.gaze.y)), (255, 0, 255), 2)
+        if r.eyes:
+            _label(last, f"gaze yaw {r.combined_gaze.yaw:.0f} pitch {r.combined_gaze.pitch:.0f}  "
+                         f"head yaw {r.head_pose.yaw:.0f} pitch {r.head_pose.pitch:.0f} roll {r.head_pose.roll:.0f}",
+                   (5, 15), (255, 0, 255))
+        summary = f"{len(r.eyes)} eye(s); gaze yaw {r.combined_gaze.yaw:.1f} pitch {r.combined_gaze.pitch:.1f}"
+    elif task == "holistic":
+        r = list(stub.StreamHolisticTracking(video(), timeout=args.timeout))[-1]
+        if r.face.landmarks:
+            draw_mesh(last, r.face)
+        if r.pose.landmarks:
+            draw_pose(last, r.pose)
+        for hd in r.hands:
+            draw_hand(last, hd)
+        summary = f"face {len(r.face.landmarks)}, pose {len(r.pose.landmarks)}, hands {len(r.hands)}"
+    elif task == "segment":
+        r = list(stub.StreamSelfieSegmentation(video({"output": args.effect, "frame_format": "rgb" if args.effect != "cutout" else "rgba"}),
+                                               timeout=args.timeout))[-1]
+        mask = np.frombuffer(r.mask, np.uint8).reshape(r.height, r.width)
+        if r.frame_data:
+            ch = 4 if r.frame_format == "rgba" else 3
+            comp = np.frombuffer(r.frame_data, np.uint8).reshape(r.frame_height, r.frame_width, ch)[..., :3]
+            last = np.ascontiguousarray(comp)
+        else:
+            tint = last.copy()
+            tint[mask > 127] = (0.5 * tint[mask > 127] + [0, 110, 0]).astype(np.uint8)
+            last = tint
+        summary = f"mask {r.format}, person covers {100 * r.coverage:.1f}% of the frame"
+    elif task == "track":
+        out = list(stub.StreamObjectTracking(video(), timeout=args.timeout))
+        r = out[-1]
+        for o in r.objects:
+            color = (0, 255, 0) if o.label == "face" else (255, 128, 0)
+            pts = [(int((b.x + b.width / 2) * w), int((b.y + b.height / 2) * h)) for b in o.trajectory]
+            for a, b in zip(pts, pts[1:]):
+                cv2.line(last, a, b, color, 2)
+            _box(last, o.bbox.x, o.bbox.y, o.bbox.width, o.bbox.height, color, f"{o.label} #{o.track_id}")
+        ids = sorted({(o.label, o.track_id) for rr in out for o in rr.objects})
+        summary = f"{len(out)} frames, tracks: {ids}"
+    elif task == "autoflip":
+        out = list(stub.StreamAutoFlip(video({"aspect_ratio": args.aspect}), timeout=args.timeout))
+        f = out[-1]
+        crop = np.frombuffer(f.frame_data, np.uint8).reshape(f.height, f.width, -1)[..., :3]
+        x, y = int(f.metadata["crop_x"]), int(f.metadata["crop_y"])
+        cv2.rectangle(last, (x, y), (x + f.width - 1, y + f.height - 1), (255, 0, 255), 2)
+        canvas = np.zeros((max(h, f.height), w + 10 + f.width, 3), np.uint8)
+        canvas[:h, :w] = last
+        canvas[:f.height, w + 10:] = crop
+        last = canvas
+        summary = f"{len(out)} frames reframed to {f.width}x{f.height}; last crop x={x} y={y}"
+    elif task == "template":
+        if not args.template:
+            print("template: --template FILE is required", file=sys.stderr)
+            return 1
+        with open(args.template, "rb") as fh:
+            tdata = fh.read()
+        reqs = [pb.TemplateMatchingRequest(frame_data=f.tobytes(), frame_width=f.shape[1], frame_height=f.shape[0],
+                                           template_data=tdata, threshold=args.threshold, frame_number=n)
+                for n, f in enumerate(frames)]
+        r = list(stub.StreamTemplateMatching(iter(reqs), timeout=args.timeout))[-1]
+        for m in r.matches:
+            cv2.rectangle(last, (int(m.x), int(m.y)), (int(m.x + m.width), int(m.y + m.height)), (255, 0, 0), 2)
+            _label(last, f"{m.confidence:.2f}", (int(m.x), int(m.y) - 4), (255, 0, 0))
+        summary = f"{len(r.matches)} match(es)"
+    elif task == "sequence":
+        def seq():
+            for n, f in enumerate(frames):
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+                yield pb.MediaSequenceFrame(frame_data=buf.tobytes(), frame_number=n, timestamp_ms=int(n * 1000 / 30))
+        r = stub.ProcessMediaSequence(seq(), timeout=args.timeout)
+        for i, lab in enumerate(r.labels[:20]):
+            _label(last, f"{lab.label} {lab.start_frame}-{lab.end_frame} ({lab.confidence:.2f})", (5, 15 + 16 * i))
+        summary = "; ".join(f"{lab.label} {lab.start_frame}-{lab.end_frame}" for lab in r.labels)
+    dt = time.perf_counter() - t0
+    cv2.imwrite(out_path, cv2.cvtColor(last, cv2.COLOR_RGB2BGR))
+    print(f"{task}: {summary}")
+    print(f"wrote {out_path} ({len(frames)} frame(s), {dt:.2f}s)")
+    return 0

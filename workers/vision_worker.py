@@ -1,0 +1,41 @@
+"""Vision worker: MediaPipe legacy solutions (bundled in the mediapipe 0.10.21 wheel) + OpenCV.
+
+Started by run.py as ``python -m workers.vision_worker --pool vision --device cpu ...``. The handlers
+live in workers/vision/service.py (one small module per capability under workers/vision/); this
+module connects them to the worker base: thread budget, warm-up before READY, clean close.
+Unary calls use a locked pool of static-image instances; each stream owns tracking-mode instances
+in its stream state, closed by the base when the stream ends.
+"""
+from __future__ import annotations
+
+import os
+
+from workers.base import Worker, run_worker_main
+
+
+class VisionWorker(Worker):
+    pool = "vision"
+    capacity = 2   # concurrent requests (different streams / unary calls); MediaPipe instances are never shared
+
+    def setup(self) -> None:
+        self.capacity = int(self.options.get("capacity") or self.capacity)
+        threads = int(self.options.get("threads") or 0)
+        if threads > 0:
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import cv2
+        if threads > 0:
+            cv2.setNumThreads(threads)
+        from workers.vision.service import VisionService
+        self.service = VisionService(self.options, pool_size=self.capacity)
+        if self.options.get("auto_load", True):
+            try:
+                self.service.warm()   # load the common models before READY, not on the first request
+            except Exception as exc:  # a warm-up failure must not keep the pool down; requests will report it
+                self.log.error("vision warm-up failed: %s", exc)
+
+    def handlers(self) -> dict:
+        return self.service.handlers()
+
+
+if __name__ == "__main__":
+    run_worker_main(VisionWorker)
