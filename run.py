@@ -15,6 +15,18 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+
+
+def _use_project_venv() -> None:
+    """The orchestrator starts `python3 run.py` with no venv: re-exec with the project's .venv if present."""
+    if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv")) \
+            and not os.environ.get("PML_NO_VENV_REEXEC"):
+        os.execv(VENV_PYTHON, [VENV_PYTHON, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _use_project_venv()
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

@@ -418,6 +418,8 @@ class Broker:
                                         str(header.get("message") or "worker error"))
             self._finish(req, command, header, frames)
             self._maybe_stop_draining(ws)
+            if self.queues.get(ws.slot.pool):
+                self._dispatch_queued()
         elif command == P.HEARTBEAT:
             self._absorb_status(ws, header)
         elif command == P.READY:
@@ -429,6 +431,7 @@ class Broker:
                      ws.ready_at - ws.child.started_at)
             self._replay(ws)
             self._pools_changed()
+            self._dispatch_queued()
         elif command == P.LOADED:
             model = header.get("model") or {}
             mid = str(model.get("model_id") or "")
@@ -572,28 +575,41 @@ class Broker:
                 "hangs": self.counters["hangs"]}
 
     # ---------------------------------------------------------------- loop
+    def _poller(self) -> zmq.Poller:
+        fds = tuple(self.by_pidfd.keys()) + tuple(self.extra_pidfd_handlers.keys())
+        if getattr(self, "_poller_fds", None) != fds:
+            poller = zmq.Poller()
+            poller.register(self.backend, zmq.POLLIN)
+            poller.register(self.frontend, zmq.POLLIN)
+            for fd in fds:
+                poller.register(fd, zmq.POLLIN)
+            self._poller_obj, self._poller_fds = poller, fds
+        return self._poller_obj
+
     def poll_once(self, timeout_ms: int = 50) -> None:
-        poller = zmq.Poller()
-        poller.register(self.frontend, zmq.POLLIN)
-        poller.register(self.backend, zmq.POLLIN)
-        for fd in list(self.by_pidfd.keys()) + list(self.extra_pidfd_handlers.keys()):
-            poller.register(fd, zmq.POLLIN)
-        events = dict(poller.poll(timeout_ms))
+        events = dict(self._poller().poll(timeout_ms))
         if self.backend in events:
             self._drain(self.backend, self._on_backend)
         if self.frontend in events:
             self._drain(self.frontend, self._on_frontend)
-        for fd in list(events):
-            if isinstance(fd, int):
-                if fd in self.by_pidfd:
-                    ws = self.by_pidfd.pop(fd)
-                    self.sup.reap(fd)
-                    self.on_worker_exit(ws)
-                elif fd in self.extra_pidfd_handlers:
-                    self.extra_pidfd_handlers.pop(fd)(fd)
-        self._check_timers()
-        self._dispatch_queued()
-        self.snapshot = self.stats_view()
+        if len(events) > (self.backend in events) + (self.frontend in events):
+            for fd in list(events):
+                if isinstance(fd, int):
+                    if fd in self.by_pidfd:
+                        ws = self.by_pidfd.pop(fd)
+                        self.sup.reap(fd)
+                        self.on_worker_exit(ws)
+                    elif fd in self.extra_pidfd_handlers:
+                        self.extra_pidfd_handlers.pop(fd)(fd)
+        now = time.time()
+        if now - getattr(self, "_last_timers", 0.0) >= 0.02:
+            self._last_timers = now
+            self._check_timers()
+            if any(self.queues.values()):
+                self._dispatch_queued()
+        if now - getattr(self, "_last_snapshot", 0.0) >= 0.5:
+            self._last_snapshot = now
+            self.snapshot = self.stats_view()
 
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], None], budget: int = 1000) -> None:
         for _ in range(budget):

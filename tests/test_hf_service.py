@@ -109,7 +109,7 @@ def test_load_list_unload(svc):
                                          pipeline_type="feature-extraction"), timeout=120)
     assert r.success and r.ram_allocated_mb > 10, r
     listed = {m.model_id: m for m in mm.GetLoadedModels(ML.EmptyRequest(), timeout=10).models}
-    assert listed["sentence-transformers/all-MiniLM-L6-v2"].ram_mb == r.ram_allocated_mb
+    assert abs(listed["sentence-transformers/all-MiniLM-L6-v2"].ram_mb - r.ram_allocated_mb) <= 1
     s = mm.UnloadModel(ML.UnloadModelRequest(model_id="sentence-transformers/all-MiniLM-L6-v2"), timeout=60)
     assert s.success and "freed" in s.message
     listed = {m.model_id for m in mm.GetLoadedModels(ML.EmptyRequest(), timeout=10).models}

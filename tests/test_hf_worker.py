@@ -256,7 +256,7 @@ def test_unload_returns_measured_memory(tmp_path):
     w = make_worker(model_dirs=[str(tmp_path)], cache_dir=str(tmp_path / "c"), recycle_on_unload=False)
     r = load(w, "mid-llama", "text-generation")
     assert r.success and r.ram_allocated_mb >= 40, r
-    assert w.models["mid-llama"].ram_mb == r.ram_allocated_mb
+    assert abs(w.models["mid-llama"].ram_mb - r.ram_allocated_mb) <= 0.5
     again = load(w, "mid-llama", "text-generation")
     assert "already loaded" in again.message
     s = unload(w, "mid-llama")

@@ -256,6 +256,13 @@ def test_stream_holistic(svc):
     assert len(r.pose.landmarks) == 33 and len(r.pose.joint_angles) >= 8
     assert len(r.hands) >= 1 and all(len(h.landmarks) == 21 for h in r.hands)
     assert any(g.name == "Victory" for h in r.hands for g in h.gestures)
+    # the same handedness convention as StreamHandTracking (mirrored by default)
+    hand = pb.HandDetectionResponse.FromString(call(svc, "StreamHandTracking", vf(rgb, 9), rgb.tobytes(), {}))
+    victory = next(h for h in r.hands if h.gestures and h.gestures[0].name == "Victory")
+    assert victory.handedness == hand.hands[0].handedness
+    r2 = pb.HolisticTrackingResponse.FromString(call(svc, "StreamHolisticTracking", vf(rgb, 9, mirrored="false"),
+                                                     rgb.tobytes(), {}))
+    assert {h.handedness for h in r2.hands} != {h.handedness for h in r.hands}
 
 
 def test_segmentation_mask_covers_person(svc):

@@ -7,6 +7,7 @@ smallest set of tokens whose probability reaches top_p (nucleus sampling); top_p
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -133,6 +134,12 @@ def stream_generate(model, tokenizer, prompt_ids: list[int], params: GenParams,
     if params.seed is not None and params.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     detok = IncrementalDetokenizer(tokenizer, prompt_ids)
+    extra = {}
+    try:   # only the last position's logits are needed (saves the LM head over the whole prompt)
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            extra["logits_to_keep"] = 1
+    except (TypeError, ValueError):
+        pass
     n = 0
     with torch.inference_mode():
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -145,7 +152,7 @@ def stream_generate(model, tokenizer, prompt_ids: list[int], params: GenParams,
             if n >= budget:
                 yield Piece(detok.flush(), n, "length")
                 return
-            out = model(input_ids=ids, past_key_values=past, use_cache=True)
+            out = model(input_ids=ids, past_key_values=past, use_cache=True, **extra)
             past = out.past_key_values
             token = pick_token(out.logits[0, -1, :], params, generator)
             del out

@@ -46,11 +46,16 @@ class _CallState:
     def __init__(self, ctx: RequestContext):
         self.temp = ctx.stream_state is None
         self.state = {} if self.temp else ctx.stream_state
+        # frames of one stream arrive one at a time; the lock keeps the stream's MediaPipe instances
+        # single-threaded even if a transport ever overlaps two frames of one stream
+        self.lock = self.state.setdefault("_lock", threading.Lock())
 
     def __enter__(self) -> dict:
+        self.lock.acquire()
         return self.state
 
     def __exit__(self, *exc):
+        self.lock.release()
         if self.temp:
             for v in self.state.values():
                 if hasattr(v, "close"):
@@ -63,7 +68,6 @@ class VisionService:
         self.options = options or {}
         self.max_bytes = int(self.options.get("max_frame_bytes") or frames.DEFAULT_MAX_BYTES)
         self.pool = solutions.StaticPool(max_per_kind=pool_size)
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.close()
@@ -183,7 +187,7 @@ class VisionService:
             req, rgb, _ = self._frame(ctx, st)
             found = faces.detect(solutions.stream_solution(st, "face_detection_short"), rgb)
             resp = pb.HolisticTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            holistic.analyse(solutions.stream_solution(st, "holistic"), rgb, found, resp)
+            holistic.analyse(solutions.stream_solution(st, "holistic"), rgb, found, resp, hands.is_mirrored(req.metadata))
             return resp.SerializeToString()
 
     def _meshes(self, st: dict, rgb: np.ndarray) -> list:
@@ -228,6 +232,7 @@ class VisionService:
             return resp.SerializeToString()
 
     def stream_template_matching(self, ctx: RequestContext) -> bytes:
+        # stateless per frame: no stream state, no MediaPipe instance
         req = pb.TemplateMatchingRequest.FromString(ctx.payload)
         what = f"frame {req.frame_number}" if req.frame_number else "frame"
         data = ctx.frame_bytes()

@@ -1,0 +1,88 @@
+"""Run every bench/bench_*.py present and write bench/results.md (table) and bench/results.png (plot).
+
+Usage: python -m bench.run_all [--quick] [--only core,vision]
+Each benchmark measures its baseline in the same run and reports ratios, never absolute asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def write_markdown(rows: list, path: str, elapsed: float) -> None:
+    lines = ["# Benchmark results", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
+             f"in {elapsed:.0f}s on {os.cpu_count()} CPUs. ratio = value / baseline (same run).", "",
+             "| bench | metric | value | baseline | ratio | goal | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['bench']} | {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | "
+                     f"{fmt(r['ratio'])} | {r.get('goal', '')} | {r.get('note', '')} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(rows: list, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in rows if isinstance(r.get("ratio"), (int, float)) and r["ratio"] == r["ratio"]]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    labels = [f"{r['bench']}: {r['metric']}" for r in rows]
+    ax.barh(range(len(rows)), [r["ratio"] for r in rows], color="#4477aa")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio to the same-run baseline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default=HERE)
+    args = ap.parse_args(argv)
+    only = {s for s in args.only.split(",") if s}
+    names = sorted(m.name for m in pkgutil.iter_modules([HERE]) if m.name.startswith("bench_"))
+    rows, t0, failed = [], time.time(), 0
+    for name in names:
+        if only and name[len("bench_"):] not in only:
+            continue
+        print(f"== {name}", flush=True)
+        try:
+            mod = importlib.import_module(f"bench.{name}")
+            got = mod.run(quick=args.quick)
+            for r in got:
+                print(f"   {r['metric']}: {fmt(r['value'])} vs {fmt(r['baseline'])} (ratio {fmt(r['ratio'])})", flush=True)
+            rows += got
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+            rows.append({"bench": name, "metric": "FAILED", "value": float("nan"), "baseline": float("nan"),
+                         "ratio": float("nan"), "goal": "", "note": "see log"})
+    os.makedirs(args.out, exist_ok=True)
+    write_markdown(rows, os.path.join(args.out, "results.md"), time.time() - t0)
+    write_plot(rows, os.path.join(args.out, "results.png"))
+    print(f"wrote {os.path.join(args.out, 'results.md')} and results.png")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

