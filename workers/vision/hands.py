@@ -6,7 +6,7 @@ per-frame metadata `mirrored: "false"` swaps Left/Right for unmirrored camera fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
