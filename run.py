@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="refuse requests for models not loaded with LoadModel (default: load on first use)")
     a("--max-worker-rss-mb", type=float, default=env_default("max_worker_rss_mb", 0.0, float),
       help="recycle a worker between requests when its RSS exceeds this (0 = no cap)")
+    a("--max-worker-requests", type=int, default=env_default("max_worker_requests", 0, int),
+      help="recycle a worker between requests after this many requests (0 = never)")
     a("--litert-no-xnnpack", action="store_true", default=env_default("litert_no_xnnpack", False, bool))
     a("--litert-gpu", action="store_true", default=env_default("litert_gpu", False, bool),
       help="try the LiteRT GPU delegate (falls back to CPU with a message)")
@@ -149,7 +151,7 @@ class Service:
                 "model_dirs": list(self.args.model_dir), "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
                 "threads": threads, "max_frame_bytes": self.args.max_frame_mb * 2**20,
                 "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
-                "max_rss_mb": self.args.max_worker_rss_mb}
+                "max_rss_mb": self.args.max_worker_rss_mb, "max_requests": self.args.max_worker_requests}
 
     def _worker_child(self, pool: str, device: str):
         from broker.supervisor import Child, module_for_pool

@@ -182,6 +182,10 @@ class Worker:
             with self._inflight_lock:
                 self._inflight.pop(rid, None)
             self.requests_served += 1
+            max_requests = int(self.options.get("max_requests") or 0)
+            if max_requests and self.requests_served >= max_requests and not self._recycle_reason:
+                self.request_recycle(f"served {self.requests_served} requests (cap {max_requests})")
+                self._send(P.HEARTBEAT, self._status())
 
     def _echo(self, ctx: RequestContext) -> bytes:
         from protos import pythonml_pb2 as X
