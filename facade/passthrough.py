@@ -22,6 +22,7 @@ from facade.routes import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, Route, mess
 log = logging.getLogger("facade")
 
 DEFAULT_MAX_PENDING = 2
+DEFAULT_PIPELINE_DEPTH = 2
 
 
 def _identity(b: bytes) -> bytes:
@@ -99,9 +100,11 @@ class PassThrough:
 
         async def bidi(request_iterator, context):
             stream_id = uuid.uuid4().hex
-            pending: deque = deque()
-            state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "error": None}
+            pending: deque = deque()      # received, not yet sent to the worker
+            outstanding: deque = deque()  # sent, reply not yet yielded (in order)
+            state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH}
             wake = asyncio.Event()
+            loop = asyncio.get_running_loop()
 
             async def reader():
                 try:
@@ -114,34 +117,53 @@ class PassThrough:
                                 pass
                         pending.append(msg)
                         while len(pending) > state["max_pending"]:
-                            pending.popleft()
+                            pending.popleft()  # drop the OLDEST waiting frame: bounded latency
                             self.dropped_frames += 1
                         wake.set()
-                except Exception as exc:  # client went away mid-stream
-                    state["error"] = exc
+                except Exception:  # the client went away mid-stream
+                    pass
                 finally:
                     state["done"] = True
                     wake.set()
 
-            task = asyncio.get_running_loop().create_task(reader())
+            def send(msg):
+                payload, frame, model = self._split(route, msg)
+                return loop.create_task(client.unary(route.path, route.pool, payload, model=model, frame=frame,
+                                                     timeout=timeout_of(context), stream=stream_id))
+
+            task = loop.create_task(reader())
             try:
                 while True:
-                    if not pending:
-                        if state["done"]:
-                            break
-                        wake.clear()
-                        await wake.wait()
+                    # keep up to `depth` frames in flight so the worker never waits on the transport
+                    while pending and len(outstanding) < state["depth"]:
+                        outstanding.append(send(pending.popleft()))
+                    if outstanding:
+                        head = outstanding[0]
+                        if not head.done():
+                            wake.clear()
+                            waiter = loop.create_task(wake.wait())
+                            await asyncio.wait({head, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                            waiter.cancel()
+                            if not head.done():
+                                continue  # a new frame arrived: top up the pipeline first
+                        outstanding.popleft()
+                        try:
+                            reply = head.result()
+                        except BrokerError as exc:
+                            await abort(context, exc)
+                            return
+                        yield reply
                         continue
-                    msg = pending.popleft()
-                    payload, frame, model = self._split(route, msg)
-                    try:
-                        reply = await client.unary(route.path, route.pool, payload, model=model, frame=frame,
-                                                   timeout=timeout_of(context), stream=stream_id)
-                    except BrokerError as exc:
-                        await abort(context, exc)
-                        return
-                    yield reply
+                    if state["done"] and not pending:
+                        break
+                    wake.clear()
+                    if not pending and not state["done"]:
+                        await wake.wait()
             finally:
                 task.cancel()
+                for t in outstanding:
+                    t.cancel()
+                if outstanding:
+                    await asyncio.gather(*outstanding, return_exceptions=True)
                 await client.close_stream(stream_id)
         return grpc.stream_stream_rpc_method_handler(bidi, req_cls.FromString, _identity)

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -67,6 +68,9 @@ class Worker:
         self._inflight: dict[str, RequestContext] = {}
         self._inflight_lock = threading.Lock()
         self._streams: dict[str, dict] = {}
+        # frames of one stream run strictly in order, one at a time, even when the facade pipelines them
+        self._stream_queues: dict[str, deque] = {}
+        self._stream_lock = threading.Lock()
         self._stopping = threading.Event()
         self._recycle_reason: Optional[str] = None
         self.shm: Optional[SlotReader] = None
@@ -187,6 +191,22 @@ class Worker:
                 self.request_recycle(f"served {self.requests_served} requests (cap {max_requests})")
                 self._send(P.HEARTBEAT, self._status())
 
+    def _run_stream(self, stream: str) -> None:
+        """Run the queued frames of one stream in arrival order on this thread."""
+        while True:
+            with self._stream_lock:
+                q = self._stream_queues.get(stream)
+                if not q:
+                    self._stream_queues.pop(stream, None)
+                    return
+                ctx, fn = q[0]
+            self._run_request(ctx, fn)
+            with self._stream_lock:
+                q.popleft()
+                if not q:
+                    self._stream_queues.pop(stream, None)
+                    return
+
     def _echo(self, ctx: RequestContext) -> bytes:
         from protos import pythonml_pb2 as X
         req = X.EchoRequest.FromString(ctx.payload)
@@ -214,7 +234,15 @@ class Worker:
             ctx._frame_view = self._frame_view_for(header, frames)
             with self._inflight_lock:
                 self._inflight[rid] = ctx
-            executor.submit(self._run_request, ctx, fn)
+            if stream is None:
+                executor.submit(self._run_request, ctx, fn)
+                return
+            with self._stream_lock:
+                q = self._stream_queues.setdefault(str(stream), deque())
+                q.append((ctx, fn))
+                start = len(q) == 1
+            if start:
+                executor.submit(self._run_stream, str(stream))
         elif command == P.CANCEL:
             with self._inflight_lock:
                 ctx = self._inflight.get(str(header.get("id", "")))
