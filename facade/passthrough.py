@@ -3,7 +3,9 @@
 Requests are parsed once (to move frame bytes into shared memory and read the model name); worker
 replies are already-serialized response messages and go back to the client untouched (identity
 serializer). Bidi streams keep at most `max_pending` frames waiting and drop the oldest beyond that,
-so a slow model never builds unbounded latency; drops are counted.
+so a slow model never builds unbounded latency; drops are counted. Routes with drop_oldest=False
+(audio) never drop: the reader stops pulling messages instead (gRPC flow control = backpressure).
+Routes with packed_field move several bytes fields of a repeated message into one shm blob.
 """
 from __future__ import annotations
 
@@ -29,6 +31,26 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def pack_blobs(msg, field: str) -> Optional[bytes]:
+    """Move the bytes fields of every element of repeated `field` that have a `<name>_ref` BlobRef
+    sibling into one blob (sent through shared memory); each element keeps (offset, length)."""
+    parts: list = []
+    offset = 0
+    for item in getattr(msg, field):
+        for fd in item.DESCRIPTOR.fields:
+            if fd.type != fd.TYPE_BYTES or f"{fd.name}_ref" not in item.DESCRIPTOR.fields_by_name:
+                continue
+            data = getattr(item, fd.name)
+            if not data:
+                continue
+            ref = getattr(item, f"{fd.name}_ref")
+            ref.offset, ref.length = offset, len(data)
+            parts.append(data)
+            offset += len(data)
+            item.ClearField(fd.name)
+    return b"".join(parts) if parts else None
+
+
 def timeout_of(context) -> Optional[float]:
     t = context.time_remaining()
     return t if t is not None and t < 1e8 else None
@@ -46,7 +68,9 @@ class PassThrough:
 
     def _split(self, route: Route, msg) -> tuple[bytes, Optional[bytes], str]:
         frame = None
-        if route.frame_field:
+        if route.packed_field:
+            frame = pack_blobs(msg, route.packed_field)
+        elif route.frame_field:
             frame = getattr(msg, route.frame_field)
             if frame:
                 msg.ClearField(route.frame_field)
@@ -104,6 +128,7 @@ class PassThrough:
             outstanding: deque = deque()  # sent, reply not yet yielded (in order)
             state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH}
             wake = asyncio.Event()
+            room = asyncio.Event()        # set when `pending` shrinks (drop_oldest=False backpressure)
             loop = asyncio.get_running_loop()
 
             async def reader():
@@ -115,6 +140,12 @@ class PassThrough:
                                 state["max_pending"] = max(1, min(64, int(meta["max_pending"])))
                             except ValueError:
                                 pass
+                        if not route.drop_oldest:
+                            # never drop (audio): stop reading until the sender catches up, so gRPC
+                            # flow control pushes back on the client instead
+                            while len(pending) >= state["max_pending"]:
+                                room.clear()
+                                await room.wait()
                         pending.append(msg)
                         while len(pending) > state["max_pending"]:
                             pending.popleft()  # drop the OLDEST waiting frame: bounded latency
@@ -137,6 +168,7 @@ class PassThrough:
                     # keep up to `depth` frames in flight so the worker never waits on the transport
                     while pending and len(outstanding) < state["depth"]:
                         outstanding.append(send(pending.popleft()))
+                        room.set()
                     if outstanding:
                         head = outstanding[0]
                         if not head.done():

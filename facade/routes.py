@@ -23,6 +23,11 @@ class Route:
     pool: str
     frame_field: Optional[str] = None   # bytes field moved into shared memory
     model_field: Optional[str] = None   # field naming the model (affinity, auto-load)
+    # bidi only: False = never drop a message (audio); the stream applies backpressure instead
+    drop_oldest: bool = True
+    # repeated message field whose elements' bytes fields `<f>` (with a sibling `<f>_ref` BlobRef)
+    # are packed into one shared-memory blob; the worker slices it by the refs
+    packed_field: Optional[str] = None
 
     @property
     def path(self) -> str:
@@ -53,6 +58,8 @@ def message_class(descriptor):
 
 MP = "ml.MediapipeService"
 TF = "ml.TransformersService"
+SP = "pythonml.v1.Speech"
+PL = "pythonml.v1.Pipelines"
 
 ROUTES: list[Route] = [
     Route(MP, "DetectFaces", "vision", frame_field="image_data"),
@@ -66,6 +73,9 @@ ROUTES: list[Route] = [
     Route(TF, "GenerateText", "hf", model_field="model"),
     Route(TF, "GenerateEmbeddings", "hf", model_field="model"),
     Route(TF, "ChatCompletion", "hf", model_field="model"),
+    Route(SP, "Transcribe", "hf", frame_field="audio", model_field="model"),
+    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", drop_oldest=False),
+    Route(PL, "Run", "hf", model_field="model", packed_field="inputs"),
 ]
 
 ROUTES_BY_PATH = {r.path: r for r in ROUTES}
@@ -77,6 +87,8 @@ SERVICE_POOLS = {
     "ml.ModelManagementService": ("hf", "litert"),
     "inference.GRPCInferenceService": ("litert",),
     "pythonml.v1.Diagnostics": ("vision", "hf", "litert", "fake"),
+    "pythonml.v1.Speech": ("hf",),
+    "pythonml.v1.Pipelines": ("hf",),
 }
 
 # LoadModel pipeline types served by the litert pool; everything else goes to hf

@@ -136,3 +136,206 @@ class EchoReply(_message.Message):
     worker_id: str
     sha256: str
     def __init__(self, payload: _Optional[bytes] = ..., part: _Optional[int] = ..., pid: _Optional[int] = ..., worker_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class TranscribeRequest(_message.Message):
+    __slots__ = ("model", "audio", "encoding", "sample_rate", "channels", "language", "task", "beam_size", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    audio: bytes
+    encoding: str
+    sample_rate: int
+    channels: int
+    language: str
+    task: str
+    beam_size: int
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., language: _Optional[str] = ..., task: _Optional[str] = ..., beam_size: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TranscriptSegment(_message.Message):
+    __slots__ = ("start_s", "end_s", "text", "avg_logprob", "no_speech_prob")
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AVG_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    NO_SPEECH_PROB_FIELD_NUMBER: _ClassVar[int]
+    start_s: float
+    end_s: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., text: _Optional[str] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ...) -> None: ...
+
+class TranscribeResponse(_message.Message):
+    __slots__ = ("text", "segments", "language", "language_probability", "duration_s", "processing_s", "model", "backend")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    segments: _containers.RepeatedCompositeFieldContainer[TranscriptSegment]
+    language: str
+    language_probability: float
+    duration_s: float
+    processing_s: float
+    model: str
+    backend: str
+    def __init__(self, text: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TranscriptSegment, _Mapping]]] = ..., language: _Optional[str] = ..., language_probability: _Optional[float] = ..., duration_s: _Optional[float] = ..., processing_s: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class AudioChunk(_message.Message):
+    __slots__ = ("model", "pcm", "encoding", "sample_rate", "channels", "language", "end", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pcm: bytes
+    encoding: str
+    sample_rate: int
+    channels: int
+    language: str
+    end: bool
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., pcm: _Optional[bytes] = ..., encoding: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., language: _Optional[str] = ..., end: bool = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TranscriptUpdate(_message.Message):
+    __slots__ = ("is_final", "text", "segments", "language", "chunk_index", "audio_received_s", "processing_s", "partial_text")
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_RECEIVED_S_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_S_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_TEXT_FIELD_NUMBER: _ClassVar[int]
+    is_final: bool
+    text: str
+    segments: _containers.RepeatedCompositeFieldContainer[TranscriptSegment]
+    language: str
+    chunk_index: int
+    audio_received_s: float
+    processing_s: float
+    partial_text: str
+    def __init__(self, is_final: bool = ..., text: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TranscriptSegment, _Mapping]]] = ..., language: _Optional[str] = ..., chunk_index: _Optional[int] = ..., audio_received_s: _Optional[float] = ..., processing_s: _Optional[float] = ..., partial_text: _Optional[str] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class PipelineInput(_message.Message):
+    __slots__ = ("text", "image", "audio", "encoding", "sample_rate", "role", "image_ref", "audio_ref")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_REF_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: bytes
+    audio: bytes
+    encoding: str
+    sample_rate: int
+    role: str
+    image_ref: BlobRef
+    audio_ref: BlobRef
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[str] = ..., sample_rate: _Optional[int] = ..., role: _Optional[str] = ..., image_ref: _Optional[_Union[BlobRef, _Mapping]] = ..., audio_ref: _Optional[_Union[BlobRef, _Mapping]] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class PipelineOutput(_message.Message):
+    __slots__ = ("labels", "embedding", "text", "audio", "sample_rate", "token_ids", "tokens", "scores", "kind", "offsets")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    text: str
+    audio: bytes
+    sample_rate: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    kind: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PipelineResponse(_message.Message):
+    __slots__ = ("model", "pipeline_type", "outputs", "processing_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_S_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pipeline_type: str
+    outputs: _containers.RepeatedCompositeFieldContainer[PipelineOutput]
+    processing_s: float
+    def __init__(self, model: _Optional[str] = ..., pipeline_type: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[PipelineOutput, _Mapping]]] = ..., processing_s: _Optional[float] = ...) -> None: ...
+
+class PipelineRequest(_message.Message):
+    __slots__ = ("model", "pipeline_type", "inputs", "options", "candidate_labels")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pipeline_type: str
+    inputs: _containers.RepeatedCompositeFieldContainer[PipelineInput]
+    options: _containers.ScalarMap[str, str]
+    candidate_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., pipeline_type: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[PipelineInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., candidate_labels: _Optional[_Iterable[str]] = ...) -> None: ...

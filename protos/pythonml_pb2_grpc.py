@@ -131,3 +131,182 @@ class Diagnostics(object):
             protos_dot_pythonml__pb2.EchoReply.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class SpeechStub(object):
+    """---------------------------------------------------------------------------------------------
+    Speech-to-text (hf pool). Models: faster-whisper / CTranslate2 directories (built-in alias
+    `whisper-tiny.en`, also `tiny.en`) or HF-format Whisper directories (transformers).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Transcribe = channel.unary_unary(
+                '/pythonml.v1.Speech/Transcribe',
+                request_serializer=protos_dot_pythonml__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=protos_dot_pythonml__pb2.TranscribeResponse.FromString,
+                )
+        self.StreamTranscribe = channel.stream_stream(
+                '/pythonml.v1.Speech/StreamTranscribe',
+                request_serializer=protos_dot_pythonml__pb2.AudioChunk.SerializeToString,
+                response_deserializer=protos_dot_pythonml__pb2.TranscriptUpdate.FromString,
+                )
+
+
+class SpeechServicer(object):
+    """---------------------------------------------------------------------------------------------
+    Speech-to-text (hf pool). Models: faster-whisper / CTranslate2 directories (built-in alias
+    `whisper-tiny.en`, also `tiny.en`) or HF-format Whisper directories (transformers).
+    """
+
+    def Transcribe(self, request, context):
+        """One WAV file (any PCM/float WAV, any rate, mono or multi-channel) or raw PCM in one request.
+        The audio bytes travel to the worker through shared memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTranscribe(self, request_iterator, context):
+        """PCM chunks in, one TranscriptUpdate per chunk out (in order). Partial updates carry the
+        current hypothesis of the not-yet-final audio; final updates carry segments that will not
+        change. Send a last chunk with `end: true` (pcm may be empty) to flush the final transcript.
+        Audio chunks are never dropped: when the worker falls behind, the stream applies backpressure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SpeechServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Transcribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=protos_dot_pythonml__pb2.TranscribeRequest.FromString,
+                    response_serializer=protos_dot_pythonml__pb2.TranscribeResponse.SerializeToString,
+            ),
+            'StreamTranscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamTranscribe,
+                    request_deserializer=protos_dot_pythonml__pb2.AudioChunk.FromString,
+                    response_serializer=protos_dot_pythonml__pb2.TranscriptUpdate.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pythonml.v1.Speech', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Speech(object):
+    """---------------------------------------------------------------------------------------------
+    Speech-to-text (hf pool). Models: faster-whisper / CTranslate2 directories (built-in alias
+    `whisper-tiny.en`, also `tiny.en`) or HF-format Whisper directories (transformers).
+    """
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/pythonml.v1.Speech/Transcribe',
+            protos_dot_pythonml__pb2.TranscribeRequest.SerializeToString,
+            protos_dot_pythonml__pb2.TranscribeResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def StreamTranscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/pythonml.v1.Speech/StreamTranscribe',
+            protos_dot_pythonml__pb2.AudioChunk.SerializeToString,
+            protos_dot_pythonml__pb2.TranscriptUpdate.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class PipelinesStub(object):
+    """---------------------------------------------------------------------------------------------
+    Every other HF pipeline through one RPC (hf pool). Load with
+    ml.ModelManagementService/LoadModel(pipeline_type=...) or name pipeline_type here (auto-load).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Run = channel.unary_unary(
+                '/pythonml.v1.Pipelines/Run',
+                request_serializer=protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
+                response_deserializer=protos_dot_pythonml__pb2.PipelineResponse.FromString,
+                )
+
+
+class PipelinesServicer(object):
+    """---------------------------------------------------------------------------------------------
+    Every other HF pipeline through one RPC (hf pool). Load with
+    ml.ModelManagementService/LoadModel(pipeline_type=...) or name pipeline_type here (auto-load).
+    """
+
+    def Run(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PipelinesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Run': grpc.unary_unary_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=protos_dot_pythonml__pb2.PipelineRequest.FromString,
+                    response_serializer=protos_dot_pythonml__pb2.PipelineResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pythonml.v1.Pipelines', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Pipelines(object):
+    """---------------------------------------------------------------------------------------------
+    Every other HF pipeline through one RPC (hf pool). Load with
+    ml.ModelManagementService/LoadModel(pipeline_type=...) or name pipeline_type here (auto-load).
+    """
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/pythonml.v1.Pipelines/Run',
+            protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
+            protos_dot_pythonml__pb2.PipelineResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

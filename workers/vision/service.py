@@ -12,6 +12,7 @@ the message naming the frame; the worker and other streams are unaffected.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Callable, Optional
 
@@ -243,6 +244,9 @@ class VisionService:
         tfmt = template.infer_format(req.template_data, req.template_format, req.template_width, req.template_height)
         tmpl = frames.decode(req.template_data, tfmt, req.template_width, req.template_height,
                              what=f"{what} template", max_bytes=self.max_bytes)
+        for name, value in (("threshold", req.threshold), ("max_overlap", req.max_overlap)):
+            if not math.isfinite(value):
+                raise WorkerError("INVALID_ARGUMENT", f"{what}: {name} is {value}; send a finite number in [0, 1]")
         thr = req.threshold if req.threshold > 0 else 0.8
         if thr > 1:
             raise WorkerError("INVALID_ARGUMENT", f"{what}: threshold {thr} is above 1 (scores are normalised correlations)")

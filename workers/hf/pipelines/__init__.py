@@ -1,0 +1,1 @@
+"""HF pipelines: one module per pipeline type, found through registry.py."""

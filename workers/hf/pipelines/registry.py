@@ -1,0 +1,225 @@
+"""The pipeline registry of the hf worker: pipeline_type -> (loader, handler).
+
+Each entry names a module of this package that defines
+    load(lc: LoadContext) -> handle          # builds everything the handler needs (may define close())
+    warm_up(handle) -> None                  # optional: one tiny pass, so a broken model fails the load
+and, for kind "run" (served by pythonml.v1.Pipelines/Run),
+    run(handle, call: Call) -> list[PipelineOutput]
+Kinds "generate" and "embed" serve ml.TransformersService; "speech" serves pythonml.v1.Speech.
+Adding a pipeline = one Entry below plus its module. Modules are imported on first use only.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from workers.context import WorkerError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str                  # canonical pipeline_type
+    module: str                # module of this package with load / run
+    kind: str                  # generate | embed | speech | run
+    aliases: tuple = ()
+    what: str = ""
+
+
+ENTRIES: list[Entry] = [
+    Entry("text-generation", "text_generation", "generate",
+          ("chat", "conversational", "causal-lm", "text-generation-inference"), "streaming generation and chat"),
+    Entry("feature-extraction", "sentence_embeddings", "embed",
+          ("sentence-similarity", "embeddings", "embedding", "sentence-transformers"), "text embeddings"),
+    Entry("automatic-speech-recognition", "speech", "speech", ("asr", "whisper", "speech-to-text", "transcription"),
+          "speech-to-text: faster-whisper (CTranslate2) or transformers Whisper"),
+    Entry("image-text-embeddings", "clip", "run", ("clip", "zero-shot-image-classification", "image-text"),
+          "CLIP-style image and text embeddings, similarities, zero-shot image labels"),
+    Entry("image-to-text", "image_to_text", "run",
+          ("image-text-to-text", "vision-language", "image-captioning", "vlm"),
+          "captioning / vision-language generation"),
+    Entry("image-classification", "image_classification", "run", (), "image labels with scores"),
+    Entry("zero-shot-classification", "zero_shot", "run", ("nli",), "text labels from candidate labels (NLI)"),
+    Entry("translation", "seq2seq", "run", ("text2text-generation", "summarization", "seq2seq"),
+          "encoder-decoder text generation"),
+    Entry("text-ranking", "rerank", "run", ("rerank", "reranking", "cross-encoder"), "cross-encoder reranking"),
+    Entry("text-to-speech", "tts", "run", ("text-to-audio", "tts"), "speech synthesis (VITS-style)"),
+    Entry("audio-classification", "audio_classification", "run", ("zero-shot-audio-classification", "clap"),
+          "audio labels: CLAP zero-shot or a sequence-classification head"),
+    Entry("tokenization", "tokenize", "run", ("tokenizer", "tokenize", "tokens"), "token ids, tokens, offsets"),
+]
+
+_BY_NAME: dict[str, Entry] = {}
+for _e in ENTRIES:
+    for _n in (_e.name, *_e.aliases):
+        _BY_NAME[_n] = _e
+
+
+def lookup(pipeline_type: str) -> Optional[Entry]:
+    return _BY_NAME.get((pipeline_type or "").strip().lower().replace("_", "-"))
+
+
+def names() -> list[str]:
+    return [e.name for e in ENTRIES]
+
+
+def require(pipeline_type: str) -> Entry:
+    e = lookup(pipeline_type)
+    if e is None:
+        raise WorkerError("UNIMPLEMENTED", f"pipeline_type '{pipeline_type}' is not served by the hf worker; use one of "
+                                           f"{names()} (or an alias: {sorted(set(_BY_NAME) - set(names()))})")
+    return e
+
+
+def module_of(entry: Entry):
+    return importlib.import_module(f"workers.hf.pipelines.{entry.module}")
+
+
+def read_config(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_ctranslate2_whisper(path: Path) -> bool:
+    p = Path(path)
+    return (p / "model.bin").is_file() and ((p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file()
+                                            or "alignment_heads" in read_config(p))
+
+
+def detect(path: Path, gguf: bool) -> Entry:
+    """pipeline_type from a model directory when LoadModel names none."""
+    p = Path(path)
+    if (p / "modules.json").is_file():
+        return lookup("feature-extraction")
+    if gguf:
+        return lookup("text-generation")
+    if is_ctranslate2_whisper(p):
+        return lookup("automatic-speech-recognition")
+    cfg = read_config(p)
+    mt = cfg.get("model_type", "")
+    archs = cfg.get("architectures") or []
+    if mt == "whisper":
+        return lookup("automatic-speech-recognition")
+    if mt in ("clip", "siglip", "siglip2", "chinese_clip"):
+        return lookup("image-text-embeddings")
+    if mt == "clap":
+        return lookup("audio-classification")
+    if mt == "vits":
+        return lookup("text-to-speech")
+    if mt == "vision-encoder-decoder" or any("ForImageTextToText" in a or "ForConditionalGeneration" in a and
+                                             "vision_config" in cfg for a in archs):
+        return lookup("image-to-text")
+    if any("ForImageClassification" in a for a in archs):
+        return lookup("image-classification")
+    if any("ForAudioClassification" in a or "ForSequenceClassification" in a and "feature_extractor_type" in cfg
+           for a in archs):
+        return lookup("audio-classification")
+    if any("ForConditionalGeneration" in a or "MTModel" in a for a in archs) or cfg.get("is_encoder_decoder"):
+        return lookup("translation")
+    if any("CausalLM" in a or "LMHead" in a for a in archs):
+        return lookup("text-generation")
+    return lookup("feature-extraction")
+
+
+# ---- what loaders and handlers receive -------------------------------------------------------------
+@dataclass
+class LoadContext:
+    model_id: str
+    path: Path
+    resolved: Any                 # workers.hf.resolve.Resolved
+    device: str
+    dtype: Any                    # torch dtype
+    opts: dict                    # LoadModel options
+    worker_options: dict
+    threads: int = 0
+    log: Any = None
+
+    def fail(self, what: str, exc: BaseException) -> WorkerError:
+        return WorkerError("FAILED_PRECONDITION", f"model '{self.model_id}' at {self.path} could not be loaded as "
+                                                  f"{what}: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Input:
+    index: int
+    kind: str                     # text | image | audio
+    text: str = ""
+    data: Any = None              # bytes / memoryview for image and audio
+    encoding: str = ""
+    sample_rate: int = 0
+    role: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"inputs[{self.index}]"
+
+
+@dataclass
+class Call:
+    inputs: list
+    options: dict
+    candidate_labels: list
+    ctx: Any = None               # RequestContext (cancellation, deadline)
+    max_audio_s: float = 1800.0
+    max_image_pixels: int = 64 * 2**20
+
+    def of_kind(self, kind: str) -> list:
+        return [i for i in self.inputs if i.kind == kind]
+
+    def only(self, *kinds: str, what: str = "") -> None:
+        for i in self.inputs:
+            if i.kind not in kinds:
+                raise WorkerError("INVALID_ARGUMENT", f"{i.where}: {what or 'this pipeline'} takes "
+                                                      f"{' or '.join(kinds)} inputs, got {i.kind}")
+        if not self.inputs:
+            raise WorkerError("INVALID_ARGUMENT", f"inputs is empty: send at least one {' or '.join(kinds)} input")
+
+    def labels(self) -> list[str]:
+        labels = [s.strip() for s in self.candidate_labels if s.strip()]
+        if not labels and self.options.get("candidate_labels"):
+            labels = [s.strip() for s in self.options["candidate_labels"].split(",") if s.strip()]
+        labels += [i.text for i in self.inputs if i.kind == "text" and i.role == "label"]
+        return labels
+
+    def int_opt(self, name: str, default: int, lo: int = 0, hi: int = 1 << 30) -> int:
+        v = self.options.get(name, "")
+        if v in ("", None):
+            return default
+        try:
+            n = int(v)
+        except ValueError:
+            raise WorkerError("INVALID_ARGUMENT", f"option {name}='{v}' is not an integer") from None
+        if not lo <= n <= hi:
+            raise WorkerError("INVALID_ARGUMENT", f"option {name}={n} is outside {lo}..{hi}")
+        return n
+
+    def check(self) -> None:
+        if self.ctx is not None:
+            self.ctx.check_cancelled()
+
+    def image(self, inp: Input):
+        """Decoded RGB PIL image, or INVALID_ARGUMENT saying what arrived instead."""
+        from PIL import Image, UnidentifiedImageError
+        data = bytes(inp.data or b"")
+        if not data:
+            raise WorkerError("INVALID_ARGUMENT", f"{inp.where}: image is empty")
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > self.max_image_pixels:
+                raise WorkerError("INVALID_ARGUMENT", f"{inp.where}: image is {img.width}x{img.height}; the limit is "
+                                                      f"{self.max_image_pixels} pixels")
+            return img.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            what = "a WAV audio file" if data[:4] == b"RIFF" and data[8:12] == b"WAVE" else f"{len(data)} bytes"
+            raise WorkerError("INVALID_ARGUMENT", f"{inp.where}: got {what} where an image was expected "
+                                                  f"(could not decode: {exc})") from None
+
+    def audio(self, inp: Input, rate: int):
+        from workers.hf import audio as A
+        return A.decode(inp.data, inp.encoding, inp.sample_rate, 0, where=inp.where, target_rate=rate,
+                        max_seconds=self.max_audio_s)
