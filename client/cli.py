@@ -50,7 +50,8 @@ def cmd_health(args, channel) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     stub = health_pb2_grpc.HealthStub(channel)
     services = args.service or ["", "ml.MediapipeService", "ml.TransformersService", "ml.ModelManagementService",
-                                "inference.GRPCInferenceService", "pythonml.v1.Stats"]
+                                "inference.GRPCInferenceService", "pythonml.v1.Speech", "pythonml.v1.Pipelines",
+                                "pythonml.v1.Stats"]
     bad = 0
     for svc in services:
         try:

@@ -161,6 +161,10 @@ class HFWorker(Worker):
         return getattr(self.torch, DTYPES[name])
 
     def _check_device(self, wanted: str) -> None:
+        if self.device.startswith("cuda") and not self.torch.cuda.is_available():
+            raise WorkerError("FAILED_PRECONDITION",
+                              f"the hf worker for {self.device} has no usable CUDA device (torch {self.torch.__version__}, "
+                              f"cuda available: no); load on device 'cpu' or start run.py with a CUDA build of torch")
         w = (wanted or "").strip().lower()
         if w in ("", "auto", self.device) or (w == "cuda" and self.device.startswith("cuda")):
             return
