@@ -8,6 +8,8 @@ stream, the stream ends at the bad message with the same status (earlier message
 """
 from __future__ import annotations
 
+import inspect
+
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -42,13 +44,19 @@ def wrap(handler, method: str):
     safe = _safe(handler.request_deserializer)
     if not handler.request_streaming:
         inner = handler.unary_unary or handler.unary_stream
-        if handler.response_streaming:
+        if handler.response_streaming and inspect.isasyncgenfunction(inner):
             async def unary_stream(request, context):
                 if isinstance(request, Undecodable):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(method, request))
                 async for out in inner(request, context):
                     yield out
             return handler._replace(request_deserializer=safe, unary_stream=unary_stream)
+        if handler.response_streaming:   # a handler using context.write() (e.g. health Watch)
+            async def unary_stream_write(request, context):
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(method, request))
+                return await inner(request, context)
+            return handler._replace(request_deserializer=safe, unary_stream=unary_stream_write)
 
         async def unary_unary(request, context):
             if isinstance(request, Undecodable):
@@ -65,6 +73,8 @@ def wrap(handler, method: str):
                 yield msg
         return gen()
 
+    if handler.response_streaming and not inspect.isasyncgenfunction(handler.stream_stream):
+        return handler  # context.write()-style bidi handler: left as grpc serves it
     if handler.response_streaming:
         inner_ss = handler.stream_stream
 
