@@ -63,8 +63,9 @@ def unpack_header(raw: bytes) -> dict:
     return header
 
 
-def encode(command: bytes, header: dict, frames: Sequence[bytes] = ()) -> list:
-    return [MAGIC, command, pack_header(header), *frames]
+def encode(command: bytes, header, frames: Sequence[bytes] = ()) -> list:
+    """header: a dict, or the already-packed bytes of one (forwarded untouched by the broker)."""
+    return [MAGIC, command, header if isinstance(header, bytes) else pack_header(header), *frames]
 
 
 def decode(parts: Sequence[Any], allowed: set) -> tuple[bytes, dict, list]:

@@ -43,6 +43,7 @@ class Request:
     enqueued_at: float
     internal: bool = False          # replay loads: replies are consumed by the broker
     worker_id: Optional[str] = None
+    raw_header: Optional[bytes] = None  # the facade's packed header, forwarded to the worker untouched
 
 
 @dataclass
@@ -181,7 +182,7 @@ class Broker:
             self.on_pools_changed(pools)
 
     # ---------------------------------------------------------------- sending
-    def _send_facade(self, facade: bytes, command: bytes, header: dict, frames=()) -> None:
+    def _send_facade(self, facade: bytes, command: bytes, header, frames=()) -> None:
         try:
             self.frontend.send_multipart([facade, *P.encode(command, header, frames)], copy=False)
         except zmq.ZMQError as exc:  # facade gone (EHOSTUNREACH under ROUTER_MANDATORY)
@@ -196,7 +197,7 @@ class Broker:
             log.warning("cannot reach %s: %s", ws.worker_id, exc)
             return False
 
-    def _finish(self, req: Request, command: bytes, header: dict, frames=()) -> None:
+    def _finish(self, req: Request, command: bytes, header: dict, frames=(), raw_header: Optional[bytes] = None) -> None:
         """Send the terminal reply of a request (exactly once) and forget it."""
         if self.requests.pop(req.id, None) is None:
             return
@@ -207,7 +208,7 @@ class Broker:
         if req.internal:
             self._on_internal_reply(req, command, header)
             return
-        self._send_facade(req.facade, command, header, frames)
+        self._send_facade(req.facade, command, raw_header or header, frames)
 
     def _error(self, req: Request, code: str, message: str) -> None:
         self._finish(req, P.ERROR, P.error_header(req.id, code, message))
@@ -226,7 +227,7 @@ class Broker:
             return
         self.facades.add(facade)
         if command == P.REQUEST:
-            self._on_request(facade, header, frames)
+            self._on_request(facade, header, frames, raw_header=parts[3])
         elif command == P.CANCEL:
             self._on_cancel(str(header.get("id", "")))
         elif command == P.STREAM_CLOSE:
@@ -234,7 +235,7 @@ class Broker:
         elif command == P.HELLO:
             self._send_facade(facade, P.POOLS, {"pools": self.pools()})
 
-    def _on_request(self, facade: bytes, header: dict, frames: list) -> None:
+    def _on_request(self, facade: bytes, header: dict, frames: list, raw_header: Optional[bytes] = None) -> None:
         rid = header.get("id")
         method = header.get("method")
         if not isinstance(rid, str) or not isinstance(method, str) or not rid:
@@ -256,7 +257,7 @@ class Broker:
         req = Request(id=rid, facade=facade, header=header, frames=frames, pool=pool,
                       device=str(header.get("device") or ""), model=str(header.get("model") or ""),
                       stream=(str(header["stream"]) if header.get("stream") is not None else None),
-                      deadline=deadline, enqueued_at=time.time())
+                      deadline=deadline, enqueued_at=time.time(), raw_header=raw_header)
         self.requests[rid] = req
         if pool not in self.queues:
             configured = ", ".join(sorted(self.queues)) or "none"
@@ -347,7 +348,7 @@ class Broker:
         ws.inflight[req.id] = req
         if req.stream is not None:
             self.streams.setdefault(req.stream, ws.worker_id)
-        if not self._send_worker(ws, P.REQUEST, req.header, req.frames):
+        if not self._send_worker(ws, P.REQUEST, req.raw_header or req.header, req.frames):
             ws.inflight.pop(req.id, None)
             req.worker_id = None
             return False
@@ -407,7 +408,7 @@ class Broker:
                 return  # late reply for a request already answered (e.g. cancelled)
             if command == P.PARTIAL:
                 if not req.internal:
-                    self._send_facade(req.facade, P.PARTIAL, header, frames)
+                    self._send_facade(req.facade, P.PARTIAL, parts[3], frames)
                 return
             ws.served += 1
             if log.isEnabledFor(logging.DEBUG):
@@ -416,7 +417,9 @@ class Broker:
             if command == P.ERROR:
                 header = P.error_header(req.id, str(header.get("code") or "INTERNAL"),
                                         str(header.get("message") or "worker error"))
-            self._finish(req, command, header, frames)
+                self._finish(req, command, header, frames)
+            else:
+                self._finish(req, command, header, frames, raw_header=parts[3])
             self._maybe_stop_draining(ws)
             if self.queues.get(ws.slot.pool):
                 self._dispatch_queued()
@@ -614,11 +617,11 @@ class Broker:
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], None], budget: int = 1000) -> None:
         for _ in range(budget):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                handler([p.buffer if hasattr(p, "buffer") else p for p in parts])
+                handler(parts)
             except Exception:
                 self.counters["malformed"] += 1
                 log.exception("error while handling a message; dropped")

@@ -1,10 +1,15 @@
-"""The facade's side of the broker wire: one DEALER socket, one reader task, shm slot ownership.
+"""The facade's side of the broker wire: one DEALER socket, driven by the event loop, shm slot ownership.
 
-Each call registers an asyncio queue under its request id; the reader task routes PARTIAL / FINAL /
-ERROR replies to it and releases the call's shared-memory slot on the terminal reply (the broker
-guarantees exactly one per request, also when a worker dies), so slots always come back.
-A caller that goes away (client cancelled / disconnected) sends CANCEL; the slot is still released
-only when the terminal reply arrives, because the worker may be reading it until then.
+The socket is a plain (non-asyncio) ZeroMQ socket whose file descriptor is watched by the event loop:
+when it signals, every waiting message is drained without blocking and handed to the call that waits
+for it (a Future for unary calls, a Queue for streams). Sends are non-blocking (the high-water mark is
+far above the number of calls in flight). This avoids a Future per socket operation, which made the
+facade the most expensive hop of a round trip.
+
+The reader releases a call's shared-memory slot on the terminal reply (the broker guarantees exactly
+one per request, also when a worker dies), so slots always come back. A caller that goes away sends
+CANCEL; the slot is still released only when the terminal reply arrives, because the worker may be
+reading it until then.
 """
 from __future__ import annotations
 
@@ -16,7 +21,6 @@ import time
 from typing import AsyncIterator, Callable, Optional
 
 import zmq
-import zmq.asyncio
 
 from broker import protocol as P
 from facade.errors import BrokerError
@@ -29,15 +33,15 @@ class BrokerClient:
     def __init__(self, endpoint: str, allocator: Optional[SlotAllocator], max_message_bytes: int = 256 * 2**20):
         self.endpoint = endpoint
         self.allocator = allocator
-        self.ctx = zmq.asyncio.Context.instance()
+        self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, f"facade-{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.sock.setsockopt(zmq.SNDHWM, 100000)
-        self.sock.setsockopt(zmq.RCVHWM, 100000)
+        self.sock.setsockopt(zmq.SNDHWM, 1000000)
+        self.sock.setsockopt(zmq.RCVHWM, 1000000)
         self.sock.connect(endpoint)
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._waiters: dict[str, object] = {}    # request id -> Future (unary) or Queue (streams)
         self._slots: dict[str, SlotRef] = {}
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-"
@@ -45,45 +49,77 @@ class BrokerClient:
         self.on_pools: list[Callable[[dict], None]] = []
         self.malformed = 0
         self.dropped_frames = 0
-        self._reader: Optional[asyncio.Task] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._drain_scheduled = False
 
     async def start(self, hello: dict) -> None:
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
-        await self.sock.send_multipart(P.encode(P.HELLO, hello))
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.getsockopt(zmq.FD), self._drain)
+        self._send(P.encode(P.HELLO, hello))
 
     def new_id(self) -> str:
         return self._prefix + str(next(self._ids))
 
-    async def _read_loop(self) -> None:
-        while True:
-            parts = await self.sock.recv_multipart(copy=True)
-            try:
-                command, header, frames = P.decode(parts, P.TO_FACADE_COMMANDS)
-            except P.ProtocolError as exc:
-                self.malformed += 1
-                log.warning("malformed broker message dropped: %s", exc)
-                continue
-            if command == P.POOLS:
-                self.pools = header.get("pools") or {}
-                for cb in self.on_pools:
-                    try:
-                        cb(self.pools)
-                    except Exception:
-                        log.exception("pool callback failed")
-                continue
-            rid = str(header.get("id", ""))
-            if command in (P.FINAL, P.ERROR):
-                ref = self._slots.pop(rid, None)
-                if ref is not None and self.allocator is not None:
-                    self.allocator.release(ref)
-                q = self._queues.pop(rid, None)
-            else:
-                q = self._queues.get(rid)
-            if q is not None:
-                q.put_nowait((command, header, frames))
+    # ---- socket plumbing -------------------------------------------------------------------------
+    def _send(self, parts: list) -> None:
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # HWM reached (never in practice): block briefly rather than lose a request
+            self.sock.send_multipart(parts, copy=False)
+        # ZeroMQ's FD is edge-triggered and a send can consume the edge: look for input now
+        self._schedule_drain()
 
-    async def _send_request(self, method: str, pool: str, payload: bytes, model: str, device: str,
-                            timeout: Optional[float], frame, extra: Optional[dict], stream: Optional[str]) -> tuple:
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_message(parts)
+
+    def _on_message(self, parts: list) -> None:
+        try:
+            command, header, frames = P.decode(parts, P.TO_FACADE_COMMANDS)
+        except P.ProtocolError as exc:
+            self.malformed += 1
+            log.warning("malformed broker message dropped: %s", exc)
+            return
+        if command == P.POOLS:
+            self.pools = header.get("pools") or {}
+            for cb in self.on_pools:
+                try:
+                    cb(self.pools)
+                except Exception:
+                    log.exception("pool callback failed")
+            return
+        rid = str(header.get("id", ""))
+        terminal = command != P.PARTIAL
+        if terminal:
+            ref = self._slots.pop(rid, None)
+            if ref is not None and self.allocator is not None:
+                self.allocator.release(ref)
+            waiter = self._waiters.pop(rid, None)
+        else:
+            waiter = self._waiters.get(rid)
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                waiter.set_result((command, header, frames))
+        else:
+            waiter.put_nowait((command, header, frames))
+
+    # ---- calls -----------------------------------------------------------------------------------
+    def _send_request(self, method: str, pool: str, payload: bytes, model: str, device: str,
+                      timeout: Optional[float], frame, extra: Optional[dict], stream: Optional[str],
+                      waiter) -> str:
         rid = self.new_id()
         header = {"id": rid, "method": method, "pool": pool, "model": model or "", "device": device or "",
                   "deadline": (time.time() + timeout) if timeout is not None else None, "stream": stream}
@@ -98,54 +134,54 @@ class BrokerClient:
             else:
                 header["frame_inline"] = True
                 frames.append(bytes(frame))
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues[rid] = q
-        await self.sock.send_multipart(P.encode(P.REQUEST, header, frames), copy=False)
-        return rid, q
+        self._waiters[rid] = waiter
+        self._send(P.encode(P.REQUEST, header, frames))
+        return rid
 
-    async def _cancel(self, rid: str) -> None:
-        if rid in self._queues:
-            self._queues.pop(rid, None)
+    def _cancel(self, rid: str) -> None:
+        if self._waiters.pop(rid, None) is not None:
             try:
-                await self.sock.send_multipart(P.encode(P.CANCEL, {"id": rid}))
+                self._send(P.encode(P.CANCEL, {"id": rid}))
             except zmq.ZMQError:
                 pass
 
     async def unary(self, method: str, pool: str, payload: bytes, *, model: str = "", device: str = "",
                     timeout: Optional[float] = None, frame=None, extra: Optional[dict] = None,
                     stream: Optional[str] = None) -> bytes:
-        rid, q = await self._send_request(method, pool, payload, model, device, timeout, frame, extra, stream)
+        fut = self._loop.create_future()
+        rid = self._send_request(method, pool, payload, model, device, timeout, frame, extra, stream, fut)
         try:
-            while True:
-                command, header, frames = await q.get()
-                if command == P.FINAL:
-                    return bytes(frames[0]) if frames else b""
-                if command == P.ERROR:
-                    raise BrokerError(str(header.get("code")), str(header.get("message")))
+            command, header, frames = await fut
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(rid))
+            self._cancel(rid)
             raise
+        if command == P.FINAL:
+            return frames[0] if frames else b""
+        if command == P.ERROR:
+            raise BrokerError(str(header.get("code")), str(header.get("message")))
+        raise BrokerError("INTERNAL", f"unexpected reply {command!r} to a unary call")
 
     async def stream(self, method: str, pool: str, payload: bytes, *, model: str = "", device: str = "",
                      timeout: Optional[float] = None, frame=None, extra: Optional[dict] = None) -> AsyncIterator[bytes]:
-        rid, q = await self._send_request(method, pool, payload, model, device, timeout, frame, extra, None)
+        q: asyncio.Queue = asyncio.Queue()
+        rid = self._send_request(method, pool, payload, model, device, timeout, frame, extra, None, q)
         finished = False
         try:
             while True:
                 command, header, frames = await q.get()
                 if command == P.PARTIAL:
-                    yield bytes(frames[0]) if frames else b""
+                    yield frames[0] if frames else b""
                 elif command == P.FINAL:
                     finished = True
                     if frames and len(frames[0]):
-                        yield bytes(frames[0])
+                        yield frames[0]
                     return
                 else:
                     finished = True
                     raise BrokerError(str(header.get("code")), str(header.get("message")))
         finally:
             if not finished:
-                await asyncio.shield(self._cancel(rid))
+                self._cancel(rid)
 
     async def query(self, what: str) -> dict:
         method = {"models": P.BROKER_QUERY_MODELS, "stats": P.BROKER_QUERY_STATS}[what]
@@ -154,9 +190,9 @@ class BrokerClient:
 
     async def close_stream(self, stream_id: str) -> None:
         try:
-            await self.sock.send_multipart(P.encode(P.STREAM_CLOSE, {"stream": stream_id}))
+            self._send(P.encode(P.STREAM_CLOSE, {"stream": stream_id}))
         except zmq.ZMQError:
             pass
 
     def inflight(self) -> int:
-        return len(self._queues)
+        return len(self._waiters)

@@ -8,7 +8,7 @@ import wave
 import numpy as np
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-SHARED_AUDIO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets", "audio",
+SHARED_AUDIO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "audio",
                             "sense_and_sensibility_01_austen_64kb-0870.wav")
 FACE_MODEL = "face_detection_short_range"
 WAKEWORD_MODEL = "okay_nabu"
