@@ -389,7 +389,8 @@ class Broker:
         if len(parts) < 2:
             self.counters["malformed"] += 1
             return
-        wid = bytes(parts[0]).decode("utf-8", "replace")
+        # handler threads reply on their own sockets, named '<worker id>/<n>'
+        wid = bytes(parts[0]).decode("utf-8", "replace").split("/", 1)[0]
         try:
             command, header, frames = P.decode(parts[1:], P.WORKER_COMMANDS)
         except P.ProtocolError as exc:

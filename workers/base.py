@@ -78,6 +78,9 @@ class Worker:
         if args.shm_fd >= 0:
             self.shm = SlotReader(args.shm_fd, args.shm_slots, args.shm_slot_size)
         self._handlers: dict[str, Callable] = {}
+        self._tls = threading.local()
+        self._thread_socks: list = []
+        self._thread_socks_lock = threading.Lock()
 
     # ---- to override -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -126,11 +129,37 @@ class Worker:
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _send(self, command: bytes, header: dict, frames=()) -> None:
+        sock = getattr(self._tls, "sock", None)
+        if sock is not None:
+            # a handler thread replies on its own socket: no hand-off to (and wake-up of) the I/O thread
+            sock.send_multipart(P.encode(command, header, frames), copy=False)
+            return
         self._outq.put(P.encode(command, header, frames))
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass
+
+    def _socket(self, identity: str) -> zmq.Socket:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.args.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        if self.args.curve_server_key:
+            sock.curve_serverkey = self.args.curve_server_key.encode()
+            sock.curve_publickey = os.environ["PML_CURVE_PUBLIC"].encode()
+            sock.curve_secretkey = os.environ["PML_CURVE_SECRET"].encode()
+        sock.connect(self.args.connect)
+        return sock
+
+    def _init_handler_thread(self) -> None:
+        """Each handler thread gets a reply-only socket named '<worker id>/<n>' (the broker maps it back)."""
+        with self._thread_socks_lock:
+            n = len(self._thread_socks)
+            sock = self._socket(f"{self.worker_id}/{n}")
+            self._thread_socks.append(sock)
+        self._tls.sock = sock
 
     def _status(self) -> dict:
         with self._inflight_lock:
@@ -303,16 +332,7 @@ class Worker:
         self.on_stream_close(stream_id, state)
 
     def serve(self) -> int:
-        zctx = zmq.Context.instance()
-        sock = zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.args.max_message_bytes)
-        if self.args.curve_server_key:
-            sock.curve_serverkey = self.args.curve_server_key.encode()
-            sock.curve_publickey = os.environ["PML_CURVE_PUBLIC"].encode()
-            sock.curve_secretkey = os.environ["PML_CURVE_SECRET"].encode()
-        sock.connect(self.args.connect)
+        sock = self._socket(self.worker_id)
         t0 = time.time()
         self.setup()
         self._handlers = dict(self.handlers())
@@ -321,7 +341,8 @@ class Worker:
         sock.send_multipart(P.encode(P.READY, self._status()))
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
-        executor = ThreadPoolExecutor(max_workers=max(1, self.capacity), thread_name_prefix="handler")
+        executor = ThreadPoolExecutor(max_workers=max(1, self.capacity), thread_name_prefix="handler",
+                                      initializer=self._init_handler_thread)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -369,6 +390,9 @@ class Worker:
             except queue.Empty:
                 break
         sock.send_multipart(P.encode(P.DISCONNECT, {"worker_id": self.worker_id}))
+        with self._thread_socks_lock:
+            for s in self._thread_socks:
+                s.close(linger=500)
         sock.close(linger=500)
         return 0
 
