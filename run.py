@@ -162,7 +162,7 @@ class Service:
             env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            argv = [sys.executable, "-m", module_for_pool(pool), "--pool", pool,
+            argv = [sys.executable, "-m", "common.child", str(int(signal.SIGKILL)), module_for_pool(pool), "--pool", pool,
                     "--device", device, "--connect", self.backend_connect, "--worker-id", worker_id,
                     "--shm-fd", str(self.shm_fd), "--shm-slots", str(self.args.shm_slots),
                     "--shm-slot-size", str(self.args.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
@@ -178,7 +178,7 @@ class Service:
         from broker.supervisor import Child
         a = self.args
         pools = ",".join(sorted({p for p, _, _ in self.pools}))
-        argv = [sys.executable, "-m", "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
+        argv = [sys.executable, "-m", "common.child", str(int(signal.SIGTERM)), "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
                 "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
                 "--max-message-mb", str(a.max_message_mb), "--max-frame-mb", str(a.max_frame_mb),
@@ -252,7 +252,7 @@ class Service:
                                               curve_secret=secret, curve_public=self.curve_server_public), self.sup)
             if secret:
                 self._start_curve_auth(os.environ["PML_CURVE_PUBLIC"].encode())
-            self._hook_hello()
+            self.broker.on_hello = self._on_hello
             self._start_facade()
             for pool, device, count in self.pools:
                 for _ in range(count):
@@ -288,19 +288,6 @@ class Service:
         with open(os.path.join(keys_dir, "worker.key"), "w") as f:
             f.write(f'metadata\ncurve\n    public-key = "{allowed_public.decode()}"\n')
         self.auth.configure_curve(domain="*", location=keys_dir)
-
-    def _hook_hello(self) -> None:
-        from broker import protocol as P
-        original = self.broker._on_frontend
-
-        def on_frontend(parts):
-            if len(parts) >= 4 and bytes(parts[2]) == P.HELLO:
-                try:
-                    self._on_hello(P.unpack_header(bytes(parts[3])))
-                except P.ProtocolError:
-                    pass
-            original(parts)
-        self.broker._on_frontend = on_frontend
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stop_requested:

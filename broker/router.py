@@ -119,6 +119,7 @@ class Broker:
         self._ids = itertools.count()
         self.stopping = False
         self.on_pools_changed: Optional[Callable[[dict], None]] = None
+        self.on_hello: Optional[Callable[[dict], None]] = None   # the facade announced its port
         self.extra_pidfd_handlers: dict[int, Callable[[int], None]] = {}
         self._last_pools: dict = {}
 
@@ -233,6 +234,8 @@ class Broker:
         elif command == P.STREAM_CLOSE:
             self._on_stream_close(str(header.get("stream", "")))
         elif command == P.HELLO:
+            if self.on_hello is not None:
+                self.on_hello(header)
             self._send_facade(facade, P.POOLS, {"pools": self.pools()})
 
     def _on_request(self, facade: bytes, header: dict, frames: list, raw_header: Optional[bytes] = None) -> None:

@@ -84,8 +84,6 @@ class LogPump:
 
     def _loop(self) -> None:
         while True:
-            with self.lock:
-                pass
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data is None:
                     try:
@@ -121,6 +119,7 @@ class Supervisor:
         env = dict(os.environ)
         env.update(child.env)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PML_PARENT_PID"] = str(os.getpid())
         child.popen = subprocess.Popen(
             child.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=child.pass_fds,

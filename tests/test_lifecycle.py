@@ -59,9 +59,11 @@ def test_ready_line_fast_and_sigkill_leaves_nothing_behind():
     assert len(kids) >= 3  # facade + 2 workers
     run_dirs = glob.glob(os.path.join(procmod.runtime_root(), f"{procmod.RUN_DIR_PREFIX}{svc.proc.pid}-*"))
     assert run_dirs and oct(os.stat(run_dirs[0]).st_mode & 0o777) == "0o700"
+    names = {p.pid: " ".join(p.cmdline()[1:4]) for p in descendants(svc.proc.pid)}
     svc.proc.send_signal(signal.SIGKILL)
     svc.proc.wait()
-    assert wait_gone(kids) == []
+    left = wait_gone(kids)
+    assert left == [], [(pid, names.get(pid), psutil.Process(pid).status()) for pid in left if psutil.pid_exists(pid)]
     assert shm_entries() == before_shm
     end = time.time() + 5
     while time.time() < end and any(os.path.exists(d) for d in run_dirs):
