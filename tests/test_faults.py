@@ -204,7 +204,8 @@ def check_nothing_extra(svc) -> None:
         kids = descendants(svc.proc.pid)
         return len(kids) == 1 + len(POOLS) and kids
     kids = wait_for(settled, 20, what="process table settled")
-    names = sorted(" ".join(p.cmdline()[2:3]) for p in kids)
+    # children run as `python -m common.child SIG MODULE ...`
+    names = sorted(p.cmdline()[4] if p.cmdline()[2:3] == ["common.child"] else p.cmdline()[2] for p in kids)
     assert names == sorted(["facade.server"] + [f"workers.{p}_worker" for p in POOLS]), names
     zombies = [p.pid for p in psutil.Process(svc.proc.pid).children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
