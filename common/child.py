@@ -1,21 +1,34 @@
-"""Bootstrap of every child process: `python -m common.child PDEATHSIG MODULE ARGS...`.
+"""Bootstrap of every child process: `python -m common.child SIGNAL MODULE ARGS...`.
 
 Arms the parent-death signal before anything heavy is imported (a worker imports torch or mediapipe
 for seconds; a parent killed during that window would otherwise leave an orphan), checks that the
-parent did not already die, then runs MODULE as __main__.
+parent did not already die, keeps a watcher thread as a second line of defence (the kernel ties the
+parent-death signal to the parent *thread* that forked us), then runs MODULE as __main__.
 """
 import os
 import runpy
 import sys
+import threading
+import time
+
+
+def _watch(parent: int, sig: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)   # the same signal the kernel would have sent
+            time.sleep(5.0)
+            os._exit(1)                  # a handler that did not exit in time
 
 
 def main() -> None:
     from common.proc import set_pdeathsig
     sig, module = int(sys.argv[1]), sys.argv[2]
     set_pdeathsig(sig)
-    expected = os.environ.get("PML_PARENT_PID")
-    if expected and os.getppid() != int(expected):
+    expected = int(os.environ.get("PML_PARENT_PID") or os.getppid())
+    if os.getppid() != expected:
         os._exit(1)  # the parent died before the signal was armed
+    threading.Thread(target=_watch, args=(expected, sig), name="parent-watch", daemon=True).start()
     sys.argv = [module, *sys.argv[3:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
