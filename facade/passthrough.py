@@ -126,7 +126,8 @@ class PassThrough:
             stream_id = uuid.uuid4().hex
             pending: deque = deque()      # received, not yet sent to the worker
             outstanding: deque = deque()  # sent, reply not yet yielded (in order)
-            state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH}
+            state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH,
+                     "clean_end": False, "sent": 0, "closed_by_client": False}
             wake = asyncio.Event()
             room = asyncio.Event()        # set when `pending` shrinks (drop_oldest=False backpressure)
             loop = asyncio.get_running_loop()
@@ -146,11 +147,14 @@ class PassThrough:
                             while len(pending) >= state["max_pending"]:
                                 room.clear()
                                 await room.wait()
+                        if route.close_field and getattr(msg, route.close_field, False):
+                            state["closed_by_client"] = True
                         pending.append(msg)
                         while len(pending) > state["max_pending"]:
                             pending.popleft()  # drop the OLDEST waiting frame: bounded latency
                             self.dropped_frames += 1
                         wake.set()
+                    state["clean_end"] = True
                 except Exception:  # the client went away mid-stream
                     pass
                 finally:
@@ -158,6 +162,7 @@ class PassThrough:
                     wake.set()
 
             def send(msg):
+                state["sent"] += 1
                 payload, frame, model = self._split(route, msg)
                 return loop.create_task(client.unary(route.path, route.pool, payload, model=model, frame=frame,
                                                      timeout=timeout_of(context), stream=stream_id))
@@ -191,6 +196,15 @@ class PassThrough:
                     wake.clear()
                     if not pending and not state["done"]:
                         await wake.wait()
+                if (route.close_field and state["clean_end"] and state["sent"]
+                        and not state["closed_by_client"]):
+                    try:
+                        reply = await send(req_cls(**{route.close_field: True}))
+                    except BrokerError as exc:
+                        await abort(context, exc)
+                        return
+                    if reply:
+                        yield reply
             finally:
                 task.cancel()
                 for t in outstanding:

@@ -28,6 +28,10 @@ class Route:
     # repeated message field whose elements' bytes fields `<f>` (with a sibling `<f>_ref` BlobRef)
     # are packed into one shared-memory blob; the worker slices it by the refs
     packed_field: Optional[str] = None
+    # bidi only: a bool field meaning "last message". When the client half-closes without having sent a
+    # message with it set, the facade sends one more (empty) message with it set and forwards the reply,
+    # so a plain close still flushes what the worker buffered (e.g. the final transcript)
+    close_field: Optional[str] = None
 
     @property
     def path(self) -> str:
@@ -74,7 +78,8 @@ ROUTES: list[Route] = [
     Route(TF, "GenerateEmbeddings", "hf", model_field="model"),
     Route(TF, "ChatCompletion", "hf", model_field="model"),
     Route(SP, "Transcribe", "hf", frame_field="audio", model_field="model"),
-    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", drop_oldest=False),
+    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", drop_oldest=False,
+          close_field="end"),
     Route(PL, "Run", "hf", model_field="model", packed_field="inputs"),
 ]
 

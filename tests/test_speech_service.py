@@ -67,6 +67,22 @@ def test_stream_transcribe(svc):
     assert XG.StatsStub(svc.channel()).GetStats(X.StatsRequest(), timeout=10).dropped_stream_frames == before
 
 
+def test_stream_closed_without_end_chunk_still_gets_the_final_transcript(svc):
+    name = CLIPS[0]
+    pcm, rate = pcm_s16(name)
+    step = rate  # 0.5 s chunks of s16 samples
+
+    def chunks():  # no end chunk: the client just closes its side
+        yield X.AudioChunk(pcm=pcm[:step], sample_rate=rate, encoding="pcm_s16le", metadata={"silence_s": "5"})
+        for i in range(step, len(pcm), step):
+            yield X.AudioChunk(pcm=pcm[i:i + step])
+
+    ups = list(XG.SpeechStub(svc.channel()).StreamTranscribe(chunks(), timeout=180))
+    assert ups[-1].is_final
+    final = " ".join(u.text for u in ups if u.is_final)
+    assert wer(reference(name), final) <= WER_BOUND, final
+
+
 @pytest.mark.parametrize("req,needle", [
     (X.TranscribeRequest(audio=b""), "audio is empty"),
     (X.TranscribeRequest(audio=b"definitely not audio" * 10), "are not a WAV file"),
