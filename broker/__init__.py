@@ -1,0 +1,1 @@
+"""The broker: wire protocol, routing/flow control (router.py), process supervision, metrics."""

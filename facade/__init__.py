@@ -1,0 +1,1 @@
+"""The gRPC facade process: servicers, pass-through routing to pools, health, auth."""

@@ -1,0 +1,1 @@
+"""Shared-memory frame pool (memfd slots with generation counters)."""

@@ -1,0 +1,1 @@
+"""Test suite: unit, integration (run.py as a subprocess) and model tests."""
