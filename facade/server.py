@@ -68,7 +68,9 @@ async def serve(args: argparse.Namespace) -> int:
     max_bytes = args.max_message_mb * 2**20
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
-        ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)])
+        ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000),
+        # frames are ~1 MB messages: let clients send them in few large HTTP/2 DATA frames
+        ("grpc.http2.max_frame_size", 4 * 2**20), ("grpc.http2.lookahead_bytes", 16 * 2**20)])
 
     passthrough = PassThrough(client, args.max_frame_mb * 2**20)
     by_service: dict = {}
