@@ -196,3 +196,23 @@ def make_kserve_servicer(client):
             return K.RepositoryModelUnloadResponse()
 
     return KServeServicer()
+
+
+def make_model_infer_handler(client):
+    """ModelInfer as a pass-through: the worker's serialized ModelInferResponse goes to the client
+    untouched (identity serializer) instead of being parsed and re-serialized in the facade. Registered
+    ahead of the servicer, which keeps answering every other method."""
+    from facade.passthrough import _identity
+
+    async def model_infer(request, context):
+        if not request.model_name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelInfer: the model name is empty")
+        frame, extra = split_raw_inputs(request)
+        try:
+            return await client.unary(PREFIX + "ModelInfer", POOL, request.SerializeToString(),
+                                      model=request.model_name, timeout=timeout_of(context), frame=frame, extra=extra)
+        except BrokerError as exc:
+            await context.abort(exc.status, exc.message)
+
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, K.ModelInferRequest.FromString, _identity)})
