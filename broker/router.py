@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import select
 import signal
 import time
 from collections import deque
@@ -76,6 +74,7 @@ class WorkerState:
     last_seen: float = field(default_factory=time.time)
     status: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)     # model_id -> summary
+    models_version: int = 0                        # the worker's load/unload counter we have seen
     ready_at: float = 0.0
     served: int = 0
     stop_sent: bool = False
@@ -440,6 +439,7 @@ class Broker:
             self._pools_changed()
             self._dispatch_queued()
         elif command == P.LOADED:
+            ws.models_version = max(ws.models_version, int(header.get("version") or 0))
             model = header.get("model") or {}
             mid = str(model.get("model_id") or "")
             if mid:
@@ -447,6 +447,7 @@ class Broker:
                 ws.slot.replay[mid] = (str(header.get("method") or "ml.ModelManagementService/LoadModel"),
                                        bytes(frames[0]) if frames else b"")
         elif command == P.UNLOADED:
+            ws.models_version = max(ws.models_version, int(header.get("version") or 0))
             mid = str(header.get("model_id") or "")
             ws.models.pop(mid, None)
             ws.slot.replay.pop(mid, None)
@@ -456,7 +457,9 @@ class Broker:
     def _absorb_status(self, ws: WorkerState, header: dict) -> None:
         ws.status = header
         models = header.get("models")
-        if isinstance(models, list):
+        version = int(header.get("models_version") or 0)
+        if isinstance(models, list) and version >= ws.models_version:  # never older than LOADED/UNLOADED seen
+            ws.models_version = version
             ws.models = {str(m.get("model_id")): m for m in models if isinstance(m, dict) and m.get("model_id")}
         if header.get("recycle") and ws.state == "ready":
             log.warning("recycling %s: %s", ws.worker_id, header["recycle"])

@@ -19,7 +19,7 @@ import grpc
 
 from facade.broker_client import BrokerClient
 from facade.errors import BrokerError
-from facade.routes import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, Route, message_class, method_descriptor, shape_of
+from facade.routes import CLIENT_STREAM, SERVER_STREAM, UNARY, Route, message_class, method_descriptor, shape_of
 
 log = logging.getLogger("facade")
 

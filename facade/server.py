@@ -85,7 +85,7 @@ async def serve(args: argparse.Namespace) -> int:
     service_names += [s.full_name for s in X.DESCRIPTOR.services_by_name.values()]
     try:
         from facade.kserve import make_kserve_servicer, make_model_infer_handler
-        from protos.kserve import grpc_service_pb2, grpc_service_pb2_grpc
+        from protos.kserve import grpc_service_pb2_grpc
         server.add_generic_rpc_handlers((make_model_infer_handler(client),))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(make_kserve_servicer(client), server)
         service_names.append("inference.GRPCInferenceService")

@@ -6,7 +6,6 @@ Usage: python scripts/device_check.py OUT_DIR     (writes OUT_DIR/device_report.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -106,9 +105,9 @@ def main(out_dir: str) -> int:
     except grpc.RpcError as exc:
         step("rpc error", code=exc.code().name, message=exc.details())
     finally:
+        log = svc.log()
         code = svc.stop()
         step("service stopped", exit_code=code)
-        log = svc.log()
         Path(out_dir, "service.log").write_text(log[-200000:])
     Path(out_dir, "device_report.json").write_text(json.dumps(report, indent=2))
     return 0

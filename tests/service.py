@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, proc: subprocess.Popen, port: int, stderr_path: Optional[str]):
+    def __init__(self, proc: subprocess.Popen, port: int, stderr_path: Optional[str], own_log: bool = False):
         self.proc = proc
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.stderr_path = stderr_path
+        self.own_log = own_log  # a temporary log file we created: removed by stop()
         self._channels: list = []
 
     def channel(self, **options) -> grpc.Channel:
@@ -69,6 +70,13 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.own_log and not os.environ.get("PML_KEEP_TEST_LOGS") and self.stderr_path:
+            try:
+                os.unlink(self.stderr_path)
+            except OSError:
+                pass
         return self.proc.returncode
 
     def __enter__(self):
@@ -84,7 +92,8 @@ def start_service(args=(), env: Optional[dict] = None, wait_service: Optional[st
     port = port or free_port()
     full_env = dict(os.environ)
     full_env.update(env or {})
-    if log_path is None:
+    own_log = log_path is None
+    if own_log:
         import tempfile
         fd, log_path = tempfile.mkstemp(prefix="pythonml-test-", suffix=".log")
         os.close(fd)
@@ -92,7 +101,7 @@ def start_service(args=(), env: Optional[dict] = None, wait_service: Optional[st
     proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "run.py"), "--port", str(port), *args], cwd=ROOT,
                             env=full_env, stdout=subprocess.PIPE, stderr=err)
     err.close()
-    svc = Service(proc, port, log_path)
+    svc = Service(proc, port, log_path, own_log=own_log)
     end = time.time() + 30
     line = b""
     while time.time() < end:

@@ -11,7 +11,6 @@ import threading
 import time
 
 import grpc
-import psutil
 import pytest
 
 from broker import protocol as P

@@ -7,7 +7,7 @@ message, that streams on the other pools keep flowing, that the worker is back w
 again (replay) within a measured bound, and that nothing extra is left in /dev/shm or the process table.
 
 Figures (time to the error, time to recovery, largest gap of the other pools' streams) are printed and
-written as JSON to $PML_FAULT_FIGURES (default: <tmp>/pythonml-fault-figures.json); docs/reliability.md
+written as JSON to $PML_FAULT_FIGURES when set; docs/reliability.md
 quotes them. Worker pids come from pythonml.v1.Stats/GetStats and are only signalled after checking that
 they are > 0 and descendants of this service's run.py.
 """
@@ -17,7 +17,6 @@ import glob
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 
@@ -54,7 +53,9 @@ FIGURES: dict = {}
 def record(key: str, value) -> None:
     FIGURES[key] = value
     print(f"FIGURE {key} = {value}")
-    path = os.environ.get("PML_FAULT_FIGURES") or os.path.join(tempfile.gettempdir(), "pythonml-fault-figures.json")
+    path = os.environ.get("PML_FAULT_FIGURES")
+    if not path:
+        return  # printed only; set PML_FAULT_FIGURES=file.json to keep them
     try:
         with open(path, "w") as f:
             json.dump(FIGURES, f, indent=1, sort_keys=True)
@@ -174,8 +175,7 @@ def svc():
     for pool in POOLS:
         wait_for(lambda: ready_worker(ch, pool, [m for m, _ in MODELS[pool]]), 30, what=f"{pool} models listed")
     yield s
-    if s.proc.poll() is None:
-        s.stop()
+    s.stop()  # also when the last test killed run.py: closes channels, removes the log file
 
 
 def check_pool_works(ch, pool: str) -> None:

@@ -69,6 +69,7 @@ def test_ready_line_fast_and_sigkill_leaves_nothing_behind():
     while time.time() < end and any(os.path.exists(d) for d in run_dirs):
         time.sleep(0.05)
     assert not any(os.path.exists(d) for d in run_dirs), "socket folder left behind"
+    svc.stop()  # already dead: closes channels and removes the test's log file
     # the port is free again: a new start on the same port works at once
     svc2 = start_service(["--pools", "fake"], port=svc.port)
     assert svc2.stop() == 0
@@ -121,6 +122,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero():
     assert result["reply"][0].payload == b"done"
     assert svc.proc.wait(15) == 0
     assert wait_gone(kids) == []
+    svc.stop()
 
 
 def test_service_exits_when_its_parent_dies():

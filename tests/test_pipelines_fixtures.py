@@ -142,7 +142,7 @@ def build_vits(out):
 
 
 def build_clap(out):
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTokenizerFast
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
     out = _mk(out)
     tok = _bpe_tokenizer(out)
     cfg = ClapConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from protos import pythonml_pb2 as X

@@ -61,6 +61,10 @@ class Worker:
         self.options: dict = json.loads(args.options_json or "{}")
         self.log = logging.getLogger(f"{self.pool}@{self.device}")
         self.models: dict[str, ModelRecord] = {}
+        # bumped on every load/unload; heartbeats carry it so that a heartbeat built before an unload but
+        # delivered after it (replies and heartbeats travel on different sockets) cannot resurrect a model
+        self._models_version = 0
+        self._models_lock = threading.Lock()
         self.started = time.time()
         self.requests_served = 0
         self._outq: "queue.Queue[list]" = queue.Queue()
@@ -94,13 +98,19 @@ class Worker:
 
     # ---- helpers for subclasses --------------------------------------------------------------
     def note_loaded(self, record: ModelRecord) -> None:
-        self.models[record.model_id] = record
-        self._send(P.LOADED, {"model": record.summary(), "method": record.load_method},
+        with self._models_lock:
+            self.models[record.model_id] = record
+            self._models_version += 1
+            version = self._models_version
+        self._send(P.LOADED, {"model": record.summary(), "method": record.load_method, "version": version},
                    [record.load_payload])
 
     def note_unloaded(self, model_id: str) -> None:
-        self.models.pop(model_id, None)
-        self._send(P.UNLOADED, {"model_id": model_id})
+        with self._models_lock:
+            self.models.pop(model_id, None)
+            self._models_version += 1
+            version = self._models_version
+        self._send(P.UNLOADED, {"model_id": model_id, "version": version})
 
     def request_recycle(self, reason: str) -> None:
         """Ask the supervisor to replace this process between requests (e.g. to give memory back)."""
@@ -167,8 +177,12 @@ class Worker:
         return {"worker_id": self.worker_id, "pool": self.pool, "device": self.device,
                 "pid": os.getpid(), "capacity": self.capacity, "inflight": inflight,
                 "requests_served": self.requests_served, "uptime_s": time.time() - self.started,
-                "models": [m.summary() for m in self.models.values()],
+                **self._models_snapshot(),
                 "memory": self.measure_memory(), "recycle": self._recycle_reason}
+
+    def _models_snapshot(self) -> dict:
+        with self._models_lock:
+            return {"models": [m.summary() for m in self.models.values()], "models_version": self._models_version}
 
     def _heartbeat_loop(self) -> None:
         interval = self.args.heartbeat_interval

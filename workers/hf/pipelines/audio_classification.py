@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protos import pythonml_pb2 as X
 from workers.hf.pipelines.common import auto, id2label, labels_out, model, need_labels
 from workers.hf.pipelines.registry import read_config
 
