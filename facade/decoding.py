@@ -100,5 +100,18 @@ def wrap(handler, method: str):
 
 
 class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once (cached by method and handler identity), not on every call."""
+
+    def __init__(self):
+        self._wrapped: dict = {}
+
     async def intercept_service(self, continuation, handler_call_details):
-        return wrap(await continuation(handler_call_details), handler_call_details.method)
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap(handler, method)
+        if handler is not None:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
