@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="folder holding local models (repeatable)")
     a("--model-file-service", default=env_default("model_file_service", ""),
       help="address of the orchestrator's GetModelFile service (host:port)")
+    a("--preload", action="append", default=[p for p in env_default("preload", "").split(",") if p],
+      help="load a model as soon as its worker is up, and again after every restart: "
+           "[pool[@device]=]MODEL_ID, repeatable (e.g. SmolLM2-135M-Instruct, litert=face_detection_short_range)")
     a("--no-auto-load", action="store_true", default=env_default("no_auto_load", False, bool),
       help="refuse requests for models not loaded with LoadModel (default: load on first use)")
     a("--max-worker-rss-mb", type=float, default=env_default("max_worker_rss_mb", 0.0, float),
@@ -174,6 +177,32 @@ class Service:
             return Child(name=worker_id, argv=argv, env=env, pass_fds=(self.shm_fd,))
         return make
 
+    def _preload_plan(self) -> dict:
+        """--preload specs -> {(pool, device): {model_id: (method, LoadModelRequest bytes)}}.
+
+        Preloads ride on the broker's replay of acknowledged loads: sent when the worker is READY and
+        again after each restart, so a recycled or crashed worker comes back warm."""
+        if not self.args.preload:
+            return {}
+        from common.pools import parse_preload, pool_for_load
+        from protos import ml_inference_pb2 as ML
+        plan: dict = {}
+        for spec in self.args.preload:
+            pool, device, model_id = parse_preload(spec)
+            if not model_id:
+                raise SystemExit(f"--preload {spec!r}: no model id")
+            pool = pool or pool_for_load("", model_id, {})
+            devices = [d for p, d, _ in self.pools if p == pool]
+            if not devices:
+                raise SystemExit(f"--preload {spec!r}: pool '{pool}' is not in --pools {self.args.pools}")
+            device = device or devices[0]
+            if device not in devices:
+                raise SystemExit(f"--preload {spec!r}: no {pool} worker on {device} (have {', '.join(devices)})")
+            req = ML.LoadModelRequest(model_id=model_id, options={"device": device} if pool == "hf" else {})
+            plan.setdefault((pool, device), {})[model_id] = ("ml.ModelManagementService/LoadModel",
+                                                             req.SerializeToString())
+        return plan
+
     def _facade_child(self):
         from broker.supervisor import Child
         a = self.args
@@ -253,10 +282,12 @@ class Service:
             if secret:
                 self._start_curve_auth(os.environ["PML_CURVE_PUBLIC"].encode())
             self.broker.on_hello = self._on_hello
+            preload = self._preload_plan()
             self._start_facade()
             for pool, device, count in self.pools:
                 for _ in range(count):
-                    self.broker.add_slot(pool, device, self._worker_child(pool, device))
+                    slot = self.broker.add_slot(pool, device, self._worker_child(pool, device))
+                    slot.replay.update(preload.get((pool, device), {}))
             if a.metrics_port:
                 from broker.metrics import start_metrics
                 start_metrics(a.host, a.metrics_port, lambda: self.broker.snapshot)

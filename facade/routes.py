@@ -10,6 +10,8 @@ from typing import Optional
 
 from google.protobuf import message_factory
 
+from common.pools import LITERT_PIPELINES, pool_for_load  # noqa: F401 - re-exported for the facade
+
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 
@@ -95,14 +97,3 @@ SERVICE_POOLS = {
     "pythonml.v1.Speech": ("hf",),
     "pythonml.v1.Pipelines": ("hf",),
 }
-
-# LoadModel pipeline types served by the litert pool; everything else goes to hf
-LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
-
-
-def pool_for_load(pipeline_type: str, model_id: str, options) -> str:
-    if options.get("pool"):
-        return options["pool"]
-    if pipeline_type.lower() in LITERT_PIPELINES or model_id.lower().endswith(".tflite"):
-        return "litert"
-    return "hf"

@@ -185,3 +185,32 @@ def test_undrained_pipes_never_block_the_service_under_debug_logging():
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
+
+
+def test_preload_loads_at_start_and_again_after_a_crash():
+    from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
+    svc = start_service(["--pools", "fake,fakeb", "--preload", "fakeb=warm-1", "--preload", "fake=warm-2"])
+    try:
+        mm = MLG.ModelManagementServiceStub(svc.channel())
+
+        def listed():
+            return {m.model_id for m in mm.GetLoadedModels(ML.EmptyRequest(), timeout=5).models}
+        end = time.time() + 20
+        while listed() != {"warm-1", "warm-2"} and time.time() < end:
+            time.sleep(0.05)
+        assert listed() == {"warm-1", "warm-2"}  # nobody called LoadModel
+        with pytest.raises(grpc.RpcError):
+            echo(svc.channel(), pool="fakeb", action="crash")
+        end = time.time() + 20
+        while "warm-1" not in listed() and time.time() < end:
+            time.sleep(0.05)
+        assert "warm-1" in listed()
+    finally:
+        svc.stop()
+
+
+def test_preload_of_a_pool_that_does_not_run_is_a_fatal_error():
+    p = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "--port", str(free_port()), "--pools", "fake",
+                        "--preload", "litert=face_detection_short_range"], cwd=ROOT, capture_output=True, timeout=60)
+    assert p.returncode != 0 and b"READY" not in p.stdout
+    assert b"pool 'litert' is not in --pools" in p.stderr

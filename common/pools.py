@@ -1,0 +1,22 @@
+"""Which pool loads a model (shared by the facade's LoadModel and run.py's --preload); no heavy imports."""
+from __future__ import annotations
+
+# LoadModel pipeline types served by the litert pool; everything else goes to hf
+LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
+
+
+def pool_for_load(pipeline_type: str, model_id: str, options) -> str:
+    if options.get("pool"):
+        return options["pool"]
+    if (pipeline_type or "").lower() in LITERT_PIPELINES or model_id.lower().endswith(".tflite"):
+        return "litert"
+    return "hf"
+
+
+def parse_preload(spec: str) -> tuple:
+    """'[pool[@device]=]MODEL_ID' -> (pool or '', device or '', model_id)."""
+    target, sep, model_id = spec.partition("=")
+    if not sep:
+        return "", "", spec.strip()
+    pool, _, device = target.strip().partition("@")
+    return pool, device, model_id.strip()
