@@ -29,6 +29,10 @@ class BrokerCollector:
         restarts = CounterMetricFamily("pythonml_worker_restarts", "Restarts of the worker slot", labels=labels[:3])
         served = CounterMetricFamily("pythonml_worker_requests", "Requests answered by the worker", labels=labels[:3])
         models = GaugeMetricFamily("pythonml_worker_models_loaded", "Models loaded in the worker", labels=labels[:3])
+        model_ram = GaugeMetricFamily("pythonml_model_ram_megabytes", "RAM measured for a model's load",
+                                      labels=labels[:3] + ["model", "pipeline"])
+        model_vram = GaugeMetricFamily("pythonml_model_vram_megabytes", "GPU memory measured for a model's load",
+                                       labels=labels[:3] + ["model", "pipeline"])
         for w in snap.get("workers", []):
             lv = [w["worker_id"], w["pool"], w["device"], str(w["pid"]), w["state"]]
             for key, _, _ in WORKER_GAUGES:
@@ -36,10 +40,16 @@ class BrokerCollector:
             restarts.add_metric(lv[:3], float(w["restarts"]))
             served.add_metric(lv[:3], float(w["requests_served"]))
             models.add_metric(lv[:3], float(len(w.get("models") or [])))
+            for m in w.get("models") or []:
+                ml = lv[:3] + [str(m.get("model_id", "")), str(m.get("pipeline_type", ""))]
+                model_ram.add_metric(ml, float(m.get("ram_mb") or 0))
+                model_vram.add_metric(ml, float(m.get("vram_mb") or 0))
         yield from gauges.values()
         yield restarts
         yield served
         yield models
+        yield model_ram
+        yield model_vram
         q = GaugeMetricFamily("pythonml_pool_queue_depth", "Requests waiting for a worker", labels=["pool", "device"])
         live = GaugeMetricFamily("pythonml_pool_live_workers", "Workers able to serve", labels=["pool", "device"])
         rej = CounterMetricFamily("pythonml_pool_rejected", "Requests refused with RESOURCE_EXHAUSTED", labels=["pool"])

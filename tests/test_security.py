@@ -137,3 +137,22 @@ def test_recycle_on_max_rss_between_requests():
         assert r.pid != first.pid and r.payload == b"after"
         w = stats(ch).workers[0]
         assert w.rss_mb < 150 or w.pid != first.pid
+
+
+def test_prometheus_endpoint_has_per_worker_and_per_model_figures():
+    import urllib.request
+    from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
+    mport = free_port()
+    with start_service(["--pools", "fake*2", "--metrics-port", str(mport)]) as svc:
+        MLG.ModelManagementServiceStub(svc.channel()).LoadModel(
+            ML.LoadModelRequest(model_id="metric-model", options={"pool": "fake"}), timeout=10)
+        end = time.time() + 10
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+            if 'model="metric-model"' in text or time.time() > end:
+                break
+            time.sleep(0.2)
+        assert text.count("pythonml_worker_rss_megabytes{") == 2
+        assert 'worker="fake@cpu#0.1"' in text and 'worker="fake@cpu#1.1"' in text
+        assert 'pythonml_model_ram_megabytes{' in text and 'model="metric-model"' in text
+        assert "pythonml_pool_queue_depth{" in text
