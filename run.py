@@ -237,6 +237,10 @@ class Service:
             self.facade_done = True
             return
         log.error("the gRPC facade died (%s); restarting it", describe_exit(code))
+        if child is not None:
+            dropped = self.broker.forget_facade(f"facade-{child.pid}".encode())
+            if dropped:
+                log.warning("cancelled %d requests of the dead facade", dropped)
         self.facade_restarts += 1
         time.sleep(min(2.0, 0.1 * self.facade_restarts))
         self._start_facade()

@@ -310,6 +310,24 @@ class Broker:
         if ws is not None and ws.state != "dead":
             self._send_worker(ws, P.STREAM_CLOSE, {"stream": stream})
 
+    def forget_facade(self, facade: bytes) -> int:
+        """A facade died: its callers are gone, so drop its queued requests and cancel its in-flight ones
+        (workers stop early; their late replies are dropped). Returns how many requests it had."""
+        self.facades.discard(facade)
+        mine = [r for r in self.requests.values() if r.facade == facade and not r.internal]
+        for req in mine:
+            if req.worker_id is None:
+                try:
+                    self.queues[req.pool].remove(req)
+                except (KeyError, ValueError):
+                    pass
+                self.requests.pop(req.id, None)
+            else:
+                ws = self.workers.get(req.worker_id)
+                if ws is not None:
+                    self._send_worker(ws, P.CANCEL, {"id": req.id})
+        return len(mine)
+
     # ---------------------------------------------------------------- routing
     def _candidates(self, req: Request) -> list:
         if req.stream is not None and req.stream in self.streams:

@@ -214,3 +214,45 @@ def test_preload_of_a_pool_that_does_not_run_is_a_fatal_error():
                         "--preload", "litert=face_detection_short_range"], cwd=ROOT, capture_output=True, timeout=60)
     assert p.returncode != 0 and b"READY" not in p.stdout
     assert b"pool 'litert' is not in --pools" in p.stderr
+
+
+def test_dead_facade_work_is_dropped_and_cancelled():
+    from broker import protocol as P
+    from tests.broker_peer import Peer, run_dir_of
+    svc = start_service(["--pools", "fake"], env={"PML_FAKE_CAPACITY": "1"})
+    peer = Peer(f"ipc://{run_dir_of(svc.proc.pid)}/frontend.sock")
+
+    def broker_stats():
+        rid = peer.request(P.BROKER_QUERY_STATS, "", b"")
+        return P.unpack_header(peer.recv_terminal(rid)[2][0])
+    try:
+        stub = XG.DiagnosticsStub(svc.channel())
+        calls = [stub.Echo(X.EchoRequest(pool="fake", action="sleep", sleep_ms=4000), timeout=30) for _ in range(5)]
+        end = time.time() + 10
+        while time.time() < end:
+            s = broker_stats()
+            if s["workers"][0]["inflight"] == 1 and s["pools"][0]["queue_depth"] == 4:
+                break
+            time.sleep(0.05)
+        assert s["workers"][0]["inflight"] == 1 and s["pools"][0]["queue_depth"] == 4
+        served_before = s["workers"][0]["requests_served"]
+        facade = [p for p in descendants(svc.proc.pid) if "facade.server" in " ".join(p.cmdline())][0]
+        assert facade.pid > 0
+        os.kill(facade.pid, signal.SIGKILL)
+        t0 = time.time()
+        while time.time() - t0 < 10:
+            s = broker_stats()
+            if s["workers"][0]["inflight"] == 0 and s["pools"][0]["queue_depth"] == 0:
+                break
+            time.sleep(0.02)
+        waited = time.time() - t0
+        assert s["workers"][0]["inflight"] == 0 and s["pools"][0]["queue_depth"] == 0
+        assert waited < 2.0, f"the dead facade's work kept the worker busy for {waited:.1f}s"
+        time.sleep(0.3)
+        # the cancelled sleep counts as served (it answered CANCELLED); the four queued ones never ran
+        assert broker_stats()["workers"][0]["requests_served"] <= served_before + 1
+        for c in calls:
+            c.cancel()
+    finally:
+        peer.close()
+        svc.stop()
