@@ -281,3 +281,9 @@ def test_replay_of_acknowledged_loads_after_crash(svc, stub):
         return w.state == "ready" and "replay-me" in [m.model_id for m in w.models]
     wait_for(reloaded, timeout=20)
     assert mm.UnloadModel(ML.UnloadModelRequest(model_id="replay-me"), timeout=10).success
+
+
+def test_partials_from_a_helper_thread_never_overtake_the_final_reply(svc, stub):
+    for _ in range(20):
+        parts = [r.part for r in echo(stub, pool="fake", action="stream_thread", parts=50)]
+        assert parts == list(range(50))

@@ -139,10 +139,10 @@ class Worker:
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _send(self, command: bytes, header: dict, frames=()) -> None:
-        sock = getattr(self._tls, "sock", None)
-        if sock is not None:
+        own = getattr(self._tls, "own", None)
+        if own is not None:
             # a handler thread replies on its own socket: no hand-off to (and wake-up of) the I/O thread
-            sock.send_multipart(P.encode(command, header, frames), copy=False)
+            self._send_on(own, command, header, frames)
             return
         self._outq.put(P.encode(command, header, frames))
         try:
@@ -169,7 +169,13 @@ class Worker:
             n = len(self._thread_socks)
             sock = self._socket(f"{self.worker_id}/{n}")
             self._thread_socks.append(sock)
-        self._tls.sock = sock
+        self._tls.own = (sock, threading.Lock())
+
+    @staticmethod
+    def _send_on(own: tuple, command: bytes, header: dict, frames=()) -> None:
+        sock, lock = own
+        with lock:  # a handler may stream partials from a helper thread: one sender at a time
+            sock.send_multipart(P.encode(command, header, frames), copy=False)
 
     def _status(self) -> dict:
         with self._inflight_lock:
@@ -214,6 +220,11 @@ class Worker:
 
     def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
         rid = ctx.request_id
+        own = getattr(self._tls, "own", None)
+        if own is not None:
+            # partials leave on the same socket as the final reply, from whichever thread sends them,
+            # so they can never overtake it
+            ctx._send_partial = lambda data, rid=rid, own=own: self._send_on(own, P.PARTIAL, {"id": rid}, [data])
         try:
             ctx.check_cancelled()
             result = fn(ctx)

@@ -58,6 +58,12 @@ class FakeWorker(Worker):
                 if req.sleep_ms:
                     time.sleep(req.sleep_ms / 1000.0)
             return None
+        if action == "stream_thread":  # partials sent from a helper thread, then the final reply
+            import threading
+            t = threading.Thread(target=lambda: [ctx.send_partial(self._reply(req, ctx, part=i)) for i in range(req.parts)])
+            t.start()
+            t.join()
+            return None
         if action == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "hang":
