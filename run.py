@@ -137,7 +137,20 @@ def main(argv=None) -> int:
         from client.cli import main as client_main
         return client_main(argv[1:])
     args = build_parser().parse_args(argv)
+    missing = [m for m in ("zmq", "msgpack", "grpc", "google.protobuf", "psutil") if not _importable(m)]
+    if missing:
+        sys.stderr.write(f"PythonML cannot start: missing Python packages {', '.join(missing)} for {sys.executable}. "
+                         f"Run scripts/setup.sh once (it creates .venv, which run.py then uses by itself).\n")
+        return 1
     return Service(args).run()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class Service:
