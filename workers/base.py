@@ -269,34 +269,40 @@ class Worker:
         from protos import pythonml_pb2 as X
         req = X.EchoRequest.FromString(ctx.payload)
         action = req.action or "echo"
-
-        def reply(part: int = 0) -> bytes:
-            out = X.EchoReply(payload=req.payload, part=part, pid=os.getpid(), worker_id=self.worker_id)
-            frame = ctx.frame_bytes()
-            if frame is not None:
-                out.sha256 = hashlib.sha256(frame).hexdigest()
-            return out.SerializeToString()
-        if action in ("echo", "shm_echo"):
-            return reply()
-        if action not in ("sleep", "stream", "grow"):
-            raise WorkerError("INVALID_ARGUMENT", f"Echo: unknown action {action[:40]!r} for the {self.pool} worker "
-                                                  "(echo, shm_echo; sleep, stream, grow with PML_FAULT_INJECTION=1)")
-        if os.environ.get(FAULT_INJECTION_ENV) != "1":
+        if action in ("sleep", "stream", "grow") and os.environ.get(FAULT_INJECTION_ENV) != "1":
             raise WorkerError("INVALID_ARGUMENT", f"Echo: action '{action}' is a fault-injection tool; start the "
                                                   f"service with {FAULT_INJECTION_ENV}=1 to use it")
+        return self.echo_action(req, ctx, action)
+
+    def echo_reply(self, req, ctx: RequestContext, part: int = 0) -> bytes:
+        """An EchoReply for `req`: its payload, our pid and id, and the sha256 of the shm frame if any."""
+        from protos import pythonml_pb2 as X
+        out = X.EchoReply(payload=req.payload, part=part, pid=os.getpid(), worker_id=self.worker_id)
+        frame = ctx.frame_bytes()
+        if frame is not None:
+            out.sha256 = hashlib.sha256(frame).hexdigest()
+        return out.SerializeToString()
+
+    def echo_action(self, req, ctx: RequestContext, action: str) -> Optional[bytes]:
+        """echo, shm_echo, sleep, stream, grow (no fault-injection gate: callers decide)."""
+        if action in ("echo", "shm_echo"):
+            return self.echo_reply(req, ctx)
         if action == "sleep":
             end = time.time() + max(0, req.sleep_ms) / 1000.0
             while time.time() < end:
                 ctx.check_cancelled()
                 time.sleep(0.005)
-            return reply()
+            return self.echo_reply(req, ctx)
         if action == "stream":
             for i in range(max(0, min(req.parts, 1_000_000))):
                 ctx.check_cancelled()
-                ctx.send_partial(reply(i))
+                ctx.send_partial(self.echo_reply(req, ctx, i))
                 if req.sleep_ms > 0:
                     time.sleep(req.sleep_ms / 1000.0)
             return None
+        if action != "grow":
+            raise WorkerError("INVALID_ARGUMENT", f"Echo: unknown action {action[:40]!r} for the {self.pool} worker "
+                                                  "(echo, shm_echo; sleep, stream, grow with PML_FAULT_INJECTION=1)")
         if not 0 < req.grow_mb <= 64 * 1024:
             raise WorkerError("INVALID_ARGUMENT", f"Echo: grow_mb {req.grow_mb} out of range (1..65536)")
         ballast = getattr(self, "_fault_ballast", [])
@@ -304,7 +310,7 @@ class Worker:
         for left in range(req.grow_mb, 0, -16):   # 16 MiB at a time: the heartbeat thread keeps running
             ballast.append(bytearray(b"\x01") * (min(16, left) * 2**20))   # touched pages: counts in RSS
             time.sleep(0.001)
-        return reply()
+        return self.echo_reply(req, ctx)
 
     def _dispatch(self, executor: ThreadPoolExecutor, command: bytes, header: dict, frames: list) -> None:
         if command == P.REQUEST:

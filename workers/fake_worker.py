@@ -6,9 +6,9 @@ after a crash can be tested without a real model.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
+import threading
 import time
 
 from protos import ml_inference_pb2 as ML
@@ -22,7 +22,6 @@ class FakeWorker(Worker):
     capacity = 4
 
     def setup(self) -> None:
-        self._ballast: list = []
         self.capacity = int(os.environ.get("PML_FAKE_CAPACITY") or self.capacity)
         delay = float(os.environ.get("PML_FAKE_SETUP_DELAY_S") or 0)
         if delay:
@@ -33,34 +32,13 @@ class FakeWorker(Worker):
                 "ml.ModelManagementService/LoadModel": self.load_model,
                 "ml.ModelManagementService/UnloadModel": self.unload_model}
 
-    def _reply(self, req: X.EchoRequest, ctx: RequestContext, part: int = 0) -> bytes:
-        reply = X.EchoReply(payload=req.payload, part=part, pid=os.getpid(), worker_id=self.worker_id)
-        frame = ctx.frame_bytes()
-        if frame is not None:
-            reply.sha256 = hashlib.sha256(frame).hexdigest()
-        return reply.SerializeToString()
-
     def echo(self, ctx: RequestContext):
+        """The base Echo actions without the fault-injection gate, plus crash, hang, fail and
+        stream_thread (partials sent from a helper thread)."""
         req = X.EchoRequest.FromString(ctx.payload)
         action = req.action or "echo"
-        if action in ("echo", "shm_echo"):
-            return self._reply(req, ctx)
-        if action == "sleep":
-            end = time.time() + req.sleep_ms / 1000.0
-            while time.time() < end:
-                ctx.check_cancelled()
-                time.sleep(0.005)
-            return self._reply(req, ctx)
-        if action == "stream":
-            for i in range(req.parts):
-                ctx.check_cancelled()
-                ctx.send_partial(self._reply(req, ctx, part=i))
-                if req.sleep_ms:
-                    time.sleep(req.sleep_ms / 1000.0)
-            return None
-        if action == "stream_thread":  # partials sent from a helper thread, then the final reply
-            import threading
-            t = threading.Thread(target=lambda: [ctx.send_partial(self._reply(req, ctx, part=i)) for i in range(req.parts)])
+        if action == "stream_thread":
+            t = threading.Thread(target=lambda: [ctx.send_partial(self.echo_reply(req, ctx, i)) for i in range(req.parts)])
             t.start()
             t.join()
             return None
@@ -68,13 +46,10 @@ class FakeWorker(Worker):
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "hang":
             os.kill(os.getpid(), signal.SIGSTOP)
-            return self._reply(req, ctx)
-        if action == "grow":
-            self._ballast.append(bytearray(os.urandom(1)) * (req.grow_mb * 2**20))
-            return self._reply(req, ctx)
+            return self.echo_reply(req, ctx)
         if action == "fail":
             raise WorkerError("FAILED_PRECONDITION", "fake failure requested")
-        raise WorkerError("INVALID_ARGUMENT", f"unknown fake action {action!r}")
+        return self.echo_action(req, ctx, action)
 
     def load_model(self, ctx: RequestContext) -> bytes:
         req = ML.LoadModelRequest.FromString(ctx.payload)
