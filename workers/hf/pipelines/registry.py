@@ -20,6 +20,21 @@ from typing import Any, Optional
 from workers.context import WorkerError
 
 
+def bounded_option(opts: dict, name: str, default, lo, hi, cast=int, label: str = "option"):
+    """opts[name] parsed with `cast` and checked against lo..hi; `default` when absent or empty."""
+    v = opts.get(name, "")
+    if v in ("", None):
+        return default
+    try:
+        x = cast(v)
+    except ValueError:
+        kind = "an integer" if cast is int else "a number"
+        raise WorkerError("INVALID_ARGUMENT", f"{label} {name}='{v}' is not {kind}") from None
+    if not lo <= x <= hi:
+        raise WorkerError("INVALID_ARGUMENT", f"{label} {name}={x} is outside {lo}..{hi}")
+    return x
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str                  # canonical pipeline_type
@@ -187,16 +202,7 @@ class Call:
         return labels
 
     def int_opt(self, name: str, default: int, lo: int = 0, hi: int = 1 << 30) -> int:
-        v = self.options.get(name, "")
-        if v in ("", None):
-            return default
-        try:
-            n = int(v)
-        except ValueError:
-            raise WorkerError("INVALID_ARGUMENT", f"option {name}='{v}' is not an integer") from None
-        if not lo <= n <= hi:
-            raise WorkerError("INVALID_ARGUMENT", f"option {name}={n} is outside {lo}..{hi}")
-        return n
+        return bounded_option(self.options, name, default, lo, hi, int)
 
     def check(self) -> None:
         if self.ctx is not None:

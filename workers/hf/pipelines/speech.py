@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from workers.context import Cancelled, WorkerError
-from workers.hf.pipelines.registry import is_ctranslate2_whisper, read_config
+from workers.hf.pipelines.registry import bounded_option, is_ctranslate2_whisper, read_config
 
 RATE = 16000
 TASKS = ("transcribe", "translate")
@@ -190,16 +190,7 @@ def check_beam(n) -> int:
 
 # ---- streaming -------------------------------------------------------------------------------------
 def _float_opt(meta: dict, name: str, default: float, lo: float, hi: float) -> float:
-    v = meta.get(name, "")
-    if v in ("", None):
-        return default
-    try:
-        x = float(v)
-    except ValueError:
-        raise WorkerError("INVALID_ARGUMENT", f"stream option {name}='{v}' is not a number") from None
-    if not lo <= x <= hi:
-        raise WorkerError("INVALID_ARGUMENT", f"stream option {name}={x} is outside {lo}..{hi}")
-    return x
+    return bounded_option(meta, name, default, lo, hi, float, "stream option")
 
 
 @dataclass
