@@ -223,7 +223,7 @@ class Service:
         argv = [sys.executable, "-m", "common.child", str(int(signal.SIGTERM)), "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
                 "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
-                "--max-message-mb", str(a.max_message_mb), "--max-frame-mb", str(a.max_frame_mb),
+                "--max-message-mb", str(a.max_message_mb),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--log-level", a.log_level, "--log-format", a.log_format]
         return Child(name="facade", argv=argv, env={}, pass_fds=(self.shm_fd,))

@@ -117,7 +117,6 @@ class Broker:
         self.snapshot: dict = {}
         self._ids = itertools.count()
         self.stopping = False
-        self.on_pools_changed: Optional[Callable[[dict], None]] = None
         self.on_hello: Optional[Callable[[dict], None]] = None   # the facade announced its port
         self.extra_pidfd_handlers: dict[int, Callable[[int], None]] = {}
         self._last_pools: dict = {}
@@ -178,8 +177,6 @@ class Broker:
         self._last_pools = pools
         for facade in list(self.facades):
             self._send_facade(facade, P.POOLS, {"pools": pools})
-        if self.on_pools_changed:
-            self.on_pools_changed(pools)
 
     # ---------------------------------------------------------------- sending
     def _send_facade(self, facade: bytes, command: bytes, header, frames=()) -> None:

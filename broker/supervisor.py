@@ -156,12 +156,6 @@ class Supervisor:
                 os.kill(child.pid, sig)
             except ProcessLookupError:
                 pass
-            if sig == signal.SIGKILL:
-                # a SIGSTOPped process still dies on SIGKILL; nothing else needed
-                pass
-
-    def pidfds(self) -> list:
-        return list(self.children.keys())
 
     def kill_all(self) -> None:
         for child in list(self.children.values()):

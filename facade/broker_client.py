@@ -48,7 +48,6 @@ class BrokerClient:
         self.pools: dict = {}
         self.on_pools: list[Callable[[dict], None]] = []
         self.malformed = 0
-        self.dropped_frames = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._drain_scheduled = False
 

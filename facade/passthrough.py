@@ -61,9 +61,8 @@ async def abort(context, exc: BrokerError):
 
 
 class PassThrough:
-    def __init__(self, client: BrokerClient, max_frame_bytes: int):
+    def __init__(self, client: BrokerClient):
         self.client = client
-        self.max_frame_bytes = max_frame_bytes
         self.dropped_frames = 0
 
     def _split(self, route: Route, msg) -> tuple[bytes, Optional[bytes], str]:

@@ -10,8 +10,6 @@ from typing import Optional
 
 from google.protobuf import message_factory
 
-from common.pools import LITERT_PIPELINES, pool_for_load  # noqa: F401 - re-exported for the facade
-
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 

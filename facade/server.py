@@ -42,7 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shm-slot-size", type=int, default=0)
     ap.add_argument("--token-env", default="PYTHONML_TOKEN")
     ap.add_argument("--max-message-mb", type=int, default=64)
-    ap.add_argument("--max-frame-mb", type=int, default=64)
     ap.add_argument("--grace-s", type=float, default=10.0)
     ap.add_argument("--model-dirs", default="")
     ap.add_argument("--log-level", default="info")
@@ -72,7 +71,7 @@ async def serve(args: argparse.Namespace) -> int:
         # frames are ~1 MB messages: let clients send them in few large HTTP/2 DATA frames
         ("grpc.http2.max_frame_size", 4 * 2**20), ("grpc.http2.lookahead_bytes", 16 * 2**20)])
 
-    passthrough = PassThrough(client, args.max_frame_mb * 2**20)
+    passthrough = PassThrough(client)
     by_service: dict = {}
     for route in ROUTES:
         by_service.setdefault(route.service, {})[route.method] = passthrough.handler(route)
