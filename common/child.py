@@ -8,27 +8,23 @@ parent-death signal to the parent *thread* that forked us), then runs MODULE as 
 import os
 import runpy
 import sys
-import threading
 import time
 
 
-def _watch(parent: int, sig: int) -> None:
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)   # the same signal the kernel would have sent
-            time.sleep(5.0)
-            os._exit(1)                  # a handler that did not exit in time
+def _orphaned(sig: int) -> None:
+    os.kill(os.getpid(), sig)   # the same signal the kernel would have sent
+    time.sleep(5.0)
+    os._exit(1)                  # a handler that did not exit in time
 
 
 def main() -> None:
-    from common.proc import set_pdeathsig
+    from common.proc import set_pdeathsig, watch_parent
     sig, module = int(sys.argv[1]), sys.argv[2]
     set_pdeathsig(sig)
     expected = int(os.environ.get("PML_PARENT_PID") or os.getppid())
     if os.getppid() != expected:
         os._exit(1)  # the parent died before the signal was armed
-    threading.Thread(target=_watch, args=(expected, sig), name="parent-watch", daemon=True).start()
+    watch_parent(lambda: _orphaned(sig))
     sys.argv = [module, *sys.argv[3:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
