@@ -186,7 +186,8 @@ class Service:
                     "--max-message-bytes", str((self.args.max_message_mb + 16) * 2**20),
                     "--log-level", self.args.log_level, "--log-format", self.args.log_format]
             if self.curve_server_public:
-                argv += ["--curve-server-key", self.curve_server_public.decode()]
+                # "=" form: a Z85 key may begin with "-", which argparse would take for an option
+                argv += [f"--curve-server-key={self.curve_server_public.decode()}"]
             return Child(name=worker_id, argv=argv, env=env, pass_fds=(self.shm_fd,))
         return make
 

@@ -156,3 +156,13 @@ def test_prometheus_endpoint_has_per_worker_and_per_model_figures():
         assert 'worker="fake@cpu#0.1"' in text and 'worker="fake@cpu#1.1"' in text
         assert 'pythonml_model_ram_megabytes{' in text and 'model="metric-model"' in text
         assert "pythonml_pool_queue_depth{" in text
+
+
+def test_worker_accepts_a_curve_key_that_begins_with_a_dash():
+    # Z85 keys are random and may begin with "-"; run.py passes them in the "--opt=value" form
+    from workers.base import worker_arg_parser
+    args = worker_arg_parser("fake").parse_args(["--connect", "tcp://127.0.0.1:1", "--worker-id", "w",
+                                                 "--curve-server-key=-abcdefghij"])
+    assert args.curve_server_key == "-abcdefghij"
+    src = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")).read()
+    assert 'f"--curve-server-key={' in src
