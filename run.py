@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="folder holding local models (repeatable)")
     a("--model-file-service", default=env_default("model_file_service", ""),
       help="address of the orchestrator's GetModelFile service (host:port)")
+    a("--model-file-timeout-s", type=float, default=env_default("model_file_timeout_s", 600.0, float),
+      help="longest wait for one file from the model file service (an operator setting, never a request option)")
+    a("--model-file-retries", type=int, default=env_default("model_file_retries", 3, int),
+      help="retries of a broken file-service stream")
     a("--preload", action="append", default=[p for p in env_default("preload", "").split(",") if p],
       help="load a model as soon as its worker is up, and again after every restart: "
            "[pool[@device]=]MODEL_ID, repeatable (e.g. SmolLM2-135M-Instruct, litert=face_detection_short_range)")
@@ -95,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--litert-no-xnnpack", action="store_true", default=env_default("litert_no_xnnpack", False, bool))
     a("--litert-gpu", action="store_true", default=env_default("litert_gpu", False, bool),
       help="try the LiteRT GPU delegate (falls back to CPU with a message)")
+    a("--litert-gpu-delegate-library", default=env_default("litert_gpu_delegate_library", ""),
+      help="path of the LiteRT GPU delegate library (default: LITERT_GPU_DELEGATE, else "
+           "libtensorflowlite_gpu_delegate.so); an operator setting, never a request option")
     a("--worker-endpoint", default=env_default("worker_endpoint", ""),
       help="bind the worker socket on tcp://host:port (CurveZMQ keys required) instead of a private ipc socket")
     return ap
@@ -167,6 +174,8 @@ class Service:
                 "model_dirs": list(self.args.model_dir), "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
                 "threads": threads, "max_frame_bytes": self.args.max_frame_mb * 2**20,
                 "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
+                "gpu_delegate_library": self.args.litert_gpu_delegate_library,
+                "file_timeout_s": self.args.model_file_timeout_s, "file_retries": self.args.model_file_retries,
                 "max_rss_mb": self.args.max_worker_rss_mb, "max_requests": self.args.max_worker_requests}
 
     def _worker_child(self, pool: str, device: str):

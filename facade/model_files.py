@@ -2,7 +2,8 @@
 
 `serve_model_file(request, context, resolver)` is an async generator of ModelFileChunk for
 `ml.ModelManagementService/GetModelFile`: built-in aliases and local model directories
-(workers.hf.resolve.ModelResolver.local — no conversion, no fetching, no torch import), so other
+(workers.hf.resolve.ModelResolver.local — no conversion, no fetching, no torch import; a model id reaches
+only the model folders of common.model_access, an absolute id elsewhere is refused), so other
 hosts and tests can pull models from this service. The requested path must be a plain relative
 path that stays inside the model's directory after resolving symlinks (HF cache snapshots may
 point into the repo's blobs folder, which is the boundary then); anything else is refused.
@@ -16,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import grpc
 
+from common.status import StatusError
 from protos import ml_inference_pb2 as ML
 
 CHUNK_BYTES = 1 << 20
@@ -46,8 +48,8 @@ async def serve_model_file(request, context, resolver, chunk_bytes: int = CHUNK_
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err)
     try:
         res = resolver.local(request.model_id)
-    except Exception as exc:  # WorkerError for an invalid id
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, getattr(exc, "message", str(exc)))
+    except StatusError as exc:  # an invalid id, or an absolute path outside the model folders
+        await context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
     if res is None:
         await context.abort(grpc.StatusCode.NOT_FOUND,
                             f"model '{request.model_id}' is not available locally on this service "

@@ -101,9 +101,10 @@ def test_persistently_broken_stream_gives_unavailable(sharded, tmp_path):
 
 def test_unreachable_file_service(tmp_path):
     from tests.service import free_port
-    w = make_worker(cache_dir=str(tmp_path), model_file_service=f"127.0.0.1:{free_port()}")
-    req = ML.LoadModelRequest(model_id="org/x", pipeline_type="text-generation",
-                              options={"file_timeout_s": "2", "file_retries": "1"})
+    # timeout and retries are operator settings (--model-file-timeout-s / --model-file-retries)
+    w = make_worker(cache_dir=str(tmp_path), model_file_service=f"127.0.0.1:{free_port()}",
+                    file_timeout_s=2, file_retries=1)
+    req = ML.LoadModelRequest(model_id="org/x", pipeline_type="text-generation")
     ctx, _ = make_test_context("ml.ModelManagementService/LoadModel", payload=req.SerializeToString())
     with pytest.raises(WorkerError) as ei:
         w.load_model(ctx)

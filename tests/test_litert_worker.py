@@ -36,7 +36,7 @@ def rec():
 
 @pytest.fixture(scope="module")
 def svc(rec, tmp_path_factory):
-    s = LiteRTService({"threads": 1, "auto_load": True, "cache_dir": str(tmp_path_factory.mktemp("cache"))},
+    s = LiteRTService({"threads": 2, "auto_load": True, "cache_dir": str(tmp_path_factory.mktemp("cache"))},
                       on_loaded=rec.loaded.append, on_unloaded=rec.unloaded.append,
                       measure_memory=lambda: {"rss_mb": 100.0})
     yield s
@@ -162,8 +162,10 @@ def test_xnnpack_off_and_threads_give_the_same_scores(svc):
     np.testing.assert_allclose(ref["classificators"], fast["classificators"], atol=1e-3)
 
 
-def test_gpu_delegate_falls_back_to_cpu_with_a_clear_message(svc):
-    resp = load(svc, "face_gpu", alias=FACE_MODEL, gpu_delegate="true", gpu_delegate_library="libdoes_not_exist.so")
+def test_gpu_delegate_falls_back_to_cpu_with_a_clear_message():
+    # the delegate library is an operator setting (--litert-gpu-delegate-library), a worker option
+    svc = LiteRTService({"threads": 1, "gpu_delegate_library": "libdoes_not_exist.so"})
+    resp = load(svc, "face_gpu", alias=FACE_MODEL, gpu_delegate="true")
     assert resp.success
     assert "GPU delegate unavailable" in resp.message and "libdoes_not_exist.so" in resp.message
     assert "running on the CPU" in resp.message
@@ -171,6 +173,7 @@ def test_gpu_delegate_falls_back_to_cpu_with_a_clear_message(svc):
     req.model_name = "face_gpu"
     _, out = infer(svc, req)
     assert best_face_score(out["classificators"]) > 0.5
+    svc.close()
 
 
 # ---- full-int8 model with resource variables ------------------------------------------------
@@ -267,10 +270,15 @@ def test_unresolved_custom_op_is_failed_precondition(svc):
 
 
 def test_not_a_tflite_file_and_unknown_model(svc):
-    expect_error("INVALID_ARGUMENT", _load_path, svc, "jpeg", os.path.join(ASSETS, "happyfish.jpg"),
+    assets = LiteRTService({"threads": 1, "model_dirs": [ASSETS]})   # a file inside a --model-dir
+    expect_error("INVALID_ARGUMENT", _load_path, assets, "jpeg", os.path.join(ASSETS, "happyfish.jpg"),
                  contains=("not a .tflite flatbuffer", "TFL3"))
+    expect_error("NOT_FOUND", _load_path, assets, "x", os.path.join(ASSETS, "no_such.tflite"), contains=("does not exist",))
+    assets.close()
     expect_error("NOT_FOUND", load, svc, "no_such_model_xyz", contains=("not found", "built-in alias"))
-    expect_error("NOT_FOUND", _load_path, svc, "x", "/nonexistent/model.tflite", contains=("does not exist",))
+    # outside the model folders: refused without saying whether the file exists
+    expect_error("PERMISSION_DENIED", _load_path, svc, "x", "/nonexistent/model.tflite",
+                 contains=("not inside", "model folders"))
     expect_error("INVALID_ARGUMENT", load, svc, "")
 
 
@@ -329,7 +337,7 @@ class _FileService(MLG.ModelManagementServiceServicer):
                                     is_last=off + step >= len(data))
 
 
-def test_load_from_the_orchestrator_file_service(svc):
+def test_load_from_the_orchestrator_file_service(tmp_path):
     import grpc
     data = open(registry.resolve(FACE_MODEL), "rb").read()
     fs = _FileService({("acme/face-detector", "model.tflite"): data})
@@ -338,7 +346,9 @@ def test_load_from_the_orchestrator_file_service(svc):
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        resp = load(svc, "acme/face-detector", model_file_service=f"127.0.0.1:{port}")
+        svc = LiteRTService({"threads": 1, "model_file_service": f"127.0.0.1:{port}",
+                             "cache_dir": str(tmp_path / "cache")})
+        resp = load(svc, "acme/face-detector")
         assert resp.success and "file service" in resp.message
         assert fs.requests == [("acme/face-detector", "model.tflite")]
         req = face_req()
@@ -346,10 +356,11 @@ def test_load_from_the_orchestrator_file_service(svc):
         _, out = infer(svc, req)
         assert best_face_score(out["classificators"]) > 0.5
         with pytest.raises(WorkerError) as ei:
-            load(svc, "acme/missing", model_file_service=f"127.0.0.1:{port}")
+            load(svc, "acme/missing")
         assert ei.value.code == "NOT_FOUND" and "no file model.tflite for acme/missing" in ei.value.message
     finally:
         server.stop(0)
+        svc.close()
     s2 = LiteRTService({"threads": 1, "model_file_service": "127.0.0.1:1"})
     expect_error("UNAVAILABLE", load, s2, "acme/other", contains=("model file service 127.0.0.1:1",))
 

@@ -11,14 +11,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-
-class WorkerError(Exception):
-    """An error with a precise gRPC status code name and a message a person can act on."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+from common.status import StatusError as WorkerError  # one error class for every layer
 
 
 class Cancelled(WorkerError):

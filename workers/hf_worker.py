@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from common.load_options import check_load_options, thread_budget
 from protos import ml_inference_pb2 as ML
 from workers.base import ModelRecord, Worker, run_worker_main
 from workers.context import Cancelled, RequestContext, WorkerError
@@ -177,6 +178,7 @@ class HFWorker(Worker):
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes) -> tuple[LoadedModel, bool]:
         """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded)."""
+        check_load_options(opts, thread_budget(self.options))   # allow-list and bounds, before anything else
         self._check_device(opts.get("device", ""))
         dtype = self._dtype(opts.get("dtype", ""))
         if (pipeline_type or "").strip():

@@ -164,6 +164,8 @@ def fetch_model(address: str, model_id: str, dest: Path, options: Optional[dict]
     if (dest / ".complete").is_file():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
+    # timeout and retries are operator settings (--model-file-timeout-s, --model-file-retries), passed in
+    # by the resolver from the worker's options; a request cannot set them (common.load_options)
     client = FileServiceClient(address, timeout_s=float(options.get("file_timeout_s") or 600),
                                retries=int(options.get("file_retries") or 3))
     t0 = time.time()

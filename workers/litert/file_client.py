@@ -1,8 +1,8 @@
 """Fetch one model file from the orchestrator's file service (ml.ModelManagementService/GetModelFile).
 
 The orchestrator owns downloads; it streams a file as chunks (data, offset, total_size, is_last).
-The service address comes from the worker's ``model_file_service`` option or the LoadModel request's
-option of the same name. With a cache folder, the hf pool's client (workers/hf/file_client.py: offset
+The service address and its timeout are operator settings (``--model-file-service``,
+``--model-file-timeout-s``), never request options. With a cache folder, the hf pool's client (workers/hf/file_client.py: offset
 reassembly, retries with back-off, the file kept on disk for the next load or a replay) does the work;
 without one, a small in-memory reader checks chunk order and completeness.
 """
@@ -17,13 +17,14 @@ from workers.context import WorkerError
 MAX_MODEL_BYTES = 2 * 2**30 - 1  # a .tflite flatbuffer cannot exceed 2 GiB
 
 
-def fetch_to_cache(address: str, model_id: str, file_path: str, cache_dir: str) -> Tuple[bytes, str]:
+def fetch_to_cache(address: str, model_id: str, file_path: str, cache_dir: str,
+                   timeout_s: float = 300.0) -> Tuple[bytes, str]:
     """(bytes, local path) of the file, fetched into `cache_dir` with the shared hf file-service client."""
     from pathlib import Path
 
     from workers.hf.file_client import FileServiceClient
     dest_dir = Path(cache_dir) / "litert-files" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
-    client = FileServiceClient(address)
+    client = FileServiceClient(address, timeout_s=timeout_s)
     try:
         client.fetch_file(model_id, file_path, dest_dir, required=True)
     finally:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+from common.load_options import check_load_options, thread_budget
 from protos import ml_inference_pb2 as ML
 from protos.kserve import grpc_service_pb2 as K
 from workers.context import RequestContext, WorkerError
@@ -98,25 +99,29 @@ class LiteRTService:
             return dict(self._models)
 
     def runtime_options(self, overrides: dict) -> RuntimeOptions:
+        """Request overrides (already allow-listed) over the worker's options; the delegate library is an
+        operator setting only (--litert-gpu-delegate-library), never taken from a request."""
         def pick(key):
             return overrides.get(key) if overrides.get(key) not in (None, "") else self.options.get(key)
-        threads = pick("threads")
+        budget = thread_budget(self.options)
+        threads = overrides.get("threads")
         try:
-            threads = int(threads) if threads not in (None, "", 0, "0") else min(4, os.cpu_count() or 1)
+            threads = int(threads) if threads not in (None, "", 0, "0") else min(4, budget)
         except (TypeError, ValueError):
             raise WorkerError("INVALID_ARGUMENT", f"threads must be an integer >= 1, got {threads!r}") from None
-        if threads < 1:
-            raise WorkerError("INVALID_ARGUMENT", f"threads must be >= 1, got {threads}")
+        if not 1 <= threads <= budget:
+            raise WorkerError("INVALID_ARGUMENT", f"threads={threads} is outside 1..{budget} (this worker's thread budget)")
         gpu = pick("gpu_delegate")
         gpu = as_bool(gpu) if gpu is not None else self.device.startswith(("cuda", "gpu"))
         return RuntimeOptions(threads=threads, xnnpack=as_bool(pick("xnnpack"), True), gpu_delegate=gpu,
-                              gpu_delegate_library=str(pick("gpu_delegate_library") or ""))
+                              gpu_delegate_library=str(self.options.get("gpu_delegate_library") or ""))
 
     def _memory_mb(self) -> float:
         m = self._measure() or {}
         return float(m.get("uss_mb") or m.get("rss_mb") or 0.0)
 
     def _load(self, model_id: str, opts: dict, frame: Optional[bytes], payload: bytes) -> tuple:
+        check_load_options(opts, thread_budget(self.options))   # before any file is touched
         with self._lock:
             load_lock = self._load_locks.setdefault(model_id, threading.Lock())
         with load_lock:
