@@ -3,6 +3,12 @@
 When the token environment variable is set, every call must carry `authorization: Bearer <token>`
 (or `x-api-key: <token>`). Health checks and reflection stay open so that spawners and tools can
 probe readiness without the secret.
+
+The check runs on the call's metadata, before any request message is read: a refused call of any shape
+is answered by a stream-stream handler that never reads (grpc.aio reads a unary request in full before
+calling a unary handler, so a unary "deny" handler would first buffer up to --max-message-mb). What gRPC
+core has already received of the body when the status goes out is bounded by the stream's HTTP/2 flow
+control window, and the client is then told to stop sending.
 """
 from __future__ import annotations
 
@@ -15,13 +21,11 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def _deny(message: str):
-    async def deny_unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def deny_stream(request_or_iter, context):
+    async def deny(request_iterator, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield b""  # pragma: no cover - makes this an async generator
-    return deny_unary, deny_stream
+    # stream-stream for every method shape: grpc does not read the request before the handler runs
+    return grpc.stream_stream_rpc_method_handler(deny)
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
@@ -47,14 +51,6 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         problem = self._check(handler_call_details.invocation_metadata)
         if problem is None:
             return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        deny_unary, deny_stream = _deny(problem)
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny_stream)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny_unary)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny_stream)
-        return grpc.unary_unary_rpc_method_handler(deny_unary)
+        if await continuation(handler_call_details) is None:
+            return None  # unknown method: UNIMPLEMENTED, as without a token
+        return _deny(problem)
