@@ -28,14 +28,19 @@ BUILDERS = {"image-classification": F.build_vit_classifier, "image-text-embeddin
 
 
 @pytest.fixture(scope="module")
-def worker():
-    return make_worker(threads=2)
+def models_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipelines")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    return {pt: str(b(root / pt.replace("-", "_"))) for pt, b in BUILDERS.items()}
+def worker(models_root):
+    # the test's models live in a --model-dir: only the model folders can be loaded (common/model_access)
+    return make_worker(threads=2, model_dirs=[str(models_root)])
+
+
+@pytest.fixture(scope="module")
+def models(models_root):
+    return {pt: str(b(models_root / pt.replace("-", "_"))) for pt, b in BUILDERS.items()}
 
 
 def load(worker, model_id, pipeline_type, **options):

@@ -229,7 +229,7 @@ def test_speech_model_refuses_other_kinds(worker):
 def test_hf_format_whisper_through_transformers(tmp_path):
     from tests.test_pipelines_fixtures import build_hf_whisper
     path = str(build_hf_whisper(tmp_path / "tiny-whisper"))
-    w = make_worker(threads=2)
+    w = make_worker(threads=2, model_dirs=[str(tmp_path)])   # only the model folders can be loaded
     ctx, _ = make_test_context("x", ML.LoadModelRequest(model_id=path, pipeline_type="whisper",
                                                         options={"max_new_tokens": "16"}).SerializeToString())
     assert ML.LoadModelResponse.FromString(w.load_model(ctx)).success
