@@ -10,11 +10,17 @@ Models resolve through workers/hf/resolve.py (built-in alias, local dir, orchest
 and load on first use when options["auto_load"] is true. HF offline mode is forced before
 transformers is imported: nothing here ever reaches a hub.
 
+Every count, size and duration of a request is bounded before parsing / tokenising / running it:
+the limits, their defaults and the worker options that change them are in workers/hf/limits.py.
+A cancelled or expired request stops within one generated token, one embedding sub-batch or one
+transcribed segment, and is answered only once its work has stopped (the broker counts it in flight
+until then, so Stats tells the truth).
+
 Worker options used (run.py passes them in --options-json): auto_load, model_dirs, cache_dir,
 model_file_service, threads, plus optional hf_capacity (default 32), gen_concurrency (4),
 default_generation_model, default_embedding_model, default_max_new_tokens (256),
-chat_max_new_tokens (512), max_prompt_chars (262144), max_embed_texts (2048), embed_max_batch (32),
-embed_max_wait_ms (5), recycle_on_unload (true).
+chat_max_new_tokens (512), embed_max_batch (32), embed_max_wait_ms (5), recycle_on_unload (true),
+and the limit options of workers/hf/limits.py.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from protos import ml_inference_pb2 as ML
 from workers.base import ModelRecord, Worker, run_worker_main
 from workers.context import Cancelled, RequestContext, WorkerError
 from workers.hf import chat as chatmod
+from workers.hf import limits
 from workers.hf import memory
 from workers.hf.pipelines import registry
 from workers.hf.resolve import ModelResolver, Resolved
@@ -107,13 +114,17 @@ class HFWorker(Worker):
         self.default_gen_model = o.get("default_generation_model") or "SmolLM2-135M-Instruct"
         self.default_emb_model = o.get("default_embedding_model") or "all-MiniLM-L6-v2"
         self.default_speech_model = o.get("default_speech_model") or "whisper-tiny.en"
-        self.max_audio_s = float(o.get("max_audio_s") or 1800)
+        self.max_audio_s = float(o.get("max_audio_s") or limits.AUDIO_MAX_SECONDS)
         self.max_pipeline_inputs = int(o.get("max_pipeline_inputs") or 256)
         self.default_max_new = int(o.get("default_max_new_tokens") or 256)
         self.chat_max_new = int(o.get("chat_max_new_tokens") or 512)
-        self.max_prompt_chars = int(o.get("max_prompt_chars") or 262144)
-        self.max_embed_texts = int(o.get("max_embed_texts") or 2048)
-        self.embed_max_batch = int(o.get("embed_max_batch") or 32)
+        self.max_prompt_chars = int(o.get("max_prompt_chars") or limits.PROMPT_MAX_CHARS)
+        self.chat_max_messages = int(o.get("chat_max_messages") or limits.CHAT_MAX_MESSAGES)
+        self.chat_max_chars = int(o.get("chat_max_chars") or limits.CHAT_MAX_TOTAL_CHARS)
+        self.max_embed_texts = int(o.get("max_embed_texts") or limits.EMBED_MAX_TEXTS)
+        self.embed_max_text_chars = int(o.get("embed_max_text_chars") or limits.EMBED_MAX_TEXT_CHARS)
+        self.embed_max_total_chars = int(o.get("embed_max_total_chars") or limits.EMBED_MAX_TOTAL_CHARS)
+        self.embed_max_batch = int(o.get("embed_max_batch") or limits.EMBED_BATCH_TEXTS)
         self.embed_max_wait_s = float(o.get("embed_max_wait_ms") or 5) / 1000.0
         self.recycle_on_unload = _truthy(o.get("recycle_on_unload"), True)
         self.gen_slots = threading.BoundedSemaphore(max(1, int(o.get("gen_concurrency") or 4)))
@@ -145,11 +156,11 @@ class HFWorker(Worker):
         return should_stop
 
     @staticmethod
-    def _raise_for(reason: str, ctx: RequestContext, done: int = 0):
+    def _raise_for(reason: str, ctx: RequestContext, done: int = 0,
+                   what: str = "generated tokens; raise the deadline or lower max_length"):
         if reason == "cancelled":
             raise Cancelled()
-        raise WorkerError("DEADLINE_EXCEEDED", f"{ctx.method}: deadline passed after {done} generated tokens; "
-                                               "raise the deadline or lower max_length")
+        raise WorkerError("DEADLINE_EXCEEDED", f"{ctx.method}: deadline passed after {done} {what}")
 
     def _dtype(self, name: str):
         name = (name or "auto").strip().lower()
@@ -253,9 +264,20 @@ class HFWorker(Worker):
     def _check_prompt(self, prompt: str, what: str = "prompt") -> None:
         if not prompt or not prompt.strip():
             raise WorkerError("INVALID_ARGUMENT", f"{what} is empty: send the text to continue")
-        if len(prompt) > self.max_prompt_chars:
-            raise WorkerError("INVALID_ARGUMENT", f"{what} is {len(prompt)} characters; the limit is "
-                                                  f"{self.max_prompt_chars} (worker option max_prompt_chars)")
+        limits.check_chars(len(prompt), self.max_prompt_chars, what, "max_prompt_chars",
+                           "shorten it or summarise earlier turns")
+
+    def _prompt_ids(self, lm: LoadedModel, messages: list[dict], raw_text: Optional[str] = None) -> list[int]:
+        """Render (chat template unless raw) and tokenise, tokenising a bounded prefix first when the text
+        is far longer than the model's context (generation.encode_within_context)."""
+        from workers.hf.generation import context_limit, encode_within_context
+        tok = lm.tokenizer
+        with lm.tok_lock:
+            if raw_text is not None:
+                text, templated = raw_text, False
+            else:
+                text, templated = chatmod.render(tok, messages), chatmod.has_template(tok)
+            return encode_within_context(lambda t: chatmod.encode(tok, t, templated), text, context_limit(lm.model))
 
     def _stream(self, ctx: RequestContext, lm: LoadedModel, prompt_ids: list[int], params):
         from workers.hf.generation import stream_generate
@@ -272,12 +294,14 @@ class HFWorker(Worker):
 
     def generate_text(self, ctx: RequestContext) -> bytes:
         from workers.hf.generation import validate_params
+        limits.check_payload(ctx.payload, limits.max_request_bytes(self.max_prompt_chars), "GenerateText",
+                             f"prompt of {self.max_prompt_chars} characters")
         req = ML.TextRequest.FromString(ctx.payload)
         self._check_prompt(req.prompt)
         params = validate_params(req.max_length, req.temperature, req.top_p, self.default_max_new)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
-        with lm.tok_lock:
-            ids = chatmod.text_prompt_ids(lm.tokenizer, req.prompt, lm.raw_prompt)
+        raw = lm.raw_prompt or not chatmod.has_template(lm.tokenizer)
+        ids = self._prompt_ids(lm, [{"role": "user", "content": req.prompt}], req.prompt if raw else None)
         n = 0
         for piece in self._stream(ctx, lm, ids, params):
             n = piece.tokens
@@ -289,36 +313,58 @@ class HFWorker(Worker):
             return ML.TextResponse(text=piece.text, done=True, tokens_generated=n).SerializeToString()
         return ML.TextResponse(done=True, tokens_generated=n).SerializeToString()
 
+    def _check_chat(self, payload: bytes) -> "ML.ChatRequest":
+        """Bounds first: request bytes, then message count, then total characters; then the messages."""
+        limits.check_payload(payload, limits.max_request_bytes(self.chat_max_chars, self.chat_max_messages),
+                             "ChatCompletion", f"{self.chat_max_messages} messages, {self.chat_max_chars} characters")
+        req = ML.ChatRequest.FromString(payload)
+        limits.check_count(len(req.messages), self.chat_max_messages, "ChatCompletion: messages", "chat_max_messages",
+                           "keep the most recent turns or summarise the earlier ones")
+        limits.check_chars(sum(len(m.content) for m in req.messages), self.chat_max_chars,
+                           "ChatCompletion: the messages together", "chat_max_chars",
+                           "keep the most recent turns or summarise the earlier ones")
+        return req
+
     def chat_completion(self, ctx: RequestContext) -> bytes:
         from workers.hf.generation import validate_params
-        req = ML.ChatRequest.FromString(ctx.payload)
-        messages = chatmod.validate_messages(req.messages, self.max_prompt_chars)
+        req = self._check_chat(ctx.payload)
+        messages = chatmod.validate_messages(req.messages, self.chat_max_chars)
         params = validate_params(0, req.temperature, 0.0, self.chat_max_new)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
-        with lm.tok_lock:
-            ids = chatmod.chat_prompt_ids(lm.tokenizer, messages)
+        ids = self._prompt_ids(lm, messages)
         for piece in self._stream(ctx, lm, ids, params):
             if piece.finish_reason is None:
                 ctx.send_partial(ML.ChatResponse(content=piece.text).SerializeToString())
                 continue
-            if piece.finish_reason == "deadline":
-                self._raise_for("deadline", ctx, piece.tokens)
+            if piece.finish_reason in ("cancelled", "deadline"):
+                self._raise_for(piece.finish_reason, ctx, piece.tokens)
             return ML.ChatResponse(content=piece.text, done=True, finish_reason=piece.finish_reason).SerializeToString()
         return ML.ChatResponse(done=True, finish_reason="stop").SerializeToString()
 
     # ---- embeddings --------------------------------------------------------------------------------
-    def generate_embeddings(self, ctx: RequestContext) -> bytes:
-        from workers.hf.embeddings import Stopped
-        req = ML.GenerateEmbeddingsRequest.FromString(ctx.payload)
-        texts = list(req.texts)
+    def _check_embed(self, payload: bytes) -> "ML.GenerateEmbeddingsRequest":
+        """Bounds first: request bytes, then the number of texts, then each text's and all texts' length."""
+        limits.check_payload(payload, limits.max_request_bytes(self.embed_max_total_chars, self.max_embed_texts),
+                             "GenerateEmbeddings", f"{self.max_embed_texts} texts, {self.embed_max_total_chars} characters")
+        req = ML.GenerateEmbeddingsRequest.FromString(payload)
+        texts = req.texts
         if not texts:
             raise WorkerError("INVALID_ARGUMENT", "texts is empty: send at least one text to embed")
-        if len(texts) > self.max_embed_texts:
-            raise WorkerError("INVALID_ARGUMENT", f"{len(texts)} texts in one request; the limit is {self.max_embed_texts} "
-                                                  "(split the request)")
+        limits.check_count(len(texts), self.max_embed_texts, "GenerateEmbeddings: texts", "max_embed_texts",
+                           "split the texts over several requests")
+        total = 0
         for i, t in enumerate(texts):
-            if len(t) > self.max_prompt_chars:
-                raise WorkerError("INVALID_ARGUMENT", f"texts[{i}] is {len(t)} characters; the limit is {self.max_prompt_chars}")
+            limits.check_chars(len(t), self.embed_max_text_chars, f"GenerateEmbeddings: texts[{i}]",
+                               "embed_max_text_chars", "split it into passages (the model reads only its start)")
+            total += len(t)
+        limits.check_chars(total, self.embed_max_total_chars, "GenerateEmbeddings: the texts together",
+                           "embed_max_total_chars", "split the texts over several requests")
+        return req
+
+    def generate_embeddings(self, ctx: RequestContext) -> bytes:
+        from workers.hf.embeddings import Stopped
+        req = self._check_embed(ctx.payload)
+        texts = list(req.texts)
         lm = self._acquire(req.model or self.default_emb_model, "embed")
         batcher = lm.batcher
         if batcher is None:
@@ -326,7 +372,8 @@ class HFWorker(Worker):
         try:
             vecs = batcher.embed(texts, self._stopper(ctx))
         except Stopped as exc:
-            self._raise_for(exc.reason, ctx)
+            self._raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
+                                                       "or send fewer texts per request")
         except RuntimeError as exc:
             if "unloaded" in str(exc):
                 raise WorkerError("UNAVAILABLE", f"model '{lm.model_id}' was unloaded while this request waited; retry") from None
@@ -417,7 +464,7 @@ class HFWorker(Worker):
         if data is None:
             data = chunk.pcm
         samples = A.decode(data, st.encoding, st.sample_rate, st.channels, where=f"StreamTranscribe chunk {index}",
-                           allow_empty=True)
+                           allow_empty=True, max_seconds=self.max_audio_s)
         if (st.received + samples.size) / speech.RATE > self.max_audio_s:
             raise WorkerError("INVALID_ARGUMENT", f"StreamTranscribe: the stream passed {self.max_audio_s:.0f} s of "
                                                   "audio (worker option max_audio_s); open a new stream")

@@ -3,6 +3,8 @@
 Accepted: a RIFF/WAVE file (PCM 8/16/24/32-bit, IEEE float 32/64-bit, WAVE_FORMAT_EXTENSIBLE;
 any rate, any channel count), or raw PCM (`pcm_s16le`, `pcm_f32le`) with an explicit sample rate.
 Images and other non-audio bytes are recognised and refused with a message that says what arrived.
+The duration limit (`max_seconds`, limits.AUDIO_MAX_SECONDS by default in the worker) is checked from
+the header and the byte count, before any sample is converted or resampled.
 """
 from __future__ import annotations
 
@@ -45,7 +47,14 @@ def _check_rate(rate: int, where: str) -> None:
                                               f"{MIN_RATE}..{MAX_RATE} Hz")
 
 
-def parse_wav(data: bytes, where: str = "audio") -> tuple[np.ndarray, int]:
+def _check_duration(frames: int, rate: int, max_seconds: float, where: str) -> None:
+    seconds = frames / rate
+    if max_seconds and seconds > max_seconds:
+        raise WorkerError("INVALID_ARGUMENT", f"{where} is {seconds:.0f} s long; the limit is {max_seconds:.0f} s "
+                                              "(worker option max_audio_s): split the audio or use StreamTranscribe")
+
+
+def parse_wav(data: bytes, where: str = "audio", max_seconds: float = 0.0) -> tuple[np.ndarray, int]:
     """RIFF/WAVE bytes -> (float32 array [frames, channels], sample_rate)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise WorkerError("INVALID_ARGUMENT", f"{where}: not a RIFF/WAVE file")
@@ -73,6 +82,8 @@ def parse_wav(data: bytes, where: str = "audio") -> tuple[np.ndarray, int]:
     if channels < 1 or channels > 64:
         raise WorkerError("INVALID_ARGUMENT", f"{where}: WAV header says {channels} channels")
     width = bits // 8
+    if width:
+        _check_duration(len(body) // (width * channels), rate, max_seconds, where)
     if tag == 1 and bits in (8, 16, 24, 32):
         n = len(body) // (width * channels) * width * channels
         raw = np.frombuffer(body[:n], dtype=np.uint8)
@@ -96,7 +107,8 @@ def parse_wav(data: bytes, where: str = "audio") -> tuple[np.ndarray, int]:
     return x.reshape(-1, channels), rate
 
 
-def parse_pcm(data: bytes, encoding: str, rate: int, channels: int = 1, where: str = "audio") -> tuple[np.ndarray, int]:
+def parse_pcm(data: bytes, encoding: str, rate: int, channels: int = 1, where: str = "audio",
+              max_seconds: float = 0.0) -> tuple[np.ndarray, int]:
     dt = PCM_ENCODINGS.get(encoding)
     if dt is None:
         raise WorkerError("INVALID_ARGUMENT", f"{where}: encoding '{encoding}' is not supported; use wav, pcm_s16le "
@@ -109,6 +121,7 @@ def parse_pcm(data: bytes, encoding: str, rate: int, channels: int = 1, where: s
     if len(data) % frame:
         raise WorkerError("INVALID_ARGUMENT", f"{where}: {len(data)} bytes of {encoding} is not a whole number of "
                                               f"{frame}-byte frames ({channels} channel(s) x {dt.itemsize} bytes)")
+    _check_duration(len(data) // frame, rate, max_seconds, where)
     x = np.frombuffer(data, dtype=dt)
     x = x.astype(np.float32) / 32768.0 if dt.kind == "i" else x.astype(np.float32)
     return x.reshape(-1, channels), rate
@@ -142,22 +155,18 @@ def decode(data, encoding: str = "", sample_rate: int = 0, channels: int = 0, wh
             raise WorkerError("INVALID_ARGUMENT", f"{where}: {len(data)} bytes are not a WAV file (they start with "
                                                   f"{data[:8]!r}); for raw PCM set encoding=pcm_s16le or pcm_f32le and "
                                                   "sample_rate")
-        x, rate = parse_wav(data, where)
+        x, rate = parse_wav(data, where, max_seconds)
         if sample_rate and sample_rate != rate:
             raise WorkerError("INVALID_ARGUMENT", f"{where}: sample_rate {sample_rate} Hz does not match the WAV "
                                                   f"header's {rate} Hz (leave sample_rate 0 for WAV files)")
     else:
-        x, rate = parse_pcm(data, enc, sample_rate, channels, where)
+        x, rate = parse_pcm(data, enc, sample_rate, channels, where, max_seconds)
     if x.shape[0] == 0:
         if allow_empty:
             return np.zeros(0, dtype=np.float32)
         raise WorkerError("INVALID_ARGUMENT", f"{where} holds no samples (empty data chunk)")
     if not np.isfinite(x).all():
         raise WorkerError("INVALID_ARGUMENT", f"{where}: samples contain NaN or infinity")
-    seconds = x.shape[0] / rate
-    if max_seconds and seconds > max_seconds:
-        raise WorkerError("INVALID_ARGUMENT", f"{where} is {seconds:.0f} s long; the limit is {max_seconds:.0f} s "
-                                              "(worker option max_audio_s)")
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     return resample(mono, rate, target_rate)
 

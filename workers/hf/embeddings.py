@@ -3,11 +3,15 @@
 `Embedder` wraps a sentence-transformers pipeline (a directory with modules.json) or, for a plain
 transformers encoder, AutoModel + attention-masked mean pooling. `normalize`: None keeps the model's
 own pipeline (all-MiniLM-L6-v2 ends in a Normalize module; plain encoders are L2-normalised),
-True forces unit length, False removes normalisation.
+True forces unit length, False removes normalisation. Each text is clipped to `max_chars` (the model's
+max tokens x limits.EMBED_CHARS_PER_TOKEN) before tokenisation: the model reads no further anyway, and
+tokenising a 30k-character text only to keep its first 256 tokens is wasted time.
 
-`EmbeddingBatcher` runs one thread per model: the first waiting request opens a batch, which closes
-when it holds `max_batch` texts or `max_wait_s` has passed; one forward pass serves every request in
-it and each gets its own vectors back, in order. Requests cancelled while waiting are skipped.
+`EmbeddingBatcher` runs one thread per model. Waiting requests are served in sub-batches of at most
+`max_batch` texts and `max_batch_chars` characters, filled round-robin across requests (a big request
+does not hold a small one back for its whole duration). Before every sub-batch each request's
+`should_stop()` is asked: a cancelled or expired request is dropped there, so it stops within one
+sub-batch, and its caller is answered only then (a request counts as in flight until its work stopped).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from concurrent.futures import Future
 from typing import Callable, Optional
 
 import numpy as np
+
+from workers.hf import limits
 
 
 class Embedder:
@@ -45,8 +51,12 @@ class Embedder:
             from transformers import AutoModel, AutoTokenizer
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
-            self.max_len = max_seq_length or min(getattr(self.tokenizer, "model_max_length", 512) or 512, 8192)
+            # a tokenizer saved without model_max_length says 1e30: the position table is the real bound
+            positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 8192
+            self.max_len = max_seq_length or min(getattr(self.tokenizer, "model_max_length", 512) or 512, positions, 8192)
         self._torch = torch
+        tokens = int(getattr(self.model, "max_seq_length", 0) or 0) if self.is_st else self.max_len
+        self.max_chars = max(1, tokens or 512) * limits.EMBED_CHARS_PER_TOKEN
 
     @property
     def dimension(self) -> int:
@@ -56,6 +66,7 @@ class Embedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
+        texts = [t[:self.max_chars] for t in texts]
         with torch.inference_mode():
             if self.is_st:
                 return self.model.encode(texts, batch_size=max(1, len(texts)), convert_to_numpy=True,
@@ -70,111 +81,184 @@ class Embedder:
             return vec.float().cpu().numpy()
 
 
-class _Item:
-    __slots__ = ("texts", "future", "cancelled")
+class Stopped(Exception):
+    """The request's should_stop() said stop ("cancelled" or "deadline"); its work was dropped."""
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, reason: str, done: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.done = done          # texts of the request embedded before it stopped
+
+
+class _Item:
+    """One request: its texts, how far the batcher got, and the vectors so far."""
+
+    def __init__(self, texts: list[str], should_stop: Callable[[], Optional[str]]):
         self.texts = texts
+        self.should_stop = should_stop
         self.future: Future = Future()
-        self.cancelled = False
+        self.taken = 0                   # texts handed to a sub-batch so far
+        self.parts: list = []            # their vectors, in order
+        self.stop_reason: Optional[str] = None
 
 
 class EmbeddingBatcher:
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 32,
-                 max_wait_s: float = 0.005, name: str = "embed"):
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = limits.EMBED_BATCH_TEXTS,
+                 max_wait_s: float = 0.005, name: str = "embed", max_batch_chars: int = limits.EMBED_BATCH_CHARS,
+                 clip_chars: Optional[int] = None):
+        """`clip_chars`: how many characters of a text `encode` reads (for the sub-batch size); None takes
+        `max_chars` of the object `encode` is bound to (an Embedder), if any."""
         self.encode = encode
         self.max_batch = max(1, int(max_batch))
+        self.max_batch_chars = max(1, int(max_batch_chars))
+        if clip_chars is None:
+            clip_chars = int(getattr(getattr(encode, "__self__", None), "max_chars", 0) or 0)
+        self.clip_chars = clip_chars or None
         self.max_wait_s = max(0.0, float(max_wait_s))
         self._q: "queue.Queue[Optional[_Item]]" = queue.Queue()
         self._closed = False
-        self.batches = 0          # statistics: forward passes run
+        self.batches = 0          # statistics: forward passes (sub-batches) run
         self.batched_texts = 0
+        self.dropped_texts = 0    # texts of cancelled / expired requests never encoded
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
     def embed(self, texts: list[str], should_stop: Callable[[], Optional[str]]) -> np.ndarray:
-        """Blocking: the vectors for `texts`, batched with whatever else is waiting."""
+        """Blocking: the vectors for `texts`, batched with whatever else is waiting.
+
+        Raises Stopped once the batcher has let go of a request that should_stop() ended, never before:
+        the caller's reply then means the work really stopped."""
         if self._closed:
             raise RuntimeError("model was unloaded")
-        item = _Item(texts)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        item = _Item(texts, should_stop)
         self._q.put(item)
         while True:
             try:
                 return item.future.result(timeout=0.05)
             except TimeoutError:
-                reason = should_stop()
-                if reason:
-                    item.cancelled = True
-                    raise _Stopped(reason)
+                if item.stop_reason is None:
+                    item.stop_reason = should_stop()   # seen by the batcher before its next sub-batch
+                if not self._thread.is_alive() and not item.future.done():
+                    raise RuntimeError("model was unloaded") from None
 
     def close(self) -> None:
         self._closed = True
         self._q.put(None)
 
-    def _collect(self, first: _Item) -> tuple[list[_Item], Optional[_Item]]:
-        batch, count = [first], len(first.texts)
-        deadline = time.monotonic() + self.max_wait_s
-        while count < self.max_batch:
-            left = deadline - time.monotonic()
-            try:
-                item = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
-            except queue.Empty:
-                break
+    # ---- batcher thread ----------------------------------------------------------------------------
+    def _gather(self, active: list, block: bool) -> bool:
+        """Move queued requests into `active`; when `block`, wait for a first one and then up to
+        max_wait_s for company. Returns False once close() was called."""
+        if block:
+            item = self._q.get()
             if item is None:
-                return batch, None
-            if count + len(item.texts) > self.max_batch:
-                return batch, item      # opens the next batch
-            batch.append(item)
-            count += len(item.texts)
-        return batch, _CONTINUE
-
-    def _loop(self) -> None:
-        carry: Optional[_Item] = None
+                return False
+            active.append(item)
+            deadline = time.monotonic() + self.max_wait_s
+            while sum(len(it.texts) - it.taken for it in active) < self.max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    item = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
+                except queue.Empty:
+                    return True
+                if item is None:
+                    return False
+                active.append(item)
+            return True
         while True:
-            first = carry if carry is not None else self._q.get()
-            carry = None
-            if first is None:
-                break
-            batch, nxt = self._collect(first)
-            live = [it for it in batch if not it.cancelled]
-            if live:
-                self._run(live)
-            if nxt is None:
-                break
-            if nxt is not _CONTINUE:
-                carry = nxt
-        while True:   # fail whatever is still queued after close
             try:
-                it = self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
-                break
-            if it is not None:
-                it.future.set_exception(RuntimeError("model was unloaded"))
+                return True
+            if item is None:
+                return False
+            active.append(item)
 
-    def _run(self, items: list[_Item]) -> None:
-        texts = [t for it in items for t in it.texts]
+    def _drop_stopped(self, active: list) -> list:
+        live = []
+        for it in active:
+            reason = it.stop_reason
+            if reason is None:
+                try:
+                    reason = it.should_stop()
+                except Exception:   # a broken stopper must not take the batcher down
+                    reason = None
+            if reason:
+                self.dropped_texts += len(it.texts) - it.taken
+                it.future.set_exception(Stopped(reason, it.taken))
+            else:
+                live.append(it)
+        return live
+
+    def _cost(self, text: str) -> int:
+        return min(len(text), self.clip_chars) if self.clip_chars else len(text)
+
+    def _take(self, active: list) -> list:
+        """The next sub-batch: [(item, start, end)], one text per request in turn (round-robin)."""
+        counts = [0] * len(active)
+        n = chars = 0
+        more = True
+        while more and n < self.max_batch:
+            more = False
+            for i, it in enumerate(active):
+                pos = it.taken + counts[i]
+                if pos >= len(it.texts):
+                    continue
+                cost = self._cost(it.texts[pos])
+                if n and chars + cost > self.max_batch_chars:
+                    more = False
+                    break
+                counts[i] += 1
+                n += 1
+                chars += cost
+                more = True
+                if n >= self.max_batch:
+                    break
+        return [(it, it.taken, it.taken + c) for it, c in zip(active, counts) if c]
+
+    def _run(self, active: list) -> list:
+        """Encode one sub-batch; returns the requests still waiting for texts."""
+        spans = self._take(active)
+        texts = [t for it, a, b in spans for t in it.texts[a:b]]
         try:
-            out: list = []
-            for i in range(0, len(texts), self.max_batch):   # one oversized request runs in chunks
-                out.append(self.encode(texts[i:i + self.max_batch]))
-            vecs = np.concatenate(out, axis=0)
+            vecs = self.encode(texts)
         except Exception as exc:
-            for it in items:
+            failed = {id(it) for it, _, _ in spans}
+            for it, _, _ in spans:
                 it.future.set_exception(exc)
-            return
+            return [it for it in active if id(it) not in failed]
         self.batches += 1
         self.batched_texts += len(texts)
         pos = 0
-        for it in items:
-            it.future.set_result(vecs[pos:pos + len(it.texts)])
-            pos += len(it.texts)
+        for it, a, b in spans:
+            it.parts.append(vecs[pos:pos + b - a])
+            pos += b - a
+            it.taken = b
+            if it.taken == len(it.texts):
+                it.future.set_result(np.concatenate(it.parts, axis=0) if len(it.parts) > 1 else it.parts[0])
+        return [it for it in active if not it.future.done()]
 
-
-class _Stopped(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-_CONTINUE = _Item([])
-Stopped = _Stopped
+    def _loop(self) -> None:
+        active: list = []
+        open_ = True
+        try:
+            while open_:
+                open_ = self._gather(active, block=not active)
+                if not open_:
+                    break
+                active = self._drop_stopped(active)
+                if active:
+                    active = self._run(active)
+        finally:   # fail whatever is left after close (or a crash of this loop)
+            while True:
+                try:
+                    it = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if it is not None:
+                    active.append(it)
+            for it in active:
+                if not it.future.done():
+                    it.future.set_exception(RuntimeError("model was unloaded"))

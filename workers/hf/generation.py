@@ -2,7 +2,9 @@
 
 `stream_generate` yields a `Piece` as soon as a decoded token turns into printable text and checks
 `should_stop()` before every decoding step, so a cancel or a passed deadline stops generation within
-one step. temperature 0 means greedy (argmax), never replaced by a default; top_p in (0, 1) keeps the
+one step (the prompt's prefill is the first step). `encode_within_context` tokenises at most
+context x PROMPT_CHARS_PER_TOKEN characters to find out that a prompt cannot fit the model's context,
+so a huge prompt costs a bounded tokenisation. temperature 0 means greedy (argmax), never replaced by a default; top_p in (0, 1) keeps the
 smallest set of tokens whose probability reaches top_p (nucleus sampling); top_p 0 means "not set" = 1.
 """
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from workers.context import WorkerError
+from workers.hf import limits
 
 MAX_TEMPERATURE = 100.0
-MAX_NEW_TOKENS_LIMIT = 65536
+MAX_NEW_TOKENS_LIMIT = limits.GEN_MAX_NEW_TOKENS
 
 
 @dataclass
@@ -40,7 +43,8 @@ def validate_params(max_new_tokens: int, temperature: float, top_p: float, defau
     if max_new_tokens < 0:
         raise WorkerError("INVALID_ARGUMENT", f"max_length must be >= 0 (new tokens; 0 = default {default_max}), got {max_new_tokens}")
     if max_new_tokens > MAX_NEW_TOKENS_LIMIT:
-        raise WorkerError("INVALID_ARGUMENT", f"max_length {max_new_tokens} is above the limit of {MAX_NEW_TOKENS_LIMIT} new tokens")
+        raise WorkerError("INVALID_ARGUMENT", f"max_length {max_new_tokens} is above the limit of {MAX_NEW_TOKENS_LIMIT} "
+                                              "new tokens (the model's context bounds it further)")
     if not math.isfinite(temperature) or temperature < 0 or temperature > MAX_TEMPERATURE:
         raise WorkerError("INVALID_ARGUMENT", f"temperature must be a finite number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature}")
     if not math.isfinite(top_p) or top_p < 0 or top_p > 1:
@@ -115,6 +119,26 @@ def context_limit(model) -> Optional[int]:
         if isinstance(v, int) and v > 0:
             return v
     return None
+
+
+def encode_within_context(encode: Callable[[str], list[int]], text: str, limit: Optional[int],
+                          chars_per_token: int = limits.PROMPT_CHARS_PER_TOKEN) -> list[int]:
+    """`encode(text)`, but a text far beyond `limit` tokens is refused after tokenising a bounded prefix.
+
+    Only a text longer than limit x chars_per_token characters is looked at: if its prefix of that many
+    characters alone holds more than twice `limit` tokens, the whole cannot fit (cutting a text changes its
+    token count only near the cut). Ordinary text (~4 characters a token) is always caught this way; a
+    text that is not falls back to full tokenisation, bounded by PROMPT_MAX_CHARS, and the exact check in
+    stream_generate.
+    """
+    if limit is not None and len(text) > limit * chars_per_token:
+        n = limit * chars_per_token
+        head = encode(text[:n])
+        if len(head) > 2 * limit:
+            raise WorkerError("INVALID_ARGUMENT", f"prompt is {len(text)} characters and its first {n} alone are "
+                                                  f"{len(head)} tokens; this model's context is {limit} tokens: "
+                                                  "shorten the prompt")
+    return encode(text)
 
 
 def stream_generate(model, tokenizer, prompt_ids: list[int], params: GenParams,

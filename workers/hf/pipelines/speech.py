@@ -1,6 +1,8 @@
 """automatic-speech-recognition: faster-whisper for CTranslate2 directories, transformers for HF Whisper.
 
-Both backends take float32 mono audio at 16 kHz and return segments with timestamps. Streaming
+Both backends take float32 mono audio at 16 kHz and return segments with timestamps, and ask
+`should_stop()` (which raises Cancelled / DEADLINE_EXCEEDED) between segments (faster-whisper) or at
+every decoded token (transformers), so a caller that leaves stops the transcription. Streaming
 (StreamState) keeps a buffer of not-yet-final audio per stream: it re-decodes the buffer every
 `partial_interval_s` of new audio (partial hypothesis), and finalizes on trailing silence, when the
 buffer exceeds `max_buffer_s` (everything but the last segment), or on the client's `end` chunk.
@@ -104,11 +106,20 @@ class HFWhisper:
         self.lock = threading.Lock()   # generate() on one model object is not re-entrant
         self.time_precision = 0.02
 
-    def _decode(self, window: np.ndarray, language: str, task: str, beam_size: int) -> list:
+    def _decode(self, window: np.ndarray, language: str, task: str, beam_size: int,
+                should_stop: Callable[[], None] = lambda: None) -> list:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Stop(StoppingCriteria):   # cancellation reaches every decoded token (should_stop raises)
+            def __call__(self, input_ids, scores, **kwargs):
+                should_stop()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         feats = self.fe(window, sampling_rate=RATE, return_tensors="pt").input_features
         feats = feats.to(self.device, dtype=self.model.dtype)
-        kw: dict[str, Any] = dict(max_new_tokens=self.max_new, num_beams=max(1, beam_size))
+        kw: dict[str, Any] = dict(max_new_tokens=self.max_new, num_beams=max(1, beam_size),
+                                  stopping_criteria=StoppingCriteriaList([_Stop()]))
         if self.multilingual:
             kw["task"] = task
             if language:
@@ -152,7 +163,8 @@ class HFWhisper:
         for i in range(0, max(1, len(audio)), win):   # 30 s windows, the model's receptive field
             should_stop()
             piece = audio[i:i + win]
-            segs += self._segments(self._decode(piece, language, task, beam_size), i / RATE, len(piece) / RATE)
+            segs += self._segments(self._decode(piece, language, task, beam_size, should_stop), i / RATE,
+                                   len(piece) / RATE)
         return Result(segs, language or ("" if self.multilingual else "en"))
 
 
