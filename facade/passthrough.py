@@ -178,8 +178,10 @@ class PassThrough:
                         if not head.done():
                             wake.clear()
                             waiter = loop.create_task(wake.wait())
-                            await asyncio.wait({head, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                            waiter.cancel()
+                            try:
+                                await asyncio.wait({head, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                            finally:  # also when the client cancels: a pending waiter is destroyed pending
+                                waiter.cancel()
                             if not head.done():
                                 continue  # a new frame arrived: top up the pipeline first
                         outstanding.popleft()

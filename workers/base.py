@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -31,6 +31,7 @@ from shm.pool import SlotReader, SlotRef, StaleSlotError
 from workers.context import Cancelled, RequestContext, WorkerError
 
 ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
+CLOSED_STREAMS_KEPT = 16384   # ids of ended streams remembered to refuse late frames (uuids: never reused)
 FAULT_INJECTION_ENV = "PML_FAULT_INJECTION"
 
 
@@ -75,6 +76,10 @@ class Worker:
         self._streams: dict[str, dict] = {}
         # frames of one stream run strictly in order, one at a time, even when the facade pipelines them
         self._stream_queues: dict[str, deque] = {}
+        # a stream closed while one of its frames runs: its state is closed after that frame, not under it
+        self._close_after: dict[str, dict] = {}
+        # recently closed streams: a late frame for one is refused instead of opening state nobody closes
+        self._closed_streams: "OrderedDict[str, None]" = OrderedDict()
         self._stream_lock = threading.Lock()
         self._stopping = threading.Event()
         self._recycle_reason: Optional[str] = None
@@ -247,7 +252,8 @@ class Worker:
                 self._send(P.HEARTBEAT, self._status())
 
     def _run_stream(self, stream: str) -> None:
-        """Run the queued frames of one stream in arrival order on this thread."""
+        """Run the queued frames of one stream in arrival order on this thread; if the stream was closed
+        meanwhile, close its state here, after its last frame (never under a running frame)."""
         while True:
             with self._stream_lock:
                 q = self._stream_queues.get(stream)
@@ -258,18 +264,22 @@ class Worker:
             self._run_request(ctx, fn)
             with self._stream_lock:
                 q.popleft()
-                if not q:
-                    self._stream_queues.pop(stream, None)
-                    return
+                if q:
+                    continue
+                self._stream_queues.pop(stream, None)
+                closing = self._close_after.pop(stream, None)
+            if closing is not None:
+                self._close_stream(stream, closing)
+            return
 
     def _echo(self, ctx: RequestContext) -> Optional[bytes]:
-        """Diagnostics/Echo in every worker. Actions other than echo / shm_echo (sleep, stream, grow) are
+        """Diagnostics/Echo in every worker. Actions other than echo / shm_echo (sleep, block, stream, grow) are
         fault-injection tools for the test suites and only run when the service was started with
         PML_FAULT_INJECTION=1 in its environment; otherwise they answer INVALID_ARGUMENT."""
         from protos import pythonml_pb2 as X
         req = X.EchoRequest.FromString(ctx.payload)
         action = req.action or "echo"
-        if action in ("sleep", "stream", "grow") and os.environ.get(FAULT_INJECTION_ENV) != "1":
+        if action in ("sleep", "block", "stream", "grow") and os.environ.get(FAULT_INJECTION_ENV) != "1":
             raise WorkerError("INVALID_ARGUMENT", f"Echo: action '{action}' is a fault-injection tool; start the "
                                                   f"service with {FAULT_INJECTION_ENV}=1 to use it")
         return self.echo_action(req, ctx, action)
@@ -284,8 +294,12 @@ class Worker:
         return out.SerializeToString()
 
     def echo_action(self, req, ctx: RequestContext, action: str) -> Optional[bytes]:
-        """echo, shm_echo, sleep, stream, grow (no fault-injection gate: callers decide)."""
+        """echo, shm_echo, sleep, block, stream, grow (no fault-injection gate: callers decide). `block` is a
+        stuck handler: it sleeps sleep_ms ignoring cancellation, like a read() that never returns."""
         if action in ("echo", "shm_echo"):
+            return self.echo_reply(req, ctx)
+        if action == "block":
+            time.sleep(max(0, req.sleep_ms) / 1000.0)
             return self.echo_reply(req, ctx)
         if action == "sleep":
             end = time.time() + max(0, req.sleep_ms) / 1000.0
@@ -302,7 +316,7 @@ class Worker:
             return None
         if action != "grow":
             raise WorkerError("INVALID_ARGUMENT", f"Echo: unknown action {action[:40]!r} for the {self.pool} worker "
-                                                  "(echo, shm_echo; sleep, stream, grow with PML_FAULT_INJECTION=1)")
+                                                  "(echo, shm_echo; sleep, block, stream, grow with PML_FAULT_INJECTION=1)")
         if not 0 < req.grow_mb <= 64 * 1024:
             raise WorkerError("INVALID_ARGUMENT", f"Echo: grow_mb {req.grow_mb} out of range (1..65536)")
         ballast = getattr(self, "_fault_ballast", [])
@@ -323,6 +337,10 @@ class Worker:
             stream = header.get("stream")
             state = None
             if stream is not None:
+                if str(stream) in self._closed_streams:
+                    self._send(P.ERROR, P.error_header(rid, "CANCELLED", f"{method}: stream {stream} was already "
+                                                                        "closed; open a new stream"))
+                    return
                 state = self._streams.setdefault(str(stream), {})
             ctx = RequestContext(request_id=rid, method=method, payload=bytes(frames[0]) if frames else b"",
                                  header=header, frames=frames, stream_state=state)
@@ -345,11 +363,27 @@ class Worker:
             if ctx is not None:
                 ctx.cancelled.set()
         elif command == P.STREAM_CLOSE:
-            state = self._streams.pop(str(header.get("stream", "")), None)
-            if state is not None:
-                executor.submit(self._close_stream, str(header.get("stream")), state)
+            self._on_stream_close(executor, str(header.get("stream", "")))
         elif command == P.STOP:
             self._stopping.set()
+
+    def _on_stream_close(self, executor: ThreadPoolExecutor, stream: str) -> None:
+        """The stream ended (client done, cancelled or gone). Its frames still queued are cancelled; its
+        state is closed now if none of its frames runs, else by the stream's thread after that frame."""
+        self._closed_streams[stream] = None
+        while len(self._closed_streams) > CLOSED_STREAMS_KEPT:
+            self._closed_streams.popitem(last=False)
+        state = self._streams.pop(stream, None)
+        if state is None:
+            return
+        with self._stream_lock:
+            q = self._stream_queues.get(stream)
+            if q:
+                for ctx, _ in q:
+                    ctx.cancelled.set()
+                self._close_after[stream] = state
+                return
+        executor.submit(self._close_stream, stream, state)
 
     def _close_stream(self, stream_id: str, state: dict) -> None:
         for value in list(state.values()):
