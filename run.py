@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--queue-limit", type=int, default=env_default("queue_limit", 256, int), help="queued requests per pool before RESOURCE_EXHAUSTED")
     a("--queue-timeout-s", type=float, default=env_default("queue_timeout_s", 30.0, float),
       help="longest wait for a live worker before UNAVAILABLE")
+    a("--caller-queue-limit", type=int, default=env_default("caller_queue_limit", 0, int),
+      help="queued requests per client connection and pool before RESOURCE_EXHAUSTED (0 = no fixed cap: a "
+           "client may use the whole --queue-limit until others queue, then it keeps only its fair share)")
+    a("--stall-timeout-s", type=float, default=env_default("stall_timeout_s", 300.0, float),
+      help="progress watchdog: a worker whose every slot holds a request silent this long (requests without "
+           "a deadline) or past its deadline by max(5 s, --heartbeat-timeout-s) is killed and restarted "
+           "(0 = watchdog off)")
     a("--heartbeat-interval-s", type=float, default=env_default("heartbeat_interval_s", 1.0, float))
     a("--heartbeat-timeout-s", type=float, default=env_default("heartbeat_timeout_s", 5.0, float),
       help="a worker silent this long is killed as hung and restarted")
@@ -303,6 +310,7 @@ class Service:
             self.sup = Supervisor()
             self.broker = Broker(BrokerConfig(frontend=self.frontend, backend=cfg_backend, queue_limit=a.queue_limit,
                                               queue_timeout_s=a.queue_timeout_s, heartbeat_timeout_s=a.heartbeat_timeout_s,
+                                              caller_queue_limit=a.caller_queue_limit, stall_timeout_s=a.stall_timeout_s,
                                               startup_timeout_s=a.startup_timeout_s,
                                               max_message_bytes=(a.max_message_mb + 16) * 2**20,
                                               curve_secret=secret, curve_public=self.curve_server_public), self.sup)

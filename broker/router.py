@@ -3,10 +3,12 @@
 Frontend ROUTER (the facade's DEALER) and backend ROUTER (each worker's DEALER), one poll loop.
 Requests are routed by pool and device, then by model affinity; a stream stays pinned to the worker
 that served its first frame. Each worker announces a capacity and gets at most that many requests at
-once; the rest wait in a bounded queue per pool (a full queue answers RESOURCE_EXHAUSTED at once, a
-request whose deadline passes in the queue answers DEADLINE_EXCEEDED without reaching a worker).
-Every request gets exactly one terminal reply (FINAL or ERROR): the facade relies on it to release
-shared-memory slots. Worker death is noticed through pidfds, a hang through missed heartbeats; the
+once; the rest wait in a bounded queue per pool with one sub-queue per caller (client connection),
+served round robin (broker/fair_queue.py): a full queue, or a caller beyond its share of it, answers
+RESOURCE_EXHAUSTED at once, a request whose deadline passes in the queue answers DEADLINE_EXCEEDED
+without reaching a worker. Every request gets exactly one terminal reply (FINAL or ERROR): the facade
+relies on it to release shared-memory slots. Worker death is noticed through pidfds, a hang through
+missed heartbeats, handlers that are all stuck by the progress watchdog (broker/watchdog.py); the
 worker is restarted with capped back-off and the model loads it had acknowledged are replayed.
 """
 from __future__ import annotations
@@ -15,14 +17,15 @@ import itertools
 import logging
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import zmq
 
 from broker import protocol as P
+from broker.fair_queue import FairQueue
 from broker.supervisor import Backoff, Child, Supervisor, describe_exit
+from broker.watchdog import stall_reason
 
 log = logging.getLogger("broker")
 
@@ -42,6 +45,8 @@ class Request:
     internal: bool = False          # replay loads: replies are consumed by the broker
     worker_id: Optional[str] = None
     raw_header: Optional[bytes] = None  # the facade's packed header, forwarded to the worker untouched
+    caller: str = ""                # who sent it (the client connection): the fair queue's key
+    last_activity: float = 0.0      # dispatch time, then the time of its last partial (progress watchdog)
 
 
 @dataclass
@@ -76,8 +81,10 @@ class WorkerState:
     models: dict = field(default_factory=dict)     # model_id -> summary
     models_version: int = 0                        # the worker's load/unload counter we have seen
     ready_at: float = 0.0
+    last_reply: float = field(default_factory=time.time)   # last PARTIAL/FINAL/ERROR (progress watchdog)
     served: int = 0
     stop_sent: bool = False
+    kill_reason: Optional[str] = None   # set when the broker kills it for lack of progress
 
     def free(self) -> int:
         return self.capacity - len(self.inflight) if self.state == "ready" else 0
@@ -88,7 +95,9 @@ class BrokerConfig:
     frontend: str
     backend: str
     queue_limit: int = 256
+    caller_queue_limit: int = 0      # queued requests per caller and pool (0 = only the fair share)
     queue_timeout_s: float = 30.0
+    stall_timeout_s: float = 300.0   # progress watchdog: longest silence of a request without deadline (0 = off)
     heartbeat_timeout_s: float = 5.0
     startup_timeout_s: float = 300.0
     max_message_bytes: int = 256 * 2**20
@@ -106,13 +115,13 @@ class Broker:
         self.slots: list[WorkerSlot] = []
         self.workers: dict[str, WorkerState] = {}          # worker_id -> state
         self.by_pidfd: dict[int, WorkerState] = {}
-        self.queues: dict[str, deque] = {}
+        self.queues: dict[str, FairQueue] = {}
         self.requests: dict[str, Request] = {}              # every request not yet answered
         self.streams: dict[str, str] = {}                    # stream id -> worker id
         self.dead_streams: dict[str, str] = {}               # stream id -> reason (worker died)
         self.facades: set = set()
         self.counters = {"malformed": 0, "rejected": {}, "expired": {}, "crashes": 0, "hangs": 0,
-                         "unroutable_replies": 0}
+                         "stalls": 0, "unroutable_replies": 0}
         self.started = time.time()
         self.snapshot: dict = {}
         self._ids = itertools.count()
@@ -142,7 +151,7 @@ class Broker:
         slot = WorkerSlot(pool, device, sum(1 for s in self.slots if s.pool == pool and s.device == device),
                           make_child)
         self.slots.append(slot)
-        self.queues.setdefault(pool, deque())
+        self.queues.setdefault(pool, FairQueue(pool, self.cfg.queue_limit, self.cfg.caller_queue_limit))
         self.counters["rejected"].setdefault(pool, 0)
         self.counters["expired"].setdefault(pool, 0)
         self._start(slot)
@@ -256,7 +265,8 @@ class Broker:
         req = Request(id=rid, facade=facade, header=header, frames=frames, pool=pool,
                       device=str(header.get("device") or ""), model=str(header.get("model") or ""),
                       stream=(str(header["stream"]) if header.get("stream") is not None else None),
-                      deadline=deadline, enqueued_at=time.time(), raw_header=raw_header)
+                      deadline=deadline, enqueued_at=time.time(), raw_header=raw_header,
+                      caller=str(header.get("caller") or "")[:200])
         self.requests[rid] = req
         if pool not in self.queues:
             configured = ", ".join(sorted(self.queues)) or "none"
@@ -277,13 +287,13 @@ class Broker:
         if self._try_dispatch(req):
             return
         q = self.queues[pool]
-        if len(q) >= self.cfg.queue_limit:
+        accepted, shed, refusal = q.offer(req)
+        if shed is not None:   # a caller above its share made room for one below it
             self.counters["rejected"][pool] += 1
-            self._error(req, "RESOURCE_EXHAUSTED",
-                        f"the {pool} pool is saturated: {len(q)} requests already queued (limit {self.cfg.queue_limit}); "
-                        f"retry later or lower the request rate")
-            return
-        q.append(req)
+            self._error(shed, "RESOURCE_EXHAUSTED", q.shed_message(shed))
+        if not accepted:
+            self.counters["rejected"][pool] += 1
+            self._error(req, "RESOURCE_EXHAUSTED", refusal)
 
     def _on_cancel(self, rid: str) -> None:
         req = self.requests.get(rid)
@@ -362,6 +372,7 @@ class Broker:
         if ws is None:
             return False
         req.worker_id = ws.worker_id
+        req.last_activity = time.time()
         ws.inflight[req.id] = req
         if req.stream is not None:
             self.streams.setdefault(req.stream, ws.worker_id)
@@ -375,31 +386,38 @@ class Broker:
                       req.stream, ws.worker_id)
         return True
 
-    def _dispatch_queued(self) -> None:
+    def _has_credit(self, pool: str) -> bool:
+        return any(slot.worker is not None and slot.pool == pool and slot.worker.free() > 0 for slot in self.slots)
+
+    def _dispatch_queued(self, sweep: bool = False) -> None:
+        """Hand free credit to queued requests, round robin between callers (FairQueue.serve). With
+        `sweep` (the 20 ms timer), also answer the queued requests that expired, lost their stream or
+        waited longer than queue_timeout_s for a worker that could take them."""
         now = time.time()
         for pool, q in self.queues.items():
             if not q:
                 continue
-            keep = deque()
-            while q:
-                req = q.popleft()
-                if req.deadline is not None and now >= req.deadline:
-                    self.counters["expired"][pool] += 1
-                    self._error(req, "DEADLINE_EXCEEDED",
-                                f"deadline expired after {now - req.enqueued_at:.2f}s waiting in the {pool} queue; no worker was free")
-                    continue
-                if req.stream is not None and req.stream in self.dead_streams:
-                    self._error(req, "UNAVAILABLE", self.dead_streams[req.stream])
-                    continue
-                if not self._try_dispatch(req):
-                    if now - req.enqueued_at > self.cfg.queue_timeout_s:
-                        live = self.pools().get(pool, {}).get("live", 0)
-                        self._error(req, "UNAVAILABLE",
-                                    f"no {pool} worker could take this request within {self.cfg.queue_timeout_s:.0f}s "
-                                    f"({live} live); retry later")
-                        continue
-                    keep.append(req)
-            q.extend(keep)
+            if self._has_credit(pool):
+                q.serve(lambda req: (req.deadline is None or now < req.deadline) and self._try_dispatch(req),
+                        lambda: self._has_credit(pool))
+            if sweep and q:
+                for req in q.sweep(lambda r: self._queued_drop_reason(r, now) is not None):
+                    code, message = self._queued_drop_reason(req, now)
+                    if code == "DEADLINE_EXCEEDED":
+                        self.counters["expired"][pool] += 1
+                    self._error(req, code, message)
+
+    def _queued_drop_reason(self, req: Request, now: float) -> Optional[tuple]:
+        if req.deadline is not None and now >= req.deadline:
+            return ("DEADLINE_EXCEEDED", f"deadline expired after {now - req.enqueued_at:.2f}s waiting in the "
+                                         f"{req.pool} queue; no worker was free")
+        if req.stream is not None and req.stream in self.dead_streams:
+            return ("UNAVAILABLE", self.dead_streams[req.stream])
+        if now - req.enqueued_at > self.cfg.queue_timeout_s:
+            live = self.pools().get(req.pool, {}).get("live", 0)
+            return ("UNAVAILABLE", f"no {req.pool} worker could take this request within {self.cfg.queue_timeout_s:.0f}s "
+                                   f"({live} live); retry later")
+        return None
 
     # ---------------------------------------------------------------- worker messages
     def _on_backend(self, parts: list) -> None:
@@ -421,10 +439,12 @@ class Broker:
             return
         ws.last_seen = time.time()
         if command in (P.PARTIAL, P.FINAL, P.ERROR):
+            ws.last_reply = ws.last_seen
             req = ws.inflight.get(str(header.get("id", "")))
             if req is None:
                 return  # late reply for a request already answered (e.g. cancelled)
             if command == P.PARTIAL:
+                req.last_activity = ws.last_seen
                 if not req.internal:
                     self._send_facade(req.facade, P.PARTIAL, parts[3], frames)
                 return
@@ -447,7 +467,7 @@ class Broker:
             self._absorb_status(ws, header)
             ws.capacity = max(1, int(header.get("capacity") or 1))
             ws.state = "ready"
-            ws.ready_at = time.time()
+            ws.ready_at = ws.last_reply = time.time()
             log.info("%s ready (pid %s, capacity %d) in %.2fs", wid, header.get("pid"), ws.capacity,
                      ws.ready_at - ws.child.started_at)
             self._replay(ws)
@@ -493,7 +513,8 @@ class Broker:
             req = Request(id=rid, facade=b"", header={"id": rid, "method": method, "pool": ws.slot.pool,
                                                        "device": ws.slot.device, "model": mid, "replay": True},
                           frames=[payload], pool=ws.slot.pool, device=ws.slot.device, model=mid, stream=None,
-                          deadline=None, enqueued_at=time.time(), internal=True, worker_id=ws.worker_id)
+                          deadline=None, enqueued_at=time.time(), internal=True, worker_id=ws.worker_id,
+                          last_activity=time.time())
             self.requests[rid] = req
             ws.inflight[rid] = req
             log.info("replaying load of %s on %s", mid, ws.worker_id)
@@ -510,16 +531,20 @@ class Broker:
         child = ws.child
         reason = describe_exit(child.exit_code)
         expected = ws.stop_sent or self.stopping
-        if not expected:
+        if not expected and ws.kill_reason is None:
             self.counters["crashes"] += 1
             log.error("%s (pid %d) died: %s; %d in-flight requests fail", ws.worker_id, child.pid, reason, len(ws.inflight))
         ws.state = "dead"
         self.workers.pop(ws.worker_id, None)
         for req in list(ws.inflight.values()):
-            self._error(req, "UNAVAILABLE",
-                        f"the {ws.slot.pool} worker on {ws.slot.device} (pid {child.pid}) "
-                        f"{'stopped' if expected else 'crashed'} while processing this request ({reason}); "
-                        f"it is being restarted, retry the request")
+            if ws.kill_reason is not None and not expected:
+                message = (f"the {ws.slot.pool} worker on {ws.slot.device} (pid {child.pid}) was killed: "
+                           f"{ws.kill_reason}; it is being restarted, retry the request")
+            else:
+                message = (f"the {ws.slot.pool} worker on {ws.slot.device} (pid {child.pid}) "
+                           f"{'stopped' if expected else 'crashed'} while processing this request ({reason}); "
+                           f"it is being restarted, retry the request")
+            self._error(req, "UNAVAILABLE", message)
         ws.inflight.clear()
         for stream, wid in list(self.streams.items()):
             if wid == ws.worker_id:
@@ -544,7 +569,7 @@ class Broker:
             if slot.worker is None and slot.restart_at is not None and now >= slot.restart_at and not self.stopping:
                 self._start(slot)
             ws = slot.worker
-            if ws is None or ws.state == "dead":
+            if ws is None or ws.state == "dead" or ws.kill_reason is not None:
                 continue
             if ws.state == "starting":
                 if now - ws.child.started_at > self.cfg.startup_timeout_s:
@@ -556,6 +581,20 @@ class Broker:
                           ws.child.pid, now - ws.last_seen)
                 ws.last_seen = now  # do not re-kill every tick
                 self.sup.kill(ws.child, signal.SIGKILL)
+            else:
+                self._check_progress(ws, now)
+
+    def _check_progress(self, ws: WorkerState, now: float) -> None:
+        """Progress watchdog (broker/watchdog.py): kill a worker whose credits are all held by stuck requests."""
+        grace = max(5.0, self.cfg.heartbeat_timeout_s)
+        reason = stall_reason(ws, now, grace, self.cfg.stall_timeout_s)
+        if reason is None:
+            return
+        ws.kill_reason = reason
+        self.counters["hangs"] += 1
+        self.counters["stalls"] += 1
+        log.error("%s (pid %d): killing it as stuck (its heartbeat goes on, its handlers do not)", reason, ws.child.pid)
+        self.sup.kill(ws.child, signal.SIGKILL)
 
     # ---------------------------------------------------------------- views
     def models_view(self) -> dict:
@@ -597,7 +636,8 @@ class Broker:
                               "expired": self.counters["expired"].get(pool, 0)})
         return {"workers": workers, "pools": pools, "uptime_s": now - self.started,
                 "malformed_frames": self.counters["malformed"], "crashes": self.counters["crashes"],
-                "hangs": self.counters["hangs"]}
+                "hangs": self.counters["hangs"], "stalls": self.counters["stalls"],
+                "callers": {pool: q.callers() for pool, q in self.queues.items()}}
 
     # ---------------------------------------------------------------- loop
     def _poller(self) -> zmq.Poller:
@@ -631,7 +671,7 @@ class Broker:
             self._last_timers = now
             self._check_timers()
             if any(self.queues.values()):
-                self._dispatch_queued()
+                self._dispatch_queued(sweep=True)
         if now - getattr(self, "_last_snapshot", 0.0) >= 0.5:
             self._last_snapshot = now
             self.snapshot = self.stats_view()

@@ -10,6 +10,9 @@ The reader releases a call's shared-memory slot on the terminal reply (the broke
 one per request, also when a worker dies), so slots always come back. A caller that goes away sends
 CANCEL; the slot is still released only when the terminal reply arrives, because the worker may be
 reading it until then.
+
+Each REQUEST carries `caller`, the client connection of the gRPC call it serves (facade/caller.py), by
+which the broker shares each pool round robin between callers.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import AsyncIterator, Callable, Optional
 import zmq
 
 from broker import protocol as P
+from facade.caller import CALLER
 from facade.errors import BrokerError
 from shm.pool import SlotAllocator, SlotRef
 
@@ -121,7 +125,8 @@ class BrokerClient:
                       waiter) -> str:
         rid = self.new_id()
         header = {"id": rid, "method": method, "pool": pool, "model": model or "", "device": device or "",
-                  "deadline": (time.time() + timeout) if timeout is not None else None, "stream": stream}
+                  "deadline": (time.time() + timeout) if timeout is not None else None, "stream": stream,
+                  "caller": CALLER.get()}
         if extra:
             header.update(extra)
         frames = [payload]

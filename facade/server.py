@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common import logs, proc
 from facade.auth import TokenInterceptor
+from facade.caller import CallerInterceptor
 from facade.broker_client import BrokerClient
 from facade.decoding import DecodeErrorInterceptor
 from facade.health import HealthTracker
@@ -63,7 +64,7 @@ async def serve(args: argparse.Namespace) -> int:
     allocator = SlotAllocator(args.shm_fd, args.shm_slots, args.shm_slot_size) if args.shm_fd >= 0 else None
     client = BrokerClient(args.broker, allocator, max_message_bytes=(args.max_message_mb + 16) * 2**20)
     token = os.environ.get(args.token_env, "") if args.token_env else ""
-    interceptors = ([TokenInterceptor(token)] if token else []) + [DecodeErrorInterceptor()]
+    interceptors = ([TokenInterceptor(token)] if token else []) + [DecodeErrorInterceptor(), CallerInterceptor()]
     max_bytes = args.max_message_mb * 2**20
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
