@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shm-slots", type=int, default=env_default("shm_slots", 32, int), help="frames in flight through shared memory")
     a("--shm-slot-mb", type=int, default=env_default("shm_slot_mb", 8, int), help="largest frame through shared memory (MiB)")
     a("--max-message-mb", type=int, default=env_default("max_message_mb", 64, int), help="gRPC message size limit (MiB)")
+    a("--facade-buffer-mb", type=int, default=env_default("facade_buffer_mb", 256, int),
+      help="request bytes the gRPC facade holds at once (stream frames waiting or in flight, unary requests "
+           "not yet answered); beyond it streams are paced by flow control and unary calls get RESOURCE_EXHAUSTED")
     a("--max-frame-mb", type=int, default=env_default("max_frame_mb", 32, int), help="largest decoded frame a worker accepts (MiB)")
     a("--queue-limit", type=int, default=env_default("queue_limit", 256, int), help="queued requests per pool before RESOURCE_EXHAUSTED")
     a("--queue-timeout-s", type=float, default=env_default("queue_timeout_s", 30.0, float),
@@ -240,7 +243,7 @@ class Service:
         argv = [sys.executable, "-m", "common.child", str(int(signal.SIGTERM)), "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
                 "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
-                "--max-message-mb", str(a.max_message_mb),
+                "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--log-level", a.log_level, "--log-format", a.log_format]
         return Child(name="facade", argv=argv, env={}, pass_fds=(self.shm_fd,))
@@ -325,7 +328,8 @@ class Service:
                     slot.replay.update(preload.get((pool, device), {}))
             if a.metrics_port:
                 from broker.metrics import start_metrics
-                start_metrics(a.host, a.metrics_port, lambda: self.broker.snapshot)
+                token = os.environ.get(a.auth_token_env, "") if a.auth_token_env else ""
+                start_metrics(a.host, a.metrics_port, lambda: self.broker.snapshot, token=token)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, self._on_signal)
             proc.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))

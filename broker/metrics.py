@@ -1,10 +1,19 @@
-"""Prometheus text endpoint exposing the broker's per-worker and per-pool figures."""
+"""Prometheus text endpoint exposing the broker's per-worker and per-pool figures.
+
+Served on --host (loopback by default) like the gRPC port. When the shared token is set, a scrape must
+send `Authorization: Bearer <token>` (401 otherwise): the figures name models, pools and pids.
+"""
 from __future__ import annotations
 
+import hmac
+import socket
+import threading
 from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 WORKER_GAUGES = [
     ("rss_mb", "pythonml_worker_rss_megabytes", "Resident set size of the worker process"),
@@ -71,6 +80,34 @@ class BrokerCollector:
         yield mal
 
 
-def start_metrics(host: str, port: int, snapshot: Callable[[], dict]) -> None:
+def require_token(app, token: str):
+    """WSGI middleware: 401 unless the request carries `Authorization: Bearer <token>`."""
+    expected = token.encode()
+
+    def guarded(environ, start_response):
+        value = environ.get("HTTP_AUTHORIZATION", "")
+        presented = value[7:].strip().encode("latin-1", "replace") if value[:7].lower() == "bearer " else b""
+        if presented and hmac.compare_digest(presented, expected):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("WWW-Authenticate", 'Bearer realm="pythonml-metrics"')])
+        return [b"metrics need 'Authorization: Bearer <token>' (the service's shared token)\n"]
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - scrapes are not worth a log line each
+        pass
+
+
+def start_metrics(host: str, port: int, snapshot: Callable[[], dict], token: str = ""):
+    """Serve /metrics on host:port in a daemon thread; with `token`, scrapes must present it."""
     REGISTRY.register(BrokerCollector(snapshot))
-    start_http_server(port, addr=host)
+    app = make_wsgi_app(REGISTRY)
+    if token:
+        app = require_token(app, token)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd

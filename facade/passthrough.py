@@ -6,6 +6,7 @@ serializer). Bidi streams keep at most `max_pending` frames waiting and drop the
 so a slow model never builds unbounded latency; drops are counted. Routes with drop_oldest=False
 (audio) never drop: the reader stops pulling messages instead (gRPC flow control = backpressure).
 Routes with packed_field move several bytes fields of a repeated message into one shm blob.
+Request bytes held by the facade are bounded by a ByteBudget (facade/budget.py): per stream and in total.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Optional
 import grpc
 
 from facade.broker_client import BrokerClient
+from facade.budget import DEFAULT_BUFFER_MB, STREAM_BYTES, ByteBudget
 from facade.errors import BrokerError
 from facade.routes import CLIENT_STREAM, SERVER_STREAM, UNARY, Route, message_class, method_descriptor, shape_of
 
@@ -29,6 +31,16 @@ DEFAULT_PIPELINE_DEPTH = 2
 
 def _identity(b: bytes) -> bytes:
     return b
+
+
+def _sized(req_cls):
+    """Deserializer giving (message, wire size): the size is what the budget charges (ByteSize() would
+    serialize the message again)."""
+    parse = req_cls.FromString
+
+    def deserialize(raw: bytes):
+        return parse(raw), len(raw)
+    return deserialize
 
 
 def pack_blobs(msg, field: str) -> Optional[bytes]:
@@ -51,6 +63,18 @@ def pack_blobs(msg, field: str) -> Optional[bytes]:
     return b"".join(parts) if parts else None
 
 
+def max_pending_of(msg, current: int) -> int:
+    """The stream's `max_pending` metadata entry (1..64), else `current`. A function, so that no
+    reference to the message's map outlives the call (it would keep a dropped frame alive)."""
+    meta = getattr(msg, "metadata", None)
+    if meta is not None and "max_pending" in meta:
+        try:
+            return max(1, min(64, int(meta["max_pending"])))
+        except ValueError:
+            pass
+    return current
+
+
 def timeout_of(context) -> Optional[float]:
     t = context.time_remaining()
     return t if t is not None and t < 1e8 else None
@@ -61,8 +85,9 @@ async def abort(context, exc: BrokerError):
 
 
 class PassThrough:
-    def __init__(self, client: BrokerClient):
+    def __init__(self, client: BrokerClient, budget: Optional[ByteBudget] = None):
         self.client = client
+        self.budget = budget or ByteBudget(DEFAULT_BUFFER_MB * 2**20)
         self.dropped_frames = 0
 
     def _split(self, route: Route, msg) -> tuple[bytes, Optional[bytes], str]:
@@ -83,76 +108,109 @@ class PassThrough:
         req_cls = message_class(md.input_type)
         shape = shape_of(md)
         client = self.client
+        budget = self.budget
+        deserialize = _sized(req_cls)
 
         if shape == UNARY:
             async def unary(request, context):
-                payload, frame, model = self._split(route, request)
+                request, nbytes = request
+                if not budget.admit(nbytes):
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(route.path, nbytes))
                 try:
+                    payload, frame, model = self._split(route, request)
                     return await client.unary(route.path, route.pool, payload, model=model,
                                               timeout=timeout_of(context), frame=frame)
                 except BrokerError as exc:
                     await abort(context, exc)
-            return grpc.unary_unary_rpc_method_handler(unary, req_cls.FromString, _identity)
+                finally:
+                    budget.release(nbytes)
+            return grpc.unary_unary_rpc_method_handler(unary, deserialize, _identity)
 
         if shape == SERVER_STREAM:
             async def server_stream(request, context):
-                payload, frame, model = self._split(route, request)
+                request, nbytes = request
+                if not budget.admit(nbytes):
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(route.path, nbytes))
                 try:
+                    payload, frame, model = self._split(route, request)
                     async for part in client.stream(route.path, route.pool, payload, model=model,
                                                     timeout=timeout_of(context), frame=frame):
                         yield part
                 except BrokerError as exc:
                     await abort(context, exc)
-            return grpc.unary_stream_rpc_method_handler(server_stream, req_cls.FromString, _identity)
+                finally:
+                    budget.release(nbytes)
+            return grpc.unary_stream_rpc_method_handler(server_stream, deserialize, _identity)
 
         if shape == CLIENT_STREAM:
             async def client_stream(request_iterator, context):
                 stream_id = uuid.uuid4().hex
                 try:
-                    async for msg in request_iterator:
-                        payload, frame, model = self._split(route, msg)
-                        await client.unary(route.path, route.pool, payload, model=model, frame=frame,
-                                           timeout=timeout_of(context), stream=stream_id, extra={"end": False})
+                    async for msg, nbytes in request_iterator:
+                        budget.charge(nbytes)
+                        try:
+                            payload, frame, model = self._split(route, msg)
+                            await client.unary(route.path, route.pool, payload, model=model, frame=frame,
+                                               timeout=timeout_of(context), stream=stream_id, extra={"end": False})
+                        finally:
+                            budget.release(nbytes)
+                        del msg, payload, frame
+                        await budget.room()  # past the budget, stop pulling: flow control pushes back
                     return await client.unary(route.path, route.pool, b"", timeout=timeout_of(context),
                                               stream=stream_id, extra={"end": True})
                 except BrokerError as exc:
                     await abort(context, exc)
                 finally:
                     await client.close_stream(stream_id)
-            return grpc.stream_unary_rpc_method_handler(client_stream, req_cls.FromString, _identity)
+            return grpc.stream_unary_rpc_method_handler(client_stream, deserialize, _identity)
 
         async def bidi(request_iterator, context):
             stream_id = uuid.uuid4().hex
-            pending: deque = deque()      # received, not yet sent to the worker
-            outstanding: deque = deque()  # sent, reply not yet yielded (in order)
+            pending: deque = deque()      # (message, size) received, not yet sent to the worker
+            outstanding: deque = deque()  # (task, size) sent, reply not yet yielded (in order)
+            # bytes: size of `pending`; held: bytes this stream has charged to the budget (pending,
+            # outstanding, the message in the reader's hands), all released when the stream ends
             state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH,
-                     "clean_end": False, "sent": 0, "closed_by_client": False}
+                     "clean_end": False, "sent": 0, "closed_by_client": False, "bytes": 0, "held": 0}
             wake = asyncio.Event()
             room = asyncio.Event()        # set when `pending` shrinks (drop_oldest=False backpressure)
             loop = asyncio.get_running_loop()
 
+            def free(nbytes: int) -> None:
+                state["held"] -= nbytes
+                budget.release(nbytes)
+
+            def over_stream_budget(frames: int = 0, nbytes: int = 0) -> bool:
+                # pending (plus `frames` more) keeps at most max_pending frames, max(2 frames, STREAM_BYTES) bytes
+                n = len(pending) + frames
+                return n > state["max_pending"] or (n > 2 and state["bytes"] + nbytes > STREAM_BYTES)
+
             async def reader():
                 try:
-                    async for msg in request_iterator:
-                        meta = getattr(msg, "metadata", None)
-                        if meta is not None and "max_pending" in meta:
-                            try:
-                                state["max_pending"] = max(1, min(64, int(meta["max_pending"])))
-                            except ValueError:
-                                pass
+                    async for msg, nbytes in request_iterator:
+                        state["held"] += nbytes
+                        budget.charge(nbytes)
+                        state["max_pending"] = max_pending_of(msg, state["max_pending"])
                         if not route.drop_oldest:
                             # never drop (audio): stop reading until the sender catches up, so gRPC
                             # flow control pushes back on the client instead
-                            while len(pending) >= state["max_pending"]:
+                            while pending and over_stream_budget(1, nbytes):
                                 room.clear()
                                 await room.wait()
                         if route.close_field and getattr(msg, route.close_field, False):
                             state["closed_by_client"] = True
-                        pending.append(msg)
-                        while len(pending) > state["max_pending"]:
-                            pending.popleft()  # drop the OLDEST waiting frame: bounded latency
+                        pending.append((msg, nbytes))
+                        state["bytes"] += nbytes
+                        del msg
+                        while len(pending) > 1 and over_stream_budget():
+                            dropped = pending.popleft()[1]  # drop the OLDEST waiting frame: bounded latency
+                            state["bytes"] -= dropped
+                            free(dropped)
                             self.dropped_frames += 1
                         wake.set()
+                        # past the facade's budget, stop pulling messages: gRPC flow control then
+                        # pushes back on the client instead of the facade buffering
+                        await budget.room()
                     state["clean_end"] = True
                 except Exception:  # the client went away mid-stream
                     pass
@@ -171,10 +229,13 @@ class PassThrough:
                 while True:
                     # keep up to `depth` frames in flight so the worker never waits on the transport
                     while pending and len(outstanding) < state["depth"]:
-                        outstanding.append(send(pending.popleft()))
+                        msg, nbytes = pending.popleft()
+                        state["bytes"] -= nbytes
+                        outstanding.append((send(msg), nbytes))
+                        del msg
                         room.set()
                     if outstanding:
-                        head = outstanding[0]
+                        head, nbytes = outstanding[0]
                         if not head.done():
                             wake.clear()
                             waiter = loop.create_task(wake.wait())
@@ -185,6 +246,7 @@ class PassThrough:
                             if not head.done():
                                 continue  # a new frame arrived: top up the pipeline first
                         outstanding.popleft()
+                        free(nbytes)
                         try:
                             reply = head.result()
                         except BrokerError as exc:
@@ -208,9 +270,10 @@ class PassThrough:
                         yield reply
             finally:
                 task.cancel()
-                for t in outstanding:
+                for t, _ in outstanding:
                     t.cancel()
                 if outstanding:
-                    await asyncio.gather(*outstanding, return_exceptions=True)
+                    await asyncio.gather(*(t for t, _ in outstanding), return_exceptions=True)
                 await client.close_stream(stream_id)
-        return grpc.stream_stream_rpc_method_handler(bidi, req_cls.FromString, _identity)
+                free(state["held"])
+        return grpc.stream_stream_rpc_method_handler(bidi, deserialize, _identity)

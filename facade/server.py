@@ -20,6 +20,7 @@ from common import logs, proc
 from facade.auth import TokenInterceptor
 from facade.caller import CallerInterceptor
 from facade.broker_client import BrokerClient
+from facade.budget import DEFAULT_BUFFER_MB, ByteBudget
 from facade.decoding import DecodeErrorInterceptor
 from facade.health import HealthTracker
 from facade.local import Diagnostics, ModelManagement, Stats
@@ -30,6 +31,9 @@ from protos import pythonml_pb2 as X
 from shm.pool import SlotAllocator
 
 log = logging.getLogger("facade")
+
+MAX_STREAMS_PER_CONNECTION = 1024
+READ_AHEAD_BYTES = 2**20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shm-slot-size", type=int, default=0)
     ap.add_argument("--token-env", default="PYTHONML_TOKEN")
     ap.add_argument("--max-message-mb", type=int, default=64)
+    ap.add_argument("--buffer-mb", type=int, default=DEFAULT_BUFFER_MB,
+                    help="request bytes the facade holds at once before it stops reading streams")
     ap.add_argument("--grace-s", type=float, default=10.0)
     ap.add_argument("--model-dirs", default="")
     ap.add_argument("--log-level", default="info")
@@ -68,11 +74,17 @@ async def serve(args: argparse.Namespace) -> int:
     max_bytes = args.max_message_mb * 2**20
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
-        ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000),
-        # frames are ~1 MB messages: let clients send them in few large HTTP/2 DATA frames
-        ("grpc.http2.max_frame_size", 4 * 2**20), ("grpc.http2.lookahead_bytes", 16 * 2**20)])
+        ("grpc.so_reuseport", 0),
+        # more streams on one connection wait in the client; each open stream may hold one message
+        # being read plus the read-ahead below in gRPC core, outside the facade's byte budget
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        # frames are ~1 MB messages: let clients send them in few large HTTP/2 DATA frames. Read-ahead
+        # per stream stays small and fixed (no BDP-grown windows): when a stream reader stops pulling
+        # (byte budget), gRPC core holds at most the message being read plus this much for it
+        ("grpc.http2.max_frame_size", 4 * 2**20), ("grpc.http2.lookahead_bytes", READ_AHEAD_BYTES),
+        ("grpc.http2.bdp_probe", 0)])
 
-    passthrough = PassThrough(client)
+    passthrough = PassThrough(client, ByteBudget(args.buffer_mb * 2**20))
     by_service: dict = {}
     for route in ROUTES:
         by_service.setdefault(route.service, {})[route.method] = passthrough.handler(route)
