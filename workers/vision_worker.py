@@ -12,6 +12,11 @@ import os
 
 from workers.base import Worker, run_worker_main
 from workers.vision import native_memory
+from workers.vision.image_header import MAX_PIXELS
+
+# OpenCV's own header pass refuses bigger images too (a second line behind image_header.py). OpenCV
+# reads this once, when cv2 is first imported: nothing above imports it.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 # glibc malloc: 2 arenas; blocks of 16 MiB or more (bigger than a 1080p RGBA frame) mapped on their own.
 # See workers/vision/native_memory.py: without them RSS creeps up with every stream opened and closed.

@@ -3,22 +3,21 @@
 Every check is exact and every error names the frame and the problem, e.g.
 ``frame 12 (rgb 640x480): expected 921600 bytes, got 100``. Raw frames are wrapped without a copy
 where the layout allows it (rgb straight from shared memory); encoded images have their dimensions
-read from the header *before* decoding, so a small file that claims a huge size is refused cheaply.
+read from their real header (image_header.py) *before* decoding, so a small file that claims a huge
+size is refused cheaply, and one whose header cannot be read is refused, never decoded blind.
 """
 from __future__ import annotations
 
-import struct
 from typing import Optional
 
 import cv2
 import numpy as np
 
 from workers.context import WorkerError
+from workers.vision.image_header import MAX_PIXELS, MAX_SIDE, HeaderError, image_size
 
-# Defaults; the worker overrides them from its options (max_frame_bytes).
+# Default; the worker overrides it from its options (max_frame_bytes).
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-MAX_SIDE = 16384
-MAX_PIXELS = 50_000_000
 
 RAW_CHANNELS = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "gray": 1, "grey": 1}
 ALIASES = {"raw": "rgb", "jpg": "jpeg", "i420": "yuv420", "yuv": "yuv420", "yuv420p": "yuv420",
@@ -54,28 +53,11 @@ def normalise_format(fmt: str, data, width: int, height: int) -> str:
 
 
 def encoded_size(data, fmt: str) -> Optional[tuple[int, int]]:
-    """(width, height) read from a PNG IHDR or a JPEG SOF header, or None if it cannot be read."""
-    b = bytes(data[:65536]) if fmt == "jpeg" else bytes(data[:32])
-    if fmt == "png":
-        if len(b) >= 24 and b[12:16] == b"IHDR":
-            w, h = struct.unpack(">II", b[16:24])
-            return w, h
+    """(width, height) from a PNG IHDR or a JPEG SOF header wherever it sits, or None if unreadable."""
+    try:
+        return image_size(data, fmt)
+    except HeaderError:
         return None
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF:
-            i += 1
-            continue
-        marker = b[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        seg_len = struct.unpack(">H", b[i + 2:i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", b[i + 5:i + 9])
-            return w, h
-        i += 2 + seg_len
-    return None
 
 
 def decode(data, fmt: str, width: int = 0, height: int = 0, *, what: str = "frame",
@@ -145,16 +127,21 @@ def _decode_i420(data, width: int, height: int, desc: str) -> np.ndarray:
 def _decode_encoded(data, f: str, desc: str) -> np.ndarray:
     if sniff(data) != f:
         raise WorkerError("INVALID_ARGUMENT", f"{desc}: the bytes are not a {f} file (bad magic bytes)")
-    size = encoded_size(data, f)
-    if size is not None:
-        w, h = size
-        if w <= 0 or h <= 0:
-            raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} header declares an empty image ({w}x{h})")
-        if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
-            raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} header declares {w}x{h}, above the limit of "
-                                                  f"{MAX_SIDE} px per side and {MAX_PIXELS} pixels")
+    try:
+        w, h = image_size(data, f)
+    except HeaderError as exc:
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} data could not be decoded: {exc}; an image is only "
+                                              f"decoded once its header gives its size") from None
+    if w <= 0 or h <= 0:
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} header declares an empty image ({w}x{h})")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} header declares {w}x{h}, above the limit of "
+                                              f"{MAX_SIDE} px per side and {MAX_PIXELS} pixels")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error:   # OpenCV's own header check (OPENCV_IO_MAX_IMAGE_PIXELS, set by the vision worker)
+        img = None
     if img is None:
         raise WorkerError("INVALID_ARGUMENT", f"{desc}: the {f} data could not be decoded (corrupt or truncated)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
