@@ -191,6 +191,18 @@ def test_frame_for_a_closed_stream_is_refused_and_opens_no_state():
     assert code == "CANCELLED" and "stream s1 was already closed" in message
 
 
+def test_memory_of_closed_streams_is_bounded():
+    from workers.base import CLOSED_STREAMS_KEPT
+    with StreamHarness() as h:
+        for n in range(CLOSED_STREAMS_KEPT + 500):
+            h.send(P.STREAM_CLOSE, stream=f"s{n}")
+        assert len(h.worker._closed_streams) == CLOSED_STREAMS_KEPT
+        h.release.set()
+        h.send(P.REQUEST, id="late", method="m", stream=f"s{CLOSED_STREAMS_KEPT + 499}")   # the newest: refused
+        h.drain()
+    assert h.calls == [] and h.replies()["late"][1] == "CANCELLED"
+
+
 @pytest.fixture(scope="module")
 def vision_service():
     with start_service(["--pools", "vision", "--worker-threads", "2"], wait_service="ml.MediapipeService") as svc:

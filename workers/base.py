@@ -31,7 +31,9 @@ from shm.pool import SlotReader, SlotRef, StaleSlotError
 from workers.context import Cancelled, RequestContext, WorkerError
 
 ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
-CLOSED_STREAMS_KEPT = 16384   # ids of ended streams remembered to refuse late frames (uuids: never reused)
+# ids of ended streams remembered to refuse a late frame (uuids, never reused; a late frame trails its
+# stream's close by one hop, so a few thousand is plenty): about 0.2 KB each
+CLOSED_STREAMS_KEPT = 4096
 FAULT_INJECTION_ENV = "PML_FAULT_INJECTION"
 
 
