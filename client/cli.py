@@ -93,11 +93,28 @@ def cmd_echo(args, channel) -> int:
     return 0
 
 
+COMMON_OPTIONS = (  # (flag, kwargs, default): accepted before or after the verb
+    ("--address", {"help": "host:port of the service (default $PML_ADDRESS or 127.0.0.1:50051)"},
+     lambda: os.environ.get("PML_ADDRESS", "127.0.0.1:50051")),
+    ("--token", {"help": "shared token sent as 'authorization: Bearer' (default $PYTHONML_TOKEN)"},
+     lambda: os.environ.get("PYTHONML_TOKEN", "")),
+    ("--timeout", {"type": float, "help": "deadline of each call in seconds (default 60)"}, lambda: 60.0),
+)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
+    """The main parser holds the real defaults; each verb's copy defaults to SUPPRESS, so a value given
+    before the verb is not overwritten when it is not repeated after it."""
+    for flag, kw, default in COMMON_OPTIONS:
+        if flag in parser._option_string_actions:  # a verb that defines its own meaning keeps it
+            continue
+        parser.add_argument(flag, default=default() if with_defaults else argparse.SUPPRESS, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="run.py call", description="Call a running PythonML service")
-    ap.add_argument("--address", default=os.environ.get("PML_ADDRESS", "127.0.0.1:50051"))
-    ap.add_argument("--token", default=os.environ.get("PYTHONML_TOKEN", ""))
-    ap.add_argument("--timeout", type=float, default=60.0)
+    ap = argparse.ArgumentParser(prog="run.py call", description="Call a running PythonML service. "
+                                 "--address, --token and --timeout go before or after the verb.")
+    _add_common_options(ap, with_defaults=True)
     sub = ap.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("health", help="health status per service")
     p.add_argument("service", nargs="*")
@@ -119,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(f"client.{mod}").register(sub)
         except Exception as exc:  # a broken verb module must not break the others
             print(f"warning: client/{mod}.py not loaded: {exc}", file=sys.stderr)
+    for verb_parser in {id(p): p for p in sub.choices.values()}.values():  # aliases share a parser
+        _add_common_options(verb_parser, with_defaults=False)
     return ap
 
 
