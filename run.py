@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="thread budget per worker (0 = automatic share of the CPUs)")
     a("--model-dir", action="append", default=[d for d in env_default("model_dir", "").split(os.pathsep) if d],
       help="folder holding local models (repeatable)")
+    a("--no-working-dir-models", action="store_true", default=env_default("no_working_dir_models", False, bool),
+      help="do not serve models from the working directory's models/ folder (the orchestrator's cache of "
+           "models/<org>/<repo>/<file>, a model folder by default)")
     a("--model-file-service", default=env_default("model_file_service", ""),
       help="address of the orchestrator's GetModelFile service (host:port)")
     a("--model-file-timeout-s", type=float, default=env_default("model_file_timeout_s", 600.0, float),
@@ -181,7 +184,7 @@ class Service:
         ncpu = os.cpu_count() or 1
         threads = self.args.worker_threads or (ncpu if pool == "hf" else max(1, ncpu // 2))
         return {"auto_load": not self.args.no_auto_load, "model_file_service": self.args.model_file_service,
-                "model_dirs": list(self.args.model_dir), "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
+                "model_dirs": list(self.args.model_dir), "cwd_models": not self.args.no_working_dir_models, "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
                 "threads": threads, "max_frame_bytes": self.args.max_frame_mb * 2**20,
                 "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
                 "gpu_delegate_library": self.args.litert_gpu_delegate_library,
@@ -245,6 +248,7 @@ class Service:
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
                 "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
+                "--cwd-models", "0" if a.no_working_dir_models else "1",
                 "--log-level", a.log_level, "--log-format", a.log_format]
         return Child(name="facade", argv=argv, env={}, pass_fds=(self.shm_fd,))
 

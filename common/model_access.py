@@ -104,7 +104,8 @@ class ModelRoots:
     def from_options(cls, options: dict) -> "ModelRoots":
         """Roots of a worker: its --model-dir folders and its private cache."""
         options = options or {}
-        return cls(model_dirs=options.get("model_dirs") or [], cache_dirs=[options.get("cache_dir") or ""])
+        return cls(model_dirs=options.get("model_dirs") or [], cache_dirs=[options.get("cache_dir") or ""],
+                   cwd_models=options.get("cwd_models", True) is not False)
 
     @property
     def roots(self) -> List[str]:

@@ -1,6 +1,8 @@
 """Which pool loads a model (shared by the facade's LoadModel and run.py's --preload); no heavy imports."""
 from __future__ import annotations
 
+from common.model_resolver import LITERT, family_of_file
+
 # LoadModel pipeline types served by the litert pool; everything else goes to hf
 LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
 
@@ -8,7 +10,7 @@ LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
 def pool_for_load(pipeline_type: str, model_id: str, options) -> str:
     if options.get("pool"):
         return options["pool"]
-    if (pipeline_type or "").lower() in LITERT_PIPELINES or model_id.lower().endswith(".tflite"):
+    if (pipeline_type or "").lower() in LITERT_PIPELINES or family_of_file(model_id) == LITERT:
         return "litert"
     return "hf"
 

@@ -2,12 +2,14 @@
 
 `serve_model_file(request, context, resolver)` is an async generator of ModelFileChunk for
 `ml.ModelManagementService/GetModelFile`: built-in aliases and local model directories
-(workers.hf.resolve.ModelResolver.local — no conversion, no fetching, no torch import; a model id reaches
+(common.model_resolver.LocalResolver.local — no conversion, no fetching, no torch import; a model id reaches
 only the model folders of common.model_access, an absolute id elsewhere is refused), so other
 hosts and tests can pull models from this service. The requested path must be a plain relative
 path that stays inside the model's directory after resolving symlinks (HF cache snapshots may
 point into the repo's blobs folder, which is the boundary then); anything else is refused.
-Files are read in a thread so the event loop never blocks on disk.
+Files are read in a thread so the event loop never blocks on disk. Each chunk message stays within the
+client's message limit (--max-response-mb): `chunk_size(limit)` = min(1 MiB, limit minus the chunk's
+own fields).
 """
 from __future__ import annotations
 
@@ -21,6 +23,16 @@ from common.status import StatusError
 from protos import ml_inference_pb2 as ML
 
 CHUNK_BYTES = 1 << 20
+# a ModelFileChunk's fields besides `data`: tags, the length of data, offset and total_size as varints
+# (at most 10 bytes each), is_last. 26 bytes at most; rounded up
+CHUNK_OVERHEAD = 64
+
+
+def chunk_size(max_message_bytes: int = 0) -> int:
+    """Data bytes per chunk so that a whole ModelFileChunk is at most `max_message_bytes` (0 = no limit)."""
+    if max_message_bytes <= 0:
+        return CHUNK_BYTES
+    return max(1, min(CHUNK_BYTES, max_message_bytes - CHUNK_OVERHEAD))
 
 
 def _check_rel(file_path: str) -> str:
@@ -54,7 +66,8 @@ async def serve_model_file(request, context, resolver, chunk_bytes: int = CHUNK_
         await context.abort(grpc.StatusCode.NOT_FOUND,
                             f"model '{request.model_id}' is not available locally on this service "
                             f"(built-in aliases and model dirs {resolver.model_dirs or '[]'})")
-    target = res.path / request.file_path
+    base = res.path if res.path.is_dir() else res.path.parent   # a model file stands for its folder
+    target = base / request.file_path
     root = os.path.realpath(res.serve_root)
     real = os.path.realpath(target)
     if real != root and not real.startswith(root + os.sep):
@@ -74,10 +87,10 @@ async def serve_model_file(request, context, resolver, chunk_bytes: int = CHUNK_
             return
 
 
-def make_model_file_server(model_dirs: list):
+def make_model_file_server(model_dirs: list, cwd_models: bool = True):
     """The `fn(request, context)` async generator facade/server.py plugs into GetModelFile."""
-    from workers.hf.resolve import ModelResolver
-    resolver = ModelResolver(model_dirs=model_dirs)
+    from common.model_resolver import LocalResolver
+    resolver = LocalResolver(model_dirs=model_dirs, cwd_models=cwd_models)
 
     def serve(request, context):
         return serve_model_file(request, context, resolver)

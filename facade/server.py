@@ -51,18 +51,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="request bytes the facade holds at once before it stops reading streams")
     ap.add_argument("--grace-s", type=float, default=10.0)
     ap.add_argument("--model-dirs", default="")
+    ap.add_argument("--cwd-models", default="1", help="1: the working directory's models/ is a model folder")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     return ap.parse_args(argv)
 
 
-def _model_files_server(model_dirs: list):
+def _model_files_server(model_dirs: list, cwd_models: bool = True):
     try:
         from facade import model_files
     except ImportError:
         return None
     factory = getattr(model_files, "make_model_file_server", None)
-    return factory(model_dirs) if factory else None
+    return factory(model_dirs, cwd_models) if factory else None
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -90,7 +91,7 @@ async def serve(args: argparse.Namespace) -> int:
         by_service.setdefault(route.service, {})[route.method] = passthrough.handler(route)
     handlers = [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
     model_dirs = [d for d in args.model_dirs.split(os.pathsep) if d]
-    handlers += [ModelManagement(client, pools, _model_files_server(model_dirs)).handlers(),
+    handlers += [ModelManagement(client, pools, _model_files_server(model_dirs, args.cwd_models != "0")).handlers(),
                  Stats(client, passthrough).handlers(), Diagnostics(client).handlers()]
     server.add_generic_rpc_handlers(tuple(handlers))
     service_names = [s.full_name for s in ML.DESCRIPTOR.services_by_name.values()]

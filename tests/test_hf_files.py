@@ -66,7 +66,7 @@ def test_missing_model_and_missing_shard(sharded, tmp_path):
         with pytest.raises(WorkerError) as ei:
             generate(w, "org/unknown")
         assert ei.value.code == "NOT_FOUND"
-        assert svc.address in ei.value.message and "model dirs" in ei.value.message
+        assert svc.address in ei.value.message and "model folders" in ei.value.message
         # a shard the index names but the service lacks: NOT_FOUND naming the file, nothing half-cached
         os.rename(src / shards[-1], src / (shards[-1] + ".hidden"))
         try:

@@ -44,6 +44,7 @@ from workers.hf import chat as chatmod
 from workers.hf import limits
 from workers.hf import memory
 from workers.hf.pipelines import registry
+from common.model_resolver import TRANSFORMERS, not_transformers
 from workers.hf.resolve import ModelResolver, Resolved
 
 GEN_TYPES = {"text-generation", "chat", "conversational", "causal-lm", "text-generation-inference"}
@@ -203,6 +204,9 @@ class HFWorker(Worker):
                 return lm, False
             t0 = time.time()
             resolved = self.resolver.resolve(model_id, opts)
+            if resolved.family != TRANSFORMERS:   # a .tflite / LiteRT-LM bundle sent to a transformers route
+                raise not_transformers(resolved, "the transformers pool (GenerateText, ChatCompletion, "
+                                                 "GenerateEmbeddings, Speech, Pipelines)")
             entry = self._entry_for(pipeline_type, resolved)
             kind = entry.kind
             before = memory.snapshot(self.device)
@@ -236,9 +240,28 @@ class HFWorker(Worker):
             self.note_loaded(lm.record)
             return lm, True
 
+    def _same_model(self, model_id: str) -> Optional[LoadedModel]:
+        """A loaded model that `model_id` names under another string (the orchestrator's cache path
+        `models/<org>/<repo>/model.safetensors` for a model loaded as its alias, or the other way round):
+        one copy in memory, whichever string a caller uses."""
+        try:
+            res = self.resolver.local(model_id)
+        except WorkerError:
+            return None
+        if res is None:
+            return None
+        with self._lock:
+            for lm in self._loaded.values():
+                r = lm.resolved
+                if (res.builtin and r.builtin == res.builtin) or (not res.builtin and r.path == res.path):
+                    return lm
+        return None
+
     def _acquire(self, model_id: str, kind: str, pipeline_type: str = "") -> LoadedModel:
         with self._lock:
             lm = self._loaded.get(model_id)
+        if lm is None:
+            lm = self._same_model(model_id)
         if lm is None:
             if not self.auto_load:
                 raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is not loaded and auto-load is off: "
