@@ -162,6 +162,9 @@ def main(argv=None) -> int:
         sys.stderr.write(f"PythonML cannot start: missing Python packages {', '.join(missing)} for {sys.executable}. "
                          f"Run scripts/setup.sh once (it creates .venv, which run.py then uses by itself).\n")
         return 1
+    # children run from the project folder: tell them the service's working directory (whose models/ is a
+    # model folder: the orchestrator's cache of models/<org>/<repo>/<file>, common/model_access.py)
+    os.environ.setdefault("PYTHONML_WORKING_DIR", os.getcwd())
     return Service(args).run()
 
 

@@ -67,8 +67,13 @@ def persistent_cache_dir() -> str:
     return env if env else os.path.join(os.path.expanduser("~"), ".cache", "pythonml")
 
 
+def working_dir() -> str:
+    """The service's working directory (run.py passes it to its children, which run from the project folder)."""
+    return os.environ.get("PYTHONML_WORKING_DIR") or os.getcwd()
+
+
 def cwd_models_dir() -> str:
-    return os.path.join(os.getcwd(), "models")
+    return os.path.join(working_dir(), "models")
 
 
 def check_path_text(value: str, what: str = "path") -> None:

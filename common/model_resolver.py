@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from common.model_access import ModelRoots, cwd_models_dir, persistent_cache_dir
+from common.model_access import ModelRoots, cwd_models_dir, persistent_cache_dir, working_dir
 from common.status import StatusError
 
 TRANSFORMERS, LITERT, LITERT_LM = "transformers", "litert", "litert-lm"
@@ -264,7 +264,7 @@ class LocalResolver:
             return None
         rel = Path(*segs)
         # relative to the working directory (the orchestrator's models/<org>/<repo>/<file>): only inside a model folder
-        res = self._at(model_id, Path.cwd() / rel)
+        res = self._at(model_id, Path(working_dir()) / rel)
         if res is not None:
             return res
         names = segs[:-1] if len(segs) > 1 and family_of_file(segs[-1]) else segs

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from common.model_access import ModelRoots, cwd_models_dir, read_regular_file
+from common.model_access import ModelRoots, cwd_models_dir, read_regular_file, working_dir
 from workers.context import WorkerError
 from workers.litert import registry
 from workers.litert.file_client import MAX_MODEL_BYTES, fetch_model_file, fetch_to_cache
@@ -67,7 +67,7 @@ def _local_candidates(model_id: str, model_dirs) -> list:
         for d in list(model_dirs or []) + [cwd_models_dir()]:
             out.extend(os.path.join(d, n) for n in names)
         if model_id.endswith(".tflite") or os.sep in model_id:
-            out.append(model_id)  # relative to the working directory (allowed only inside the model folders)
+            out.append(os.path.join(working_dir(), model_id))  # relative to the working directory (inside a model folder only)
     return out
 
 
