@@ -35,6 +35,7 @@ from common import logs, proc  # noqa: E402
 log = logging.getLogger("main")
 
 DEFAULT_POOLS = "vision,hf,litert"
+MAX_RESPONSE_MB = 2047   # gRPC message sizes are 32-bit signed
 
 
 def env_default(name: str, default, cast=str):
@@ -67,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="Prometheus text endpoint port on --host (0 = off)")
     a("--shm-slots", type=int, default=env_default("shm_slots", 32, int), help="frames in flight through shared memory")
     a("--shm-slot-mb", type=int, default=env_default("shm_slot_mb", 8, int), help="largest frame through shared memory (MiB)")
-    a("--max-message-mb", type=int, default=env_default("max_message_mb", 64, int), help="gRPC message size limit (MiB)")
+    a("--max-message-mb", type=int, default=env_default("max_message_mb", 64, int),
+      help="largest request message the service reads, and the internal message limit (MiB)")
+    a("--max-response-mb", type=float, default=env_default("max_response_mb", 4.0, float),
+      help="largest message the service sends (MiB, default 4: what the orchestrator's client reads). A larger "
+           "unary answer is refused with RESOURCE_EXHAUSTED saying what to ask for instead; streamed model files, "
+           "video frames and masks are cut, compressed or scaled to fit")
     a("--facade-buffer-mb", type=int, default=env_default("facade_buffer_mb", 256, int),
       help="request bytes the gRPC facade holds at once (stream frames waiting or in flight, unary requests "
            "not yet answered); beyond it streams are paced by flow control and unary calls get RESOURCE_EXHAUSTED")
@@ -157,6 +163,10 @@ def main(argv=None) -> int:
         from client.cli import main as client_main
         return client_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if not 0 < args.max_response_mb <= MAX_RESPONSE_MB:
+        sys.stderr.write(f"PythonML cannot start: --max-response-mb {args.max_response_mb:g} is outside (0, "
+                         f"{MAX_RESPONSE_MB}]; the orchestrator's client reads 4 MiB messages (the default)\n")
+        return 2
     missing = [m for m in ("zmq", "msgpack", "grpc", "google.protobuf", "psutil") if not _importable(m)]
     if missing:
         sys.stderr.write(f"PythonML cannot start: missing Python packages {', '.join(missing)} for {sys.executable}. "
@@ -192,7 +202,8 @@ class Service:
                 "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
                 "gpu_delegate_library": self.args.litert_gpu_delegate_library,
                 "file_timeout_s": self.args.model_file_timeout_s, "file_retries": self.args.model_file_retries,
-                "max_rss_mb": self.args.max_worker_rss_mb, "max_requests": self.args.max_worker_requests}
+                "max_rss_mb": self.args.max_worker_rss_mb, "max_requests": self.args.max_worker_requests,
+                "max_response_bytes": int(self.args.max_response_mb * 2**20)}
 
     def _worker_child(self, pool: str, device: str):
         from broker.supervisor import Child, module_for_pool
@@ -250,6 +261,7 @@ class Service:
                 "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
                 "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
+                "--max-response-mb", str(a.max_response_mb),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--cwd-models", "0" if a.no_working_dir_models else "1",
                 "--log-level", a.log_level, "--log-format", a.log_format]

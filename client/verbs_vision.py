@@ -128,6 +128,17 @@ def draw_mesh(img, face):
         cv2.circle(img, p, 2, (0, 0, 255), -1)
 
 
+def _decoded(data: bytes, fmt: str, w: int, h: int):
+    """An output frame as RGB: raw rgb/bgr/rgba, or png/jpeg (what the service sends when raw bytes would
+    not fit the client's message limit, --max-response-mb)."""
+    import cv2
+    import numpy as np
+    if fmt in ("png", "jpeg"):
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    arr = np.frombuffer(data, np.uint8).reshape(h, w, -1)
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if fmt == "bgr" else np.ascontiguousarray(arr[..., :3])
+
+
 def run(args, channel) -> int:
     import cv2
     import numpy as np
@@ -213,10 +224,10 @@ def run(args, channel) -> int:
         r = list(stub.StreamSelfieSegmentation(video({"output": args.effect, "frame_format": "rgb" if args.effect != "cutout" else "rgba"}),
                                                timeout=args.timeout))[-1]
         mask = np.frombuffer(r.mask, np.uint8).reshape(r.height, r.width)
+        if mask.shape != (h, w):   # a mask scaled down to fit the client's message limit
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
         if r.frame_data:
-            ch = 4 if r.frame_format == "rgba" else 3
-            comp = np.frombuffer(r.frame_data, np.uint8).reshape(r.frame_height, r.frame_width, ch)[..., :3]
-            last = np.ascontiguousarray(comp)
+            last = _decoded(r.frame_data, r.frame_format, r.frame_width, r.frame_height)
         else:
             tint = last.copy()
             tint[mask > 127] = (0.5 * tint[mask > 127] + [0, 110, 0]).astype(np.uint8)
@@ -236,12 +247,13 @@ def run(args, channel) -> int:
     elif task == "autoflip":
         out = list(stub.StreamAutoFlip(video({"aspect_ratio": args.aspect}), timeout=args.timeout))
         f = out[-1]
-        crop = np.frombuffer(f.frame_data, np.uint8).reshape(f.height, f.width, -1)[..., :3]
+        crop = _decoded(f.frame_data, f.format, f.width, f.height)
         x, y = int(f.metadata["crop_x"]), int(f.metadata["crop_y"])
-        cv2.rectangle(last, (x, y), (x + f.width - 1, y + f.height - 1), (255, 0, 255), 2)
-        canvas = np.zeros((max(h, f.height), w + 10 + f.width, 3), np.uint8)
+        cw, ch = int(f.metadata["crop_width"]), int(f.metadata["crop_height"])
+        cv2.rectangle(last, (x, y), (x + cw - 1, y + ch - 1), (255, 0, 255), 2)
+        canvas = np.zeros((max(h, crop.shape[0]), w + 10 + crop.shape[1], 3), np.uint8)
         canvas[:h, :w] = last
-        canvas[:f.height, w + 10:] = crop
+        canvas[:crop.shape[0], w + 10:] = crop
         last = canvas
         summary = f"{len(out)} frames reframed to {f.width}x{f.height}; last crop x={x} y={y}"
     elif task == "template":

@@ -87,11 +87,13 @@ async def serve_model_file(request, context, resolver, chunk_bytes: int = CHUNK_
             return
 
 
-def make_model_file_server(model_dirs: list, cwd_models: bool = True):
-    """The `fn(request, context)` async generator facade/server.py plugs into GetModelFile."""
+def make_model_file_server(model_dirs: list, cwd_models: bool = True, max_message_bytes: int = 0):
+    """The `fn(request, context)` async generator facade/server.py plugs into GetModelFile; each chunk
+    message is at most `max_message_bytes` (0: chunks of 1 MiB)."""
+    chunk = chunk_size(max_message_bytes)
     from common.model_resolver import LocalResolver
     resolver = LocalResolver(model_dirs=model_dirs, cwd_models=cwd_models)
 
     def serve(request, context):
-        return serve_model_file(request, context, resolver)
+        return serve_model_file(request, context, resolver, chunk)
     return serve

@@ -26,6 +26,7 @@ from facade.health import HealthTracker
 from facade.local import Diagnostics, ModelManagement, Stats
 from facade.passthrough import PassThrough
 from facade.routes import ROUTES
+from facade.response_limit import DEFAULT_MAX_RESPONSE_MB, ResponseLimitInterceptor
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 from shm.pool import SlotAllocator
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shm-slot-size", type=int, default=0)
     ap.add_argument("--token-env", default="PYTHONML_TOKEN")
     ap.add_argument("--max-message-mb", type=int, default=64)
+    ap.add_argument("--max-response-mb", type=float, default=DEFAULT_MAX_RESPONSE_MB,
+                    help="largest message sent to a client (facade/response_limit.py)")
     ap.add_argument("--buffer-mb", type=int, default=DEFAULT_BUFFER_MB,
                     help="request bytes the facade holds at once before it stops reading streams")
     ap.add_argument("--grace-s", type=float, default=10.0)
@@ -57,13 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _model_files_server(model_dirs: list, cwd_models: bool = True):
+def _model_files_server(model_dirs: list, cwd_models: bool = True, max_message_bytes: int = 0):
     try:
         from facade import model_files
     except ImportError:
         return None
     factory = getattr(model_files, "make_model_file_server", None)
-    return factory(model_dirs, cwd_models) if factory else None
+    return factory(model_dirs, cwd_models, max_message_bytes=max_message_bytes) if factory else None
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -71,10 +74,12 @@ async def serve(args: argparse.Namespace) -> int:
     allocator = SlotAllocator(args.shm_fd, args.shm_slots, args.shm_slot_size) if args.shm_fd >= 0 else None
     client = BrokerClient(args.broker, allocator, max_message_bytes=(args.max_message_mb + 16) * 2**20)
     token = os.environ.get(args.token_env, "") if args.token_env else ""
-    interceptors = ([TokenInterceptor(token)] if token else []) + [DecodeErrorInterceptor(), CallerInterceptor()]
+    response_bytes = int(args.max_response_mb * 2**20)
+    interceptors = ([TokenInterceptor(token)] if token else []) + [
+        ResponseLimitInterceptor(response_bytes), DecodeErrorInterceptor(), CallerInterceptor()]
     max_bytes = args.max_message_mb * 2**20
     server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", response_bytes),
         ("grpc.so_reuseport", 0),
         # more streams on one connection wait in the client; each open stream may hold one message
         # being read plus the read-ahead below in gRPC core, outside the facade's byte budget
@@ -91,7 +96,8 @@ async def serve(args: argparse.Namespace) -> int:
         by_service.setdefault(route.service, {})[route.method] = passthrough.handler(route)
     handlers = [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
     model_dirs = [d for d in args.model_dirs.split(os.pathsep) if d]
-    handlers += [ModelManagement(client, pools, _model_files_server(model_dirs, args.cwd_models != "0")).handlers(),
+    files = _model_files_server(model_dirs, args.cwd_models != "0", response_bytes)
+    handlers += [ModelManagement(client, pools, files).handlers(),
                  Stats(client, passthrough).handlers(), Diagnostics(client).handlers()]
     server.add_generic_rpc_handlers(tuple(handlers))
     service_names = [s.full_name for s in ML.DESCRIPTOR.services_by_name.values()]

@@ -10,7 +10,9 @@ centre follows the salient region (faces weighted by score, plus the person's bo
 Metadata (per frame): aspect_ratio "9:16" (default) | "1:1" | "4:5" | a number (width/height);
 output_format rgb | bgr | rgba | png | jpeg (default: the input's raw format, rgb for others).
 The returned VideoFrame echoes timestamp_ms / frame_number, and its metadata carries crop_x, crop_y,
-crop_width, crop_height (pixels of the input), aspect_ratio and subjects (detections used).
+crop_width, crop_height (pixels of the input), aspect_ratio and subjects (detections used). A crop too big
+for the client's message limit comes back compressed or smaller (fit.py): its format/width/height say
+how, its metadata `response_limit` says why.
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ the rest of the stream; it is resized to each frame's size.
 The response's `mask` is always the 1-channel mask at the frame's size ("binary": 0/255 for
 output mask/blur/replace, "alpha": 0..255 for alpha/cutout); composites use the soft mask for
 feathered edges and come back in `frame_data` / `frame_width` / `frame_height` / `frame_format`.
+Under the client's message limit (`max_bytes`, --max-response-mb) the mask may come back smaller than
+the frame (its width/height say so) and the composite compressed or smaller: see fit.py.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from protos import ml_inference_pb2 as pb
 from workers.context import WorkerError
-from workers.vision import frames
+from workers.vision import fit, frames
 
 OUTPUTS = ("mask", "alpha", "blur", "replace", "cutout")
 
@@ -86,23 +88,34 @@ def segment(solution, rgb: np.ndarray) -> np.ndarray:
     return np.clip(m, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def _mask_bytes(soft: np.ndarray, thr: float, alpha: bool, size: tuple[int, int]) -> bytes:
+    """The 1-channel mask at `size` (w, h): the soft mask is resized first, then cut (binary) or scaled."""
+    if size != (soft.shape[1], soft.shape[0]):
+        soft = cv2.resize(soft, size, interpolation=cv2.INTER_AREA)
+    if alpha:
+        return (soft * 255.0 + 0.5).astype(np.uint8).tobytes()
+    return ((soft >= thr).astype(np.uint8) * 255).tobytes()
+
+
 def compose(rgb: np.ndarray, soft: np.ndarray, meta, state: dict, what: str,
-            resp: pb.SegmentationResponse) -> None:
+            resp: pb.SegmentationResponse, max_bytes: int = 0) -> None:
+    """Fill `resp`; with `max_bytes` the whole message stays within it (mask first, the composite with
+    what is left, see fit.py)."""
     output = (meta.get("output") or "mask").lower()
     if output not in OUTPUTS:
         raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata output={output!r}; use one of {', '.join(OUTPUTS)}")
     thr = _float(meta, "threshold", 0.5, 0.0, 1.0, what)
     h, w = soft.shape
-    binary = soft >= thr
-    resp.width, resp.height, resp.output = w, h, output
-    resp.coverage = float(binary.mean())
-    if output in ("alpha", "cutout"):
-        resp.mask = (soft * 255.0 + 0.5).astype(np.uint8).tobytes()
-        resp.format = "alpha"
-    else:
-        resp.mask = (binary.astype(np.uint8) * 255).tobytes()
-        resp.format = "binary"
-    if output == "mask" or output == "alpha":
+    composite = output not in ("mask", "alpha")
+    resp.output = output
+    resp.coverage = float((soft >= thr).mean())
+    resp.format = "alpha" if output in ("alpha", "cutout") else "binary"
+    # bytes left for mask + frame: the other fields (frame_* counted at their largest) and two field headers
+    avail = max_bytes - resp.ByteSize() - 64 - 2 * fit.FIELD_OVERHEAD if max_bytes > 0 else 0
+    mw, mh = (w, h) if max_bytes <= 0 else fit.mask_size(w, h, avail // 2 if composite else avail, what)
+    resp.width, resp.height = mw, mh
+    resp.mask = _mask_bytes(soft, thr, resp.format == "alpha", (mw, mh))
+    if not composite:
         return
     fmt = (meta.get("frame_format") or ("rgba" if output == "cutout" else "rgb")).lower()
     a = soft[..., None]
@@ -122,6 +135,9 @@ def compose(rgb: np.ndarray, soft: np.ndarray, meta, state: dict, what: str,
                 bg = np.empty_like(rgb)
                 bg[:] = color
         out = (rgb.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a) + 0.5).astype(np.uint8)
-    data, used = frames.encode(out, fmt)
+    if max_bytes > 0:
+        data, used, fw, fh, _ = fit.fit_frame(out, fmt, avail - len(resp.mask), what)
+    else:
+        (data, used), fw, fh = frames.encode(out, fmt), w, h
     resp.frame_data, resp.frame_format = data, used
-    resp.frame_width, resp.frame_height = w, h
+    resp.frame_width, resp.frame_height = fw, fh

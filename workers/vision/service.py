@@ -20,7 +20,7 @@ import numpy as np
 
 from protos import ml_inference_pb2 as pb
 from workers.context import RequestContext, WorkerError
-from workers.vision import (autoflip, faces, frames, hands, holistic, iris_gaze, mesh, pose, segmentation,
+from workers.vision import (autoflip, faces, fit, frames, hands, holistic, iris_gaze, mesh, pose, segmentation,
                             sequence, solutions, template, tracking)
 
 SVC = "ml.MediapipeService/"
@@ -68,6 +68,7 @@ class VisionService:
     def __init__(self, options: Optional[dict] = None, pool_size: int = 2):
         self.options = options or {}
         self.max_bytes = int(self.options.get("max_frame_bytes") or frames.DEFAULT_MAX_BYTES)
+        self.max_response = fit.max_response_bytes(self.options)   # the client's message limit (fit.py)
         self.pool = solutions.StaticPool(max_per_kind=pool_size)
 
     def close(self) -> None:
@@ -229,7 +230,7 @@ class VisionService:
                 segmentation.set_background(st, req.background_image, w, h, what, self.max_bytes)
             soft = segmentation.segment(solutions.stream_solution(st, segmentation.model_kind(meta)), rgb)
             resp = pb.SegmentationResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            segmentation.compose(rgb, soft, meta, st, what, resp)
+            segmentation.compose(rgb, soft, meta, st, what, resp, self.max_response)
             return resp.SerializeToString()
 
     def stream_template_matching(self, ctx: RequestContext) -> bytes:
@@ -306,11 +307,15 @@ class VisionService:
             crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
             in_fmt = frames.ALIASES.get(req.format.lower(), req.format.lower())
             out_fmt = meta.get("output_format") or (in_fmt if in_fmt in ("rgb", "bgr", "rgba") else "rgb")
-            data, used = frames.encode(crop, out_fmt)
-            out = pb.VideoFrame(frame_data=data, format=used, width=cw, height=ch,
-                                timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            out = pb.VideoFrame(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
             out.metadata.update({"crop_x": str(x), "crop_y": str(y), "crop_width": str(cw), "crop_height": str(ch),
                                  "aspect_ratio": f"{aspect:.4f}", "subjects": str(len(subs))})
+            # the frame gets what the client's message limit leaves (its note, format and size fields included)
+            budget = self.max_response - out.ByteSize() - 512 - fit.FIELD_OVERHEAD
+            data, used, ow, oh, note = fit.fit_frame(crop, out_fmt, budget, what)
+            out.frame_data, out.format, out.width, out.height = data, used, ow, oh
+            if note:
+                out.metadata["response_limit"] = note
             return out.SerializeToString()
 
     def process_media_sequence(self, ctx: RequestContext) -> bytes:
