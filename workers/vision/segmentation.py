@@ -97,47 +97,51 @@ def _mask_bytes(soft: np.ndarray, thr: float, alpha: bool, size: tuple[int, int]
     return ((soft >= thr).astype(np.uint8) * 255).tobytes()
 
 
+def _composite(rgb: np.ndarray, soft: np.ndarray, meta, state: dict, what: str, output: str) -> tuple[np.ndarray, str]:
+    """The composited frame (RGB, or RGBA for cutout) and the requested encoding."""
+    h, w = soft.shape
+    fmt = (meta.get("frame_format") or ("rgba" if output == "cutout" else "rgb")).lower()
+    if output == "cutout":
+        if fmt not in ("rgba", "png"):
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: output=cutout needs frame_format rgba or png, got {fmt!r}")
+        return np.dstack([rgb, (soft * 255.0 + 0.5).astype(np.uint8)]), fmt
+    if output == "blur":
+        r = int(_float(meta, "blur_radius", 21, 1, 255, what))
+        k = 2 * r + 1
+        bg = cv2.GaussianBlur(rgb, (k, k), 0)
+    else:
+        bg = _background_for(state, w, h)
+        if bg is None:
+            color = parse_color(meta.get("background_color") or "#00FF00", what)
+            bg = np.empty_like(rgb)
+            bg[:] = color
+    a = soft[..., None]
+    return (rgb.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a) + 0.5).astype(np.uint8), fmt
+
+
 def compose(rgb: np.ndarray, soft: np.ndarray, meta, state: dict, what: str,
             resp: pb.SegmentationResponse, max_bytes: int = 0) -> None:
-    """Fill `resp`; with `max_bytes` the whole message stays within it (mask first, the composite with
-    what is left, see fit.py)."""
+    """Fill `resp`; with `max_bytes` the whole message stays within it: the composite (what a person
+    sees) first, with a quarter of the room kept for the mask (or the mask's full size if smaller);
+    then the mask, at the frame's size if what is left allows it (see fit.py)."""
     output = (meta.get("output") or "mask").lower()
     if output not in OUTPUTS:
         raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata output={output!r}; use one of {', '.join(OUTPUTS)}")
     thr = _float(meta, "threshold", 0.5, 0.0, 1.0, what)
     h, w = soft.shape
-    composite = output not in ("mask", "alpha")
     resp.output = output
     resp.coverage = float((soft >= thr).mean())
     resp.format = "alpha" if output in ("alpha", "cutout") else "binary"
     # bytes left for mask + frame: the other fields (frame_* counted at their largest) and two field headers
     avail = max_bytes - resp.ByteSize() - 64 - 2 * fit.FIELD_OVERHEAD if max_bytes > 0 else 0
-    mw, mh = (w, h) if max_bytes <= 0 else fit.mask_size(w, h, avail // 2 if composite else avail, what)
+    if output not in ("mask", "alpha"):
+        out, fmt = _composite(rgb, soft, meta, state, what, output)
+        if max_bytes > 0:
+            data, used, fw, fh, _ = fit.fit_frame(out, fmt, avail - min(w * h, avail // 4), what)
+        else:
+            (data, used), fw, fh = frames.encode(out, fmt), w, h
+        resp.frame_data, resp.frame_format = data, used
+        resp.frame_width, resp.frame_height = fw, fh
+    mw, mh = (w, h) if max_bytes <= 0 else fit.mask_size(w, h, avail - len(resp.frame_data), what)
     resp.width, resp.height = mw, mh
     resp.mask = _mask_bytes(soft, thr, resp.format == "alpha", (mw, mh))
-    if not composite:
-        return
-    fmt = (meta.get("frame_format") or ("rgba" if output == "cutout" else "rgb")).lower()
-    a = soft[..., None]
-    if output == "cutout":
-        out = np.dstack([rgb, (soft * 255.0 + 0.5).astype(np.uint8)])
-        if fmt not in ("rgba", "png"):
-            raise WorkerError("INVALID_ARGUMENT", f"{what}: output=cutout needs frame_format rgba or png, got {fmt!r}")
-    else:
-        if output == "blur":
-            r = int(_float(meta, "blur_radius", 21, 1, 255, what))
-            k = 2 * r + 1
-            bg = cv2.GaussianBlur(rgb, (k, k), 0)
-        else:
-            bg = _background_for(state, w, h)
-            if bg is None:
-                color = parse_color(meta.get("background_color") or "#00FF00", what)
-                bg = np.empty_like(rgb)
-                bg[:] = color
-        out = (rgb.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a) + 0.5).astype(np.uint8)
-    if max_bytes > 0:
-        data, used, fw, fh, _ = fit.fit_frame(out, fmt, avail - len(resp.mask), what)
-    else:
-        (data, used), fw, fh = frames.encode(out, fmt), w, h
-    resp.frame_data, resp.frame_format = data, used
-    resp.frame_width, resp.frame_height = fw, fh
