@@ -38,7 +38,8 @@ MAX_PATH_CHARS = 4096
 _builtin_cache: Optional[List[str]] = None
 
 
-def _package_dir(name: str) -> Optional[str]:
+def package_dir(name: str) -> Optional[str]:
+    """Folder of an installed package, found without importing it (`import mediapipe` costs seconds)."""
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -54,7 +55,7 @@ def builtin_roots() -> List[str]:
     if _builtin_cache is None:
         out = []
         for pkg, sub in BUILTIN_PACKAGES.items():
-            base = _package_dir(pkg)
+            base = package_dir(pkg)
             if base:
                 out.append(os.path.join(base, sub) if sub else base)
         _builtin_cache = out

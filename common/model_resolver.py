@@ -22,14 +22,13 @@ exists. This module imports nothing heavy (no torch, no transformers): the facad
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from common.model_access import ModelRoots, cwd_models_dir, persistent_cache_dir, working_dir
+from common.model_access import ModelRoots, cwd_models_dir, package_dir, persistent_cache_dir, working_dir
 from common.status import StatusError
 
 TRANSFORMERS, LITERT, LITERT_LM = "transformers", "litert", "litert-lm"
@@ -82,13 +81,8 @@ class Resolved:
 
 # ---- built-in model locations (found without importing the packages) ---------------------------------
 def _package_dir(name: str) -> Optional[Path]:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+    d = package_dir(name)
+    return Path(d) if d else None
 
 
 def is_model_dir(p: Path) -> bool:

@@ -7,10 +7,11 @@ seconds). Aliases may also be written with their package prefix: ``mediapipe/fac
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from typing import Dict, Optional
+
+from common.model_access import package_dir
 
 # package name -> folder inside the package that holds the .tflite files ("" = the whole package)
 _PACKAGES = {"mediapipe": "modules", "pymicro_wakeword": "models"}
@@ -19,20 +20,10 @@ _lock = threading.Lock()
 _cache: Optional[Dict[str, str]] = None
 
 
-def _package_dir(name: str) -> Optional[str]:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
-
-
 def _scan() -> Dict[str, str]:
     found: Dict[str, str] = {}
     for package, sub in _PACKAGES.items():
-        base = _package_dir(package)
+        base = package_dir(package)
         if base is None:
             continue
         root = os.path.join(base, sub) if sub else base
