@@ -21,6 +21,8 @@ from tests.service import start_service
 
 pytestmark = pytest.mark.integration
 
+HEARTBEAT_TIMEOUT_S = 2.0
+
 
 def echo(stub, timeout=10.0, **fields):
     return list(stub.Echo(X.EchoRequest(**fields), timeout=timeout))
@@ -42,7 +44,7 @@ def wait_for(cond, timeout=15.0, interval=0.05):
 
 @pytest.fixture(scope="module")
 def svc():
-    s = start_service(["--pools", "fake*2,fakeb", "--heartbeat-timeout-s", "2", "--queue-limit", "4"],
+    s = start_service(["--pools", "fake*2,fakeb", "--heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S), "--queue-limit", "4"],
                       env={"PML_FAKE_CAPACITY": "2"})
     yield s
     assert s.stop() == 0
@@ -210,14 +212,27 @@ def test_kill_9_mid_request_fails_unavailable_and_worker_comes_back(svc, stub):
 
 
 def test_sigstop_worker_is_replaced_after_heartbeat_timeout(svc, stub):
-    t0 = time.time()
+    # the previous test restarted fakeb: wait for its new worker, and learn its pid from a reply it sent
+    ready_pid(svc, "fakeb")
+    before = stats(svc.channel())
+    restarts = [w.restarts for w in before.workers if w.pool == "fakeb"][0]
+    t_seen = time.time()
+    (probe,) = echo(stub, pool="fakeb", payload=b"probe", timeout=20)
+    # the broker received that reply after t_seen: it cannot declare the worker silent before t_seen + timeout
     with pytest.raises(grpc.RpcError) as e:
-        echo(stub, pool="fakeb", action="hang", timeout=20)
-    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert time.time() - t0 < 6.0  # heartbeat timeout is 2 s
+        echo(stub, pool="fakeb", action="hang", timeout=20 * HEARTBEAT_TIMEOUT_S)
+    took = time.time() - t_seen
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+    # the request reached the worker that stopped itself, and the broker killed that one
+    assert f"pid {probe.pid})" in e.value.details() and "SIGKILL" in e.value.details(), e.value.details()
+    assert "retry" in e.value.details()
+    # found by the heartbeat check (the progress watchdog needs minutes here), not by anything faster
+    assert stats(svc.channel()).worker_hangs == before.worker_hangs + 1
+    assert took >= HEARTBEAT_TIMEOUT_S - 0.1, f"answered after {took:.2f}s, before the heartbeat timeout"
+    assert took < 10 * HEARTBEAT_TIMEOUT_S, f"hang noticed only after {took:.1f}s"
     (reply,) = echo(stub, pool="fakeb", payload=b"alive", timeout=20)
-    assert reply.payload == b"alive"
-    assert stats(svc.channel()).worker_hangs >= 1
+    assert reply.payload == b"alive" and reply.pid != probe.pid
+    assert [w.restarts for w in stats(svc.channel()).workers if w.pool == "fakeb"][0] == restarts + 1
 
 
 def test_stream_on_one_pool_keeps_flowing_while_another_pool_crashes(svc, stub):

@@ -45,8 +45,12 @@ class FakeWorker(Worker):
         if action == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "hang":
-            os.kill(os.getpid(), signal.SIGSTOP)
-            return self.echo_reply(req, ctx)
+            # stop the whole process from this thread's own signal: the thread stops before it returns to
+            # Python, so no reply can escape. os.kill(getpid()) is sent to the process, which the kernel
+            # hands to the main thread; until that thread runs and stops the others, this one went on and
+            # sometimes sent its FINAL first (the "hang" answered OK)
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+            return self.echo_reply(req, ctx)   # only after a SIGCONT
         if action == "fail":
             raise WorkerError("FAILED_PRECONDITION", "fake failure requested")
         return self.echo_action(req, ctx, action)
