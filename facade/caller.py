@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 
-import grpc
+from facade.handler_wrap import WrappingInterceptor, handler_field
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("pml_caller", default="")
 
@@ -33,14 +33,7 @@ def wrap(handler):
     """The same handler, with CALLER set to the call's peer while it runs; async handlers only."""
     if handler is None:
         return None
-    if handler.request_streaming and handler.response_streaming:
-        field = "stream_stream"
-    elif handler.request_streaming:
-        field = "stream_unary"
-    elif handler.response_streaming:
-        field = "unary_stream"
-    else:
-        field = "unary_unary"
+    field = handler_field(handler)
     inner = getattr(handler, field)
     if inspect.isasyncgenfunction(inner):
         async def gen(request, context):
@@ -56,20 +49,10 @@ def wrap(handler):
     return handler
 
 
-class CallerInterceptor(grpc.aio.ServerInterceptor):
+class CallerInterceptor(WrappingInterceptor):
     """Tags each call with its caller (see the module docstring); handlers are wrapped once, not per call."""
 
-    def __init__(self):
-        self._wrapped: dict = {}
+    skip_prefixes = UNTAGGED_PREFIXES
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(UNTAGGED_PREFIXES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler, method: str):
+        return wrap(handler)

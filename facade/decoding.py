@@ -13,6 +13,8 @@ import inspect
 import grpc
 from google.protobuf.message import DecodeError
 
+from facade.handler_wrap import WrappingInterceptor
+
 
 class Undecodable:
     __slots__ = ("detail",)
@@ -99,19 +101,8 @@ def wrap(handler, method: str):
     return handler._replace(request_deserializer=safe, stream_unary=stream_unary)
 
 
-class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+class DecodeErrorInterceptor(WrappingInterceptor):
     """Wraps each method's handler once (cached by method and handler identity), not on every call."""
 
-    def __init__(self):
-        self._wrapped: dict = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap(handler, method)
-        if handler is not None:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler, method: str):
+        return wrap(handler, method)

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import grpc
 
+from facade.handler_wrap import WrappingInterceptor, handler_field
+
 DEFAULT_MAX_RESPONSE_MB = 4.0
 FLAG = "--max-response-mb"
 
@@ -84,14 +86,7 @@ def wrap(handler, method: str, limit: int):
     def raw_of(out) -> bytes:
         return serialize(out) if serialize is not None else out
 
-    if handler.request_streaming and handler.response_streaming:
-        field = "stream_stream"
-    elif handler.request_streaming:
-        field = "stream_unary"
-    elif handler.response_streaming:
-        field = "unary_stream"
-    else:
-        field = "unary_unary"
+    field = handler_field(handler)
     inner = getattr(handler, field)
 
     if handler.response_streaming:
@@ -127,21 +122,12 @@ def wrap(handler, method: str, limit: int):
     return handler._replace(**{field: unary}, response_serializer=None)
 
 
-class ResponseLimitInterceptor(grpc.aio.ServerInterceptor):
+class ResponseLimitInterceptor(WrappingInterceptor):
     """Checks every response message against the limit; handlers are wrapped once per method, not per call."""
 
     def __init__(self, limit_bytes: int):
+        super().__init__()
         self.limit = int(limit_bytes)
-        self._wrapped: dict = {}
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap(handler, method, self.limit)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler, method: str):
+        return wrap(handler, method, self.limit)
