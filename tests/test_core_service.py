@@ -121,7 +121,7 @@ def test_queue_overflow_answers_resource_exhausted_at_once(svc, stub):
         echo(stub, pool="fake", payload=b"x")
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "queued" in e.value.details()
-    assert time.time() - t0 < 1.0
+    assert time.time() - t0 < 1.4   # refused at once, not after a queued 1.5 s request made room
     [t.join() for t in threads]
     assert errors == []
 
@@ -152,7 +152,7 @@ def test_deadline_passing_in_queue_is_answered_by_the_broker(svc):
         cmd, hdr, _ = peer.recv_terminal(rid)
         assert cmd == P.ERROR and hdr["code"] == "DEADLINE_EXCEEDED", hdr
         assert "queue" in hdr["message"]
-        assert time.time() - t0 < 0.6
+        assert time.time() - t0 < 0.75   # answered in the queue, before the 0.8 s blockers let it reach a worker
         for b in blockers:
             assert peer.recv_terminal(b)[0] == P.FINAL
     finally:
@@ -165,8 +165,8 @@ def test_cancel_reaches_the_worker(svc, stub):
     wait_for(lambda: any(w.inflight for w in stats(svc.channel()).workers if w.pool == "fakeb"))
     t0 = time.time()
     call.cancel()
-    wait_for(lambda: not any(w.inflight for w in stats(svc.channel()).workers if w.pool == "fakeb"), timeout=3)
-    assert time.time() - t0 < 2.0
+    wait_for(lambda: not any(w.inflight for w in stats(svc.channel()).workers if w.pool == "fakeb"), timeout=6)
+    assert time.time() - t0 < 6.0   # the worker stopped: it did not sleep out its 8 s
 
 
 def test_shm_frames_arrive_bit_exact_and_slots_are_released(svc, stub):
@@ -204,7 +204,7 @@ def test_kill_9_mid_request_fails_unavailable_and_worker_comes_back(svc, stub):
     t.join()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "crashed" in e.value.details() and "retry" in e.value.details()
-    assert time.time() - t0 < 2.0
+    assert time.time() - t0 < 4.0   # failed when the worker died, not after its 5 s request
     (reply,) = echo(stub, pool="fakeb", payload=b"again", timeout=20)
     assert reply.payload == b"again" and reply.pid != pid
     st = stats(svc.channel())
