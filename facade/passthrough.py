@@ -2,9 +2,14 @@
 
 Requests are parsed once (to move frame bytes into shared memory and read the model name); worker
 replies are already-serialized response messages and go back to the client untouched (identity
-serializer). Bidi streams keep at most `max_pending` frames waiting and drop the oldest beyond that,
-so a slow model never builds unbounded latency; drops are counted. Routes with drop_oldest=False
-(audio) never drop: the reader stops pulling messages instead (gRPC flow control = backpressure).
+serializer). Bidi streams have a running mode (MediaPipe Tasks' names; docs/vision.md):
+- VIDEO, the default: every frame is answered, in order. At most `max_pending` frames wait (default 2)
+  besides the `depth` in flight; beyond that the reader stops pulling messages, so gRPC flow control makes
+  the client's writes wait (back-pressure) and the facade's memory stays bounded.
+- LIVE_STREAM, chosen per stream by call metadata `running-mode: live_stream` (or `running_mode` in the
+  first message's metadata map): beyond `max_pending` the OLDEST waiting frame is dropped, so a slow model
+  never builds latency; drops are counted (Stats `dropped_stream_frames`, trailing metadata
+  `dropped-frames`). Routes with live_stream=False (audio) refuse it: they never drop.
 Routes with packed_field move several bytes fields of a repeated message into one shm blob.
 Request bytes held by the facade are bounded by a ByteBudget (facade/budget.py): per stream and in total.
 """
@@ -25,8 +30,14 @@ from facade.routes import CLIENT_STREAM, SERVER_STREAM, UNARY, Route, message_cl
 
 log = logging.getLogger("facade")
 
-DEFAULT_MAX_PENDING = 2
 DEFAULT_PIPELINE_DEPTH = 2
+DEFAULT_MAX_PENDING = max(2, DEFAULT_PIPELINE_DEPTH)
+
+VIDEO, LIVE_STREAM = "video", "live_stream"
+MODE_KEYS = ("running-mode", "running_mode")
+MODES_HELP = ("use 'video' (the default: every frame answered, in order; your writes wait while the service "
+              "is behind) or 'live_stream' (the oldest waiting frame is dropped beyond max_pending; drops are "
+              "counted in the trailing metadata 'dropped-frames' and in Stats)")
 
 
 def _identity(b: bytes) -> bytes:
@@ -73,6 +84,44 @@ def max_pending_of(msg, current: int) -> int:
         except ValueError:
             pass
     return current
+
+
+def mode_of(value: str, where: str) -> str:
+    """'video' / 'live_stream' from a metadata value (case-insensitive, '-' = '_'); ValueError otherwise."""
+    mode = value.strip().lower().replace("-", "_")
+    if mode not in (VIDEO, LIVE_STREAM):
+        raise ValueError(f"{where} {value[:40]!r} is not a running mode: {MODES_HELP}")
+    return mode
+
+
+def call_mode_of(context) -> Optional[str]:
+    """The running mode of the call metadata (key `running-mode`), None when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() in MODE_KEYS:
+            return mode_of(value if isinstance(value, str) else value.decode("latin-1"), f"call metadata {key}")
+    return None
+
+
+def frame_mode_of(msg) -> Optional[str]:
+    """The running mode of a message's metadata map (key `running_mode` or `running-mode`), None when absent."""
+    meta = getattr(msg, "metadata", None)
+    if meta is not None:
+        for key in MODE_KEYS:
+            if key in meta:
+                return mode_of(meta[key], f"the first frame's metadata {key}")
+    return None
+
+
+def stream_mode(route: Route, call: Optional[str], first: Optional[str]) -> str:
+    """The stream's mode from the call metadata and the first message; ValueError names the conflict."""
+    if call and first and call != first:
+        raise ValueError(f"call metadata running-mode {call!r} and the first frame's metadata running_mode "
+                         f"{first!r} disagree: send one of them ({MODES_HELP})")
+    mode = call or first or VIDEO
+    if mode == LIVE_STREAM and not route.live_stream:
+        raise ValueError(f"{route.method} never drops what it is sent (it applies back-pressure): running mode "
+                         f"'live_stream' is for the vision streams; omit running-mode or send 'video'")
+    return mode
 
 
 def timeout_of(context) -> Optional[float]:
@@ -165,15 +214,22 @@ class PassThrough:
             return grpc.stream_unary_rpc_method_handler(client_stream, deserialize, _identity)
 
         async def bidi(request_iterator, context):
+            try:
+                call_mode = call_mode_of(context)
+                if call_mode:
+                    stream_mode(route, call_mode, None)  # refused at once when the route cannot drop
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{route.path}: {exc}")
             stream_id = uuid.uuid4().hex
             pending: deque = deque()      # (message, size) received, not yet sent to the worker
             outstanding: deque = deque()  # (task, size) sent, reply not yet yielded (in order)
             # bytes: size of `pending`; held: bytes this stream has charged to the budget (pending,
             # outstanding, the message in the reader's hands), all released when the stream ends
             state = {"done": False, "max_pending": DEFAULT_MAX_PENDING, "depth": DEFAULT_PIPELINE_DEPTH,
-                     "clean_end": False, "sent": 0, "closed_by_client": False, "bytes": 0, "held": 0}
+                     "clean_end": False, "sent": 0, "closed_by_client": False, "bytes": 0, "held": 0,
+                     "mode": None, "error": None, "dropped": 0}
             wake = asyncio.Event()
-            room = asyncio.Event()        # set when `pending` shrinks (drop_oldest=False backpressure)
+            room = asyncio.Event()        # set when `pending` shrinks (VIDEO back-pressure)
             loop = asyncio.get_running_loop()
 
             def free(nbytes: int) -> None:
@@ -185,15 +241,26 @@ class PassThrough:
                 n = len(pending) + frames
                 return n > state["max_pending"] or (n > 2 and state["bytes"] + nbytes > STREAM_BYTES)
 
+            def count_drops() -> None:
+                context.set_trailing_metadata((("dropped-frames", str(state["dropped"])),))
+
             async def reader():
                 try:
                     async for msg, nbytes in request_iterator:
                         state["held"] += nbytes
                         budget.charge(nbytes)
+                        if state["mode"] is None:  # the first message: settle the running mode
+                            try:
+                                state["mode"] = stream_mode(route, call_mode, frame_mode_of(msg))
+                            except ValueError as exc:
+                                state["error"] = f"{route.path}: {exc}"
+                                return
+                            if state["mode"] == LIVE_STREAM:
+                                count_drops()
                         state["max_pending"] = max_pending_of(msg, state["max_pending"])
-                        if not route.drop_oldest:
-                            # never drop (audio): stop reading until the sender catches up, so gRPC
-                            # flow control pushes back on the client instead
+                        if state["mode"] == VIDEO:
+                            # never drop: stop reading until the worker catches up, so gRPC flow
+                            # control makes the client's writes wait instead
                             while pending and over_stream_budget(1, nbytes):
                                 room.clear()
                                 await room.wait()
@@ -202,11 +269,13 @@ class PassThrough:
                         pending.append((msg, nbytes))
                         state["bytes"] += nbytes
                         del msg
-                        while len(pending) > 1 and over_stream_budget():
+                        while state["mode"] == LIVE_STREAM and len(pending) > 1 and over_stream_budget():
                             dropped = pending.popleft()[1]  # drop the OLDEST waiting frame: bounded latency
                             state["bytes"] -= dropped
                             free(dropped)
+                            state["dropped"] += 1
                             self.dropped_frames += 1
+                            count_drops()
                         wake.set()
                         # past the facade's budget, stop pulling messages: gRPC flow control then
                         # pushes back on the client instead of the facade buffering
@@ -259,6 +328,9 @@ class PassThrough:
                     wake.clear()
                     if not pending and not state["done"]:
                         await wake.wait()
+                if state["error"]:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, state["error"])
+                    return
                 if (route.close_field and state["clean_end"] and state["sent"]
                         and not state["closed_by_client"]):
                     try:

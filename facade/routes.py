@@ -23,8 +23,10 @@ class Route:
     pool: str
     frame_field: Optional[str] = None   # bytes field moved into shared memory
     model_field: Optional[str] = None   # field naming the model (affinity, auto-load)
-    # bidi only: False = never drop a message (audio); the stream applies backpressure instead
-    drop_oldest: bool = True
+    # bidi only: whether a client may choose the LIVE_STREAM running mode (drop the oldest waiting
+    # frame); every stream runs in VIDEO mode (never drops, back-pressure) unless its client asks.
+    # False (audio): LIVE_STREAM is refused with INVALID_ARGUMENT
+    live_stream: bool = True
     # repeated message field whose elements' bytes fields `<f>` (with a sibling `<f>_ref` BlobRef)
     # are packed into one shared-memory blob; the worker slices it by the refs
     packed_field: Optional[str] = None
@@ -78,7 +80,7 @@ ROUTES: list[Route] = [
     Route(TF, "GenerateEmbeddings", "hf", model_field="model"),
     Route(TF, "ChatCompletion", "hf", model_field="model"),
     Route(SP, "Transcribe", "hf", frame_field="audio", model_field="model"),
-    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", drop_oldest=False,
+    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", live_stream=False,
           close_field="end"),
     Route(PL, "Run", "hf", model_field="model", packed_field="inputs"),
 ]

@@ -50,6 +50,16 @@ class SilentBroker:
 
 
 class Context:
+    def __init__(self, metadata=()):
+        self.metadata = tuple(metadata)
+        self.trailing = ()
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def set_trailing_metadata(self, md):
+        self.trailing = tuple(md)
+
     def time_remaining(self):
         return None
 
@@ -154,13 +164,32 @@ def test_budget_wakes_readers_in_order_and_admits_one_oversized_request():
     asyncio.run(main())
 
 
-def test_one_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_drops_the_rest():
+def test_one_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_stops_reading():
     async def main():
         broker = SilentBroker()
         pt = PassThrough(broker, ByteBudget(1024 * MiB))
         src = frame_source(4 * MiB, max_pending=64, limit=40)
         replies: list = []
         task = asyncio.ensure_future(consume(bidi_handler(pt, "ml.MediapipeService/StreamFaceDetection")(src, Context()), replies))
+        await settle(src)
+        # VIDEO mode (the default): 2 in flight to the (silent) worker, 16 MiB = 4 frames pending, 1 in the
+        # reader's hands waiting for room; nothing dropped, the rest waits on flow control
+        assert src.pulled == 7 and broker.sent == 2 and pt.dropped_frames == 0
+        assert pt.budget.used == (2 + STREAM_BYTES // (4 * MiB) + 1) * 4 * MiB
+        broker.answer.set()
+        await task
+        assert len(replies) == 40 and pt.budget.used == 0
+    asyncio.run(main())
+
+
+def test_a_live_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_drops_the_rest():
+    async def main():
+        broker = SilentBroker()
+        pt = PassThrough(broker, ByteBudget(1024 * MiB))
+        src = frame_source(4 * MiB, max_pending=64, limit=40)
+        replies: list = []
+        context = Context([("running-mode", "live_stream")])
+        task = asyncio.ensure_future(consume(bidi_handler(pt, "ml.MediapipeService/StreamFaceDetection")(src, context), replies))
         await settle(src)
         # 2 in flight to the (silent) worker, 16 MiB = 4 frames pending, every other one dropped
         assert src.pulled == 40 and broker.sent == 2
@@ -169,6 +198,7 @@ def test_one_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_drops_the_r
         broker.answer.set()
         await task
         assert len(replies) == 6 and pt.budget.used == 0
+        assert context.trailing == (("dropped-frames", str(40 - 6)),)
     asyncio.run(main())
 
 
