@@ -3,6 +3,9 @@
 Boxes and keypoints are normalised to [0, 1] of the frame; `confidence` is the detector's own score
 per face; the 6 keypoints are named as MediaPipe's FaceKeyPoint enum (keypoint confidence = the
 face's score: the model has no per-keypoint score).
+
+`detect` is one pass of one model (streams). `face_search.search` runs both models, tiles and
+verifies each box (DetectFaces). `face_models` reads the `face_model` metadata key for either.
 """
 from __future__ import annotations
 
@@ -13,6 +16,12 @@ import numpy as np
 from protos import ml_inference_pb2 as pb
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
+
+# face_model value -> the solution kinds it runs (solutions.py)
+SHORT, FULL = "face_detection_short", "face_detection_full"
+MODEL_CHOICES = {"short": (SHORT,), "short_range": (SHORT,), "0": (SHORT,),
+                 "full": (FULL,), "full_range": (FULL,), "long": (FULL,), "1": (FULL,),
+                 "both": (SHORT, FULL)}
 
 
 @dataclass
@@ -44,7 +53,14 @@ def to_proto(face: Face) -> pb.FaceDetection:
     return m
 
 
-def model_kind(metadata) -> str:
-    """metadata 'face_model': 'short' (faces within ~2 m, default) or 'full' (small / distant faces)."""
-    v = (metadata.get("face_model", "") if metadata else "").lower()
-    return "face_detection_full" if v in ("full", "full_range", "1", "long") else "face_detection_short"
+def face_models(metadata, default: str) -> tuple[str, ...]:
+    """metadata 'face_model': 'short' (faces within ~2 m), 'full' (small / distant faces) or 'both'.
+
+    Returns the solution kinds to run; ``default`` when the key is absent or empty. Raises ValueError
+    naming the accepted values for anything else.
+    """
+    v = ((metadata.get("face_model", "") if metadata else "") or default).strip().lower()
+    if v not in MODEL_CHOICES:
+        raise ValueError(f"metadata face_model={v!r}: use 'short', 'full' or 'both'")
+    return MODEL_CHOICES[v]
+

@@ -20,8 +20,8 @@ import numpy as np
 
 from protos import ml_inference_pb2 as pb
 from workers.context import RequestContext, WorkerError
-from workers.vision import (autoflip, faces, fit, frames, hands, holistic, iris_gaze, mesh, pose, segmentation,
-                            sequence, solutions, template, tracking)
+from workers.vision import (autoflip, face_search, faces, fit, frames, hands, holistic, iris_gaze, mesh, pose,
+                            segmentation, sequence, solutions, template, tracking)
 
 SVC = "ml.MediapipeService/"
 
@@ -39,6 +39,13 @@ UNIMPLEMENTED = {
 
 def _meta(req) -> dict:
     return dict(req.metadata) if hasattr(req, "metadata") else {}
+
+
+def _face_models(meta, default: str, what: str) -> tuple[str, ...]:
+    try:
+        return faces.face_models(meta, default)
+    except ValueError as e:
+        raise WorkerError("INVALID_ARGUMENT", f"{what}: {e}") from None
 
 
 class _CallState:
@@ -76,7 +83,7 @@ class VisionService:
 
     def warm(self) -> None:
         """Build one static instance of the common solutions (model load before READY)."""
-        self.pool.warm("face_detection_short", "hands", "pose")
+        self.pool.warm("face_detection_short", "face_detection_full", "hands", "pose")
 
     def handlers(self) -> dict[str, Callable[[RequestContext], bytes]]:
         h = {
@@ -129,14 +136,9 @@ class VisionService:
     # ---------------------------------------------------------------- unary
     def detect_faces(self, ctx: RequestContext) -> bytes:
         req, rgb = self._image(ctx)
-        meta = _meta(req)
-        kind = faces.model_kind(meta)
-        with self.pool.acquire(kind) as sol:
-            found = faces.detect(sol, rgb)
-        if not found and "face_model" not in meta:
-            # short-range BlazeFace only sees faces within ~2 m: retry small faces with the full-range model
-            with self.pool.acquire("face_detection_full") as sol:
-                found = faces.detect(sol, rgb)
+        # both BlazeFace models, tiles for small faces, every box verified on its crop (face_search.py)
+        kinds = _face_models(_meta(req), "both", "image")
+        found = face_search.search(self.pool.acquire, rgb, kinds, check=ctx.check_cancelled)
         resp = pb.FaceDetectionResponse()
         resp.faces.extend(faces.to_proto(f) for f in found)
         return resp.SerializeToString()
@@ -161,8 +163,13 @@ class VisionService:
     # ---------------------------------------------------------------- streams
     def stream_face_detection(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
-            found = faces.detect(solutions.stream_solution(st, faces.model_kind(req.metadata)), rgb)
+            req, rgb, what = self._frame(ctx, st)
+            kinds = _face_models(req.metadata, "short", what)
+            if len(kinds) == 1:     # one pass of one model per frame (the stream's own instance)
+                found = faces.detect(solutions.stream_solution(st, kinds[0]), rgb)
+            else:                   # face_model=both: the DetectFaces search on this stream's instances
+                found = face_search.search(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)),
+                                           rgb, kinds, check=ctx.check_cancelled)
             resp = pb.FaceDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
             resp.faces.extend(faces.to_proto(f) for f in found)
             return resp.SerializeToString()
