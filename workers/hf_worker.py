@@ -18,7 +18,8 @@ until then, so Stats tells the truth).
 
 Worker options used (run.py passes them in --options-json): auto_load, model_dirs, cache_dir,
 model_file_service, threads, plus optional hf_capacity (default 32), gen_concurrency (4),
-default_generation_model, default_embedding_model, default_max_new_tokens (256),
+default_generation_model, default_embedding_model, default_max_new_tokens (256), warm_imports (true: import the
+default generation model's transformers code before READY, workers/hf/warm.py),
 chat_max_new_tokens (512), embed_max_batch (32), embed_max_wait_ms (5), recycle_on_unload (true),
 and the limit options of workers/hf/limits.py.
 """
@@ -133,6 +134,10 @@ class HFWorker(Worker):
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
+        self._load_serial = threading.Lock()
+        if _truthy(o.get("warm_imports"), True):   # ~1.6 s here instead of inside the first GenerateText
+            from workers.hf.warm import warm_generation_imports
+            warm_generation_imports(self.resolver, self.default_gen_model, self.log)
 
     def handlers(self) -> dict:
         return {M + "GenerateText": self.generate_text,
@@ -188,8 +193,13 @@ class HFWorker(Worker):
         return registry.detect(resolved.path, bool(resolved.gguf_file))
 
     # ---- loading -----------------------------------------------------------------------------------
-    def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes) -> tuple[LoadedModel, bool]:
-        """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded)."""
+    def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes,
+              reuse_same: bool = False) -> tuple[LoadedModel, bool]:
+        """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded).
+
+        Loads run one at a time in a worker (two concurrent from_pretrained calls in one process fail with
+        "Cannot copy out of meta tensor", transformers 5.x); resolving and fetching files stay concurrent.
+        reuse_same (auto-load): a copy of the same model loaded under another string is used instead."""
         check_load_options(opts, thread_budget(self.options))   # allow-list and bounds, before anything else
         self._check_device(opts.get("device", ""))
         dtype = self._dtype(opts.get("dtype", ""))
@@ -209,27 +219,32 @@ class HFWorker(Worker):
                                                  "GenerateEmbeddings, Speech, Pipelines)")
             entry = self._entry_for(pipeline_type, resolved)
             kind = entry.kind
-            before = memory.snapshot(self.device)
             lm = LoadedModel(model_id, kind, resolved, entry=entry, raw_prompt=_truthy(opts.get("raw_prompt"), False))
             mod = registry.module_of(entry)
             lc = registry.LoadContext(model_id=model_id, path=resolved.path, resolved=resolved, device=self.device,
                                       dtype=dtype, opts=opts, worker_options=self.options,
                                       threads=int(self.options.get("threads") or 0), log=self.log)
-            lm.handle = mod.load(lc)
-            for attr in ("model", "tokenizer", "embedder", "batcher"):
-                if hasattr(lm.handle, attr):
-                    setattr(lm, attr, getattr(lm.handle, attr))
-            try:
-                if hasattr(mod, "warm_up"):
-                    mod.warm_up(lm.handle)
-            except WorkerError:
-                lm.close()
-                raise
-            except Exception as exc:
-                lm.close()
-                raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' loaded as {entry.name} but its first "
-                                                         f"test pass failed: {type(exc).__name__}: {exc}") from None
-            used = memory.delta(before, memory.snapshot(self.device))
+            with self._load_serial:   # one load at a time: transformers' from_pretrained is not thread-safe
+                if reuse_same:        # the same model under another string finished loading meanwhile
+                    same = self._same_model(model_id)
+                    if same is not None:
+                        return same, False
+                before = memory.snapshot(self.device)
+                lm.handle = mod.load(lc)
+                for attr in ("model", "tokenizer", "embedder", "batcher"):
+                    if hasattr(lm.handle, attr):
+                        setattr(lm, attr, getattr(lm.handle, attr))
+                try:
+                    if hasattr(mod, "warm_up"):
+                        mod.warm_up(lm.handle)
+                except WorkerError:
+                    lm.close()
+                    raise
+                except Exception as exc:
+                    lm.close()
+                    raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' loaded as {entry.name} but its first "
+                                                             f"test pass failed: {type(exc).__name__}: {exc}") from None
+                used = memory.delta(before, memory.snapshot(self.device))
             lm.record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
                                     ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
                                     load_payload=payload)
@@ -272,7 +287,7 @@ class HFWorker(Worker):
                 raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}' is not loaded and the request names no "
                                                       f"pipeline_type; name one of {registry.names()}")
             payload = ML.LoadModelRequest(model_id=model_id, pipeline_type=pt).SerializeToString()
-            lm, _ = self._load(model_id, pt, {}, payload)
+            lm, _ = self._load(model_id, pt, {}, payload, reuse_same=True)
         if lm.kind != kind:
             raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as {lm.entry.name if lm.entry else lm.kind} "
                                                      f"and cannot serve {KIND_USE.get(kind, kind)}")
