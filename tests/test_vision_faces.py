@@ -7,6 +7,7 @@ pixel edges read off. A detection counts for a face when its box centre lies ins
 The "group photo" is built here from the portraits (five faces, 50-420 px, on a 2560x1600 grey
 background), so small faces in a large image are exercised.
 """
+import contextlib
 import os
 
 import cv2
@@ -146,23 +147,12 @@ def test_group_photo_small_faces_need_the_tiles():
             return {i for i, r in enumerate(regions) for f in fs
                     if inside(((f.box[0] + f.box[2] / 2) * w, (f.box[1] + f.box[3] / 2) * h), r)}
 
-        acquire = lambda k: _Borrow(inst[k])    # noqa: E731
+        acquire = lambda k: contextlib.nullcontext(inst[k])    # noqa: E731
         assert found_regions(face_search.search(acquire, rgb, kinds, tile=False)) == {0}
         assert found_regions(face_search.search(acquire, rgb, kinds, tile=True)) == {0, 1, 2, 3, 4}
     finally:
         for s in inst.values():
             s.close()
-
-
-class _Borrow:
-    def __init__(self, inst):
-        self.inst = inst
-
-    def __enter__(self):
-        return self.inst
-
-    def __exit__(self, *exc):
-        return False
 
 
 @pytest.mark.parametrize("rel", NEGATIVES)
@@ -176,7 +166,7 @@ def test_verification_rejects_a_hand_the_short_model_calls_a_face():
     inst = {k: solutions.create(k, True) for k in (faces.SHORT, faces.FULL)}
     try:
         rgb = rgb_of("images/half_curl.jpg")
-        acquire = lambda k: _Borrow(inst[k])    # noqa: E731
+        acquire = lambda k: contextlib.nullcontext(inst[k])    # noqa: E731
         cands = face_search.candidates(acquire, rgb, (faces.SHORT, faces.FULL))
         assert cands, "the hand is no longer a candidate: this test no longer exercises the verification"
         checked = face_search.verify(acquire, rgb, cands)

@@ -20,10 +20,12 @@ is lost. Either model alone also reports things that are not faces (a hand at 0.
    ``SAME_FACE_IOU``, or lying mostly inside it / containing it: intersection over the smaller box >
    ``SAME_FACE_CONTAINED``) is the same face.
 
-Why two models on the crop: on the test media the false boxes (hands, a shirt, out-of-focus crowd)
-came from one model and the other model never confirmed them on the crop, while every real face
-(frontal or three-quarter, 30-420 px) was confirmed by both with scores >= 0.66. The cost: a face
-only one model can see (a face turned away in profile) is not reported.
+Why two models on the crop: detector scores alone do not separate faces from the rest (false boxes
+at 0.55-0.72 on a hand, a flag, a uniform, the out-of-focus crowd; real small faces from 0.63). On
+the crop, every false box got 0 from at least one model (the best single-model score on a false
+crop was 0.65), while every real face (frontal or three-quarter, 30-420 px) was confirmed by both,
+the lower of the two scores >= 0.66; ``VERIFY_MIN`` = 0.5 sits in that gap. The cost: a face only
+one model can see (a face turned away in profile) is not reported.
 
 Boxes and keypoints come from the candidate that was kept (the detector's own box and score).
 Solutions are borrowed one kind at a time through ``acquire(kind)`` (a context manager: the
