@@ -109,9 +109,10 @@ def test_limits():
     assert "100000x100000" in e.message and "limit" in e.message
 
 
-def test_video_codecs_unimplemented():
+def test_video_codecs_need_a_stream():
+    # decoded per stream (frames.decode_in_stream, tests/test_vision_video_decoder.py), never as one image
     e = err(frames.decode, b"\x00\x00\x00\x01gxx", "h264", 640, 480, what="frame 1")
-    assert e.code == "UNIMPLEMENTED" and "h264" in e.message
+    assert e.code == "INVALID_ARGUMENT" and e.message.startswith("frame 1 (h264, 7 bytes)") and "stream" in e.message
 
 
 def test_i420_odd_and_size():

@@ -8,7 +8,9 @@ centre follows the salient region (faces weighted by score, plus the person's bo
     would leave the crop, and never faster than `max_step` (6 %) of the frame's size per frame;
   - with no detection it holds its position.
 Metadata (per frame): aspect_ratio "9:16" (default) | "1:1" | "4:5" | a number (width/height);
-output_format rgb | bgr | rgba | png | jpeg (default: the input's raw format, rgb for others).
+output_format rgb | bgr | rgba | png | jpeg | h264 (default: the input's raw format, rgb for others);
+h264 is one Annex B access unit per answered frame from the stream's own libx264 encoder
+(video_encoder.py, kept in the stream state and closed with it).
 The returned VideoFrame echoes timestamp_ms / frame_number, and its metadata carries crop_x, crop_y,
 crop_width, crop_height (pixels of the input), aspect_ratio and subjects (detections used). A crop too big
 for the client's message limit comes back compressed or smaller (fit.py): its format/width/height say
@@ -21,6 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.context import WorkerError
+from workers.vision import fit
+
+H264_NAMES = ("h264", "avc", "h.264")
+ENCODER_KEY = "h264_encoder"        # the stream state's key for its H264Encoder
+NEED_IDR_KEY = "_h264_need_idr"     # the client missed an access unit: the next one must be an IDR
 
 
 def parse_aspect(text: str, what: str) -> float:
@@ -94,3 +101,30 @@ class Reframer:
         k = self.fast_ease if leaving else self.ease
         step = float(np.clip(k * err, -self.max_step * full, self.max_step * full))
         return c + step
+
+
+def h264_output(state: dict, crop: np.ndarray, pts_ms: int, budget: int, what: str,
+                threads: int = 1) -> tuple[bytes, str, int, int, str]:
+    """Encode one crop with the stream's H.264 encoder: (data, format, width, height, note), as fit.fit_frame.
+
+    The encoder is opened on the first h264 frame and again (starting with an IDR) when the crop's size
+    changes. An access unit above `budget` cannot be cut down without breaking the frames after it: that
+    frame goes as jpeg (fit.fit_frame; `note` says why) and the next access unit is an IDR, so the client's
+    decoder starts again cleanly."""
+    from workers.vision.video_encoder import H264Encoder, even_size
+    h, w = crop.shape[:2]
+    enc = state.get(ENCODER_KEY)
+    if enc is not None and (enc.width, enc.height) != even_size(w, h):
+        state.pop(ENCODER_KEY).close()
+        enc = None
+    if enc is None:
+        enc = state[ENCODER_KEY] = H264Encoder(w, h, threads)
+    data, _ = enc.encode(crop, pts_ms, keyframe=bool(state.pop(NEED_IDR_KEY, False)))
+    if len(data) <= budget:
+        return data, "h264", enc.width, enc.height, ""
+    state[NEED_IDR_KEY] = True
+    out, used, ow, oh, note = fit.fit_frame(crop, "jpeg", budget, what)
+    why = (f"h264 {enc.width}x{enc.height} would be {len(data)} bytes, above the {budget} bytes the client's "
+           f"message limit leaves: sent as {used} {ow}x{oh}" + (f" ({note})" if note else "") +
+           "; the next h264 frame is an IDR")
+    return out, used, ow, oh, why

@@ -5,6 +5,9 @@ Every check is exact and every error names the frame and the problem, e.g.
 where the layout allows it (rgb straight from shared memory); encoded images have their dimensions
 read from their real header (image_header.py) *before* decoding, so a small file that claims a huge
 size is refused cheaply, and one whose header cannot be read is refused, never decoded blind.
+Compressed video (h264, hevc, vp8, vp9) needs the frames before it: `decode_in_stream` hands it to the
+stream's own decoder (video_decoder.py, kept in the stream state); a single image in a video codec is
+refused with INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 RAW_CHANNELS = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "gray": 1, "grey": 1}
 ALIASES = {"raw": "rgb", "jpg": "jpeg", "i420": "yuv420", "yuv": "yuv420", "yuv420p": "yuv420",
-           "grey": "gray", "l": "gray"}
+           "grey": "gray", "l": "gray", "avc": "h264", "h.264": "h264", "h265": "hevc", "h.265": "hevc"}
 ENCODED = ("jpeg", "png")
-VIDEO_CODECS = ("h264", "vp8", "vp9", "h265", "hevc", "av1")
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1")
+STREAM_CODECS = ("h264", "hevc", "vp8", "vp9")      # decoded per stream (video_decoder.py)
+STREAM_DECODER = "video_decoder"                     # the stream state's key for its decoder
 
 
 def label(kind: str, number: Optional[int] = None) -> str:
@@ -71,13 +76,17 @@ def decode(data, fmt: str, width: int = 0, height: int = 0, *, what: str = "fram
         raise WorkerError("INVALID_ARGUMENT", f"{what}: no image bytes were sent (the data field is empty)")
     n = len(data)
     f = normalise_format(fmt, data, width, height)
-    desc = f"{what} ({f or fmt or 'unknown format'} {width}x{height})" if f not in ENCODED else f"{what} ({f}, {n} bytes)"
+    desc = (f"{what} ({f}, {n} bytes)" if f in ENCODED or f in VIDEO_CODECS
+            else f"{what} ({f or fmt or 'unknown format'} {width}x{height})")
     if n > max_bytes:
         raise WorkerError("INVALID_ARGUMENT", f"{desc}: {n} bytes is above the frame size limit of {max_bytes} bytes; "
                                               f"send a smaller frame or raise --max-frame-bytes")
     if f in VIDEO_CODECS:
-        raise WorkerError("UNIMPLEMENTED", f"{desc}: compressed video frames ({f}) are not decoded by this service; "
-                                          f"send decoded frames (rgb, bgr, rgba, yuv420) or jpeg/png images")
+        if f not in STREAM_CODECS:
+            raise _unsupported_codec(desc, f)
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: a {f} frame only decodes with the frames before it: send "
+                                              f"compressed video in a stream (StreamFaceDetection, ...: one decoder "
+                                              f"per stream), or send this picture as jpeg or png (or raw rgb)")
     if f in ENCODED:
         return _decode_encoded(data, f, desc)
     if f == "yuv420":
@@ -86,7 +95,8 @@ def decode(data, fmt: str, width: int = 0, height: int = 0, *, what: str = "fram
         if not f:
             raise WorkerError("INVALID_ARGUMENT", f"{desc}: no format given and the bytes are neither jpeg nor png; "
                                                   f"set format (rgb, bgr, rgba, yuv420, jpeg, png) and width/height for raw frames")
-        raise WorkerError("INVALID_ARGUMENT", f"{desc}: unknown format {fmt!r}; use one of rgb, bgr, rgba, gray, yuv420, jpeg, png")
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: unknown format {fmt!r}; use one of rgb, bgr, rgba, gray, yuv420, "
+                                              f"jpeg, png (or h264, hevc, vp8, vp9 in a stream)")
     _check_dims(width, height, desc)
     ch = RAW_CHANNELS[f]
     expected = width * height * ch
@@ -103,6 +113,39 @@ def decode(data, fmt: str, width: int = 0, height: int = 0, *, what: str = "fram
     if f == "rgba":
         return cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB)
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+
+
+def decode_in_stream(state: dict, data, fmt: str, width: int = 0, height: int = 0, *, what: str = "frame",
+                     max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 1) -> Optional[np.ndarray]:
+    """decode() for one frame of a stream. Compressed video (h264, hevc, vp8, vp9) goes through the stream's
+    own decoder, created on its first compressed frame and kept in `state` (closed with the stream); it
+    returns None for a frame that holds no picture (parameter sets only). Other formats: decode()."""
+    f = normalise_format(fmt, data, width, height)
+    if f not in VIDEO_CODECS:
+        return decode(data, fmt, width, height, what=what, max_bytes=max_bytes)
+    n = 0 if data is None else len(data)
+    desc = f"{what} ({f}, {n} bytes)"
+    if n == 0:
+        raise WorkerError("INVALID_ARGUMENT", f"{what} ({f}): no frame bytes were sent (the data field is empty)")
+    if n > max_bytes:
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: {n} bytes is above the frame size limit of {max_bytes} "
+                                              f"bytes; send a smaller frame or raise --max-frame-bytes")
+    if f not in STREAM_CODECS:
+        raise _unsupported_codec(desc, f)
+    from workers.vision.video_decoder import VideoDecoder
+    dec = state.get(STREAM_DECODER)
+    if dec is None:
+        dec = state[STREAM_DECODER] = VideoDecoder(f, threads)
+    elif dec.codec != f:
+        raise WorkerError("INVALID_ARGUMENT", f"{desc}: this stream started as {dec.codec}; a stream carries one "
+                                              f"video codec (open a new stream for {f})")
+    return dec.decode(data, what)
+
+
+def _unsupported_codec(desc: str, f: str) -> WorkerError:
+    return WorkerError("INVALID_ARGUMENT", f"{desc}: {f} video is not decoded by this service; send "
+                                           f"{', '.join(STREAM_CODECS)} in a stream, or decoded frames "
+                                           f"(rgb, bgr, rgba, yuv420) or jpeg/png images")
 
 
 def _check_dims(width: int, height: int, desc: str) -> None:

@@ -5,6 +5,10 @@ on the worker base, so the handlers are unit-tested with `workers.context.make_t
 Frames come from `ctx.frame_bytes()` (shared memory); if the facade left them in the message
 (no shared memory), the message's own bytes field is used.
 
+Compressed frames (h264, hevc, vp8, vp9) go through the stream's own decoder (frames.decode_in_stream,
+kept in the stream state); a frame that holds no picture (parameter sets only) gets an empty answer
+that echoes its timestamp and number.
+
 Bad input raises WorkerError("INVALID_ARGUMENT", "<frame label>: <problem>"). In a bidirectional
 stream a gRPC status ends the call, so a bad frame ends that stream (and only that stream) with
 the message naming the frame; the worker and other streams are unaffected.
@@ -35,6 +39,34 @@ UNIMPLEMENTED = {
     "StreamObjectDetection3D": "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite "
                                "models, which the mediapipe 0.10.21 wheel does not ship (only the graph)",
 }
+
+
+class _NoPicture(Exception):
+    """The frame decoded to no picture (a compressed frame with parameter sets only): answer it empty."""
+
+    def __init__(self, req):
+        super().__init__("no picture")
+        self.req = req
+
+
+# the answer of each VideoFrame stream, for a frame without a picture
+STREAM_ANSWERS = {"StreamFaceDetection": pb.FaceDetectionResponse, "StreamHandTracking": pb.HandDetectionResponse,
+                  "StreamPoseTracking": pb.PoseDetectionResponse, "StreamHolisticTracking": pb.HolisticTrackingResponse,
+                  "StreamFaceMesh": pb.FaceMeshResponse, "StreamIrisTracking": pb.IrisTrackingResponse,
+                  "StreamSelfieSegmentation": pb.SegmentationResponse,
+                  "StreamObjectTracking": pb.ObjectTrackingResponse, "StreamAutoFlip": pb.VideoFrame}
+
+
+def _empty_without_picture(answer_cls, fn: Callable[[RequestContext], bytes]) -> Callable[[RequestContext], bytes]:
+    def handler(ctx: RequestContext) -> bytes:
+        try:
+            return fn(ctx)
+        except _NoPicture as e:
+            out = answer_cls(timestamp_ms=e.req.timestamp_ms, frame_number=e.req.frame_number)
+            if answer_cls is pb.VideoFrame:
+                out.metadata["no_picture"] = "this compressed frame holds no picture (parameter sets only)"
+            return out.SerializeToString()
+    return handler
 
 
 def _meta(req) -> dict:
@@ -77,6 +109,8 @@ class VisionService:
         self.max_bytes = int(self.options.get("max_frame_bytes") or frames.DEFAULT_MAX_BYTES)
         self.max_response = fit.max_response_bytes(self.options)   # the client's message limit (fit.py)
         self.pool = solutions.StaticPool(max_per_kind=pool_size)
+        # FFmpeg threads of one stream's decoder/encoder: the worker's thread budget shared by its handler threads
+        self.codec_threads = max(1, int(self.options.get("threads") or 1) // max(1, pool_size))
 
     def close(self) -> None:
         self.pool.close()
@@ -102,6 +136,8 @@ class VisionService:
             "StreamAutoFlip": self.stream_autoflip,
             "ProcessMediaSequence": self.process_media_sequence,
         }
+        for name, answer_cls in STREAM_ANSWERS.items():
+            h[name] = _empty_without_picture(answer_cls, h[name])
         for name, why in UNIMPLEMENTED.items():
             h[name] = self._unimplemented(name, why)
         return {SVC + k: v for k, v in h.items()}
@@ -124,7 +160,10 @@ class VisionService:
         data = ctx.frame_bytes()
         if data is None or len(data) == 0:
             data = req.frame_data
-        rgb = frames.decode(data, req.format, req.width, req.height, what=what, max_bytes=self.max_bytes)
+        rgb = frames.decode_in_stream(state, data, req.format, req.width, req.height, what=what,
+                                      max_bytes=self.max_bytes, threads=self.codec_threads)
+        if rgb is None:
+            raise _NoPicture(req)
         return req, rgb, what
 
     @staticmethod
@@ -319,7 +358,11 @@ class VisionService:
                                  "aspect_ratio": f"{aspect:.4f}", "subjects": str(len(subs))})
             # the frame gets what the client's message limit leaves (its note, format and size fields included)
             budget = self.max_response - out.ByteSize() - 512 - fit.FIELD_OVERHEAD
-            data, used, ow, oh, note = fit.fit_frame(crop, out_fmt, budget, what)
+            if out_fmt.strip().lower() in autoflip.H264_NAMES:
+                data, used, ow, oh, note = autoflip.h264_output(st, crop, req.timestamp_ms, budget, what,
+                                                                self.codec_threads)
+            else:
+                data, used, ow, oh, note = fit.fit_frame(crop, out_fmt, budget, what)
             out.frame_data, out.format, out.width, out.height = data, used, ow, oh
             if note:
                 out.metadata["response_limit"] = note
@@ -338,7 +381,10 @@ class VisionService:
             data = ctx.frame_bytes()
             if data is None or len(data) == 0:
                 data = req.frame_data
-            rgb = frames.decode(data, req.format, req.width, req.height, what=what, max_bytes=self.max_bytes)
+            rgb = frames.decode_in_stream(st, data, req.format, req.width, req.height, what=what,
+                                          max_bytes=self.max_bytes, threads=self.codec_threads)
+            if rgb is None:
+                return b""   # a compressed frame without a picture: nothing to label
             scores: dict[str, float] = {}
             fs = faces.detect(solutions.stream_solution(st, "face_detection_full"), rgb)
             if fs:
