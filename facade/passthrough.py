@@ -74,6 +74,17 @@ def pack_blobs(msg, field: str) -> Optional[bytes]:
     return b"".join(parts) if parts else None
 
 
+# compressed video formats (workers/vision/frames.py): a frame decodes only after the frames before it
+COMPRESSED_VIDEO = ("h264", "avc", "h.264", "hevc", "h265", "h.265", "vp8", "vp9", "av1")
+
+
+def compressed_format(msg) -> str:
+    """The message's `format` when it is compressed video (which live_stream's drops would break), else ''."""
+    fmt = getattr(msg, "format", "")
+    f = fmt.strip().lower() if isinstance(fmt, str) else ""
+    return f if f in COMPRESSED_VIDEO else ""
+
+
 def max_pending_of(msg, current: int) -> int:
     """The stream's `max_pending` metadata entry (1..64), else `current`. A function, so that no
     reference to the message's map outlives the call (it would keep a dropped frame alive)."""
@@ -258,6 +269,12 @@ class PassThrough:
                             if state["mode"] == LIVE_STREAM:
                                 count_drops()
                         state["max_pending"] = max_pending_of(msg, state["max_pending"])
+                        if state["mode"] == LIVE_STREAM and compressed_format(msg):
+                            state["error"] = (f"{route.path}: running mode 'live_stream' drops frames, and a "
+                                              f"{compressed_format(msg)} frame cannot be decoded without the frames "
+                                              f"before it: send compressed video in running mode 'video' (the "
+                                              f"default), or decoded frames (rgb, yuv420, jpeg) in live_stream")
+                            return
                         if state["mode"] == VIDEO:
                             # never drop: stop reading until the worker catches up, so gRPC flow
                             # control makes the client's writes wait instead

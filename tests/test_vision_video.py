@@ -167,6 +167,20 @@ def test_bad_h264_streams_end_alone(service, stub, carphone):
     assert serving(ch) and worker(ch).pid == pid
 
 
+def test_live_stream_mode_refuses_compressed_video(service, stub, carphone):
+    """live_stream drops the oldest waiting frame, and an h264 frame does not decode without the ones before it."""
+    h264 = vm.encode("h264", carphone[:3])
+    e = rpc_error(lambda: list(stub.StreamFaceDetection(messages(h264, "h264"), timeout=60,
+                                                        metadata=(("running-mode", "live_stream"),))))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "running mode 'live_stream' drops frames, and a h264 frame cannot be decoded" in e.details()
+    assert "running mode 'video' (the default)" in e.details()
+    out = list(stub.StreamFaceDetection(messages(payloads("jpeg", carphone[:3]), "jpeg"), timeout=60,
+                                        metadata=(("running-mode", "live_stream"),)))
+    assert [len(r.faces) for r in out] == [1, 1, 1]
+    assert serving(service.channel())
+
+
 # -------------------------------------------------------------------------------------------- leaks
 def settle(channel, proc: psutil.Process) -> tuple[float, int]:
     """(RSS MB, threads) of the worker once idle: nothing in flight and the thread count steady."""
