@@ -22,6 +22,7 @@ exists. This module imports nothing heavy (no torch, no transformers): the facad
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -131,10 +132,29 @@ def persistent_cache_root() -> Optional[Path]:
         return None
 
 
+_content_keys: dict = {}
+
+
+def _content_key(path: Path) -> str:
+    st = path.stat()
+    memo = _content_keys.get(str(path))
+    if memo is not None and memo[0] == (st.st_size, st.st_mtime_ns):
+        return memo[1]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(2**20))
+        if st.st_size > 2**21:
+            f.seek(-2**20, os.SEEK_END)
+            h.update(f.read(2**20))
+    key = f"{st.st_size}-{h.hexdigest()[:16]}"
+    _content_keys[str(path)] = ((st.st_size, st.st_mtime_ns), key)
+    return key
+
+
 def smollm2_converted_dir(gguf: Path, cache_dir: Optional[str]) -> Path:
-    """Converted-cache folder, keyed by the GGUF's size and mtime so a new package version reconverts."""
-    st = gguf.stat()
-    key = f"SmolLM2-135M-Instruct-{st.st_size}-{int(st.st_mtime)}"
+    """Converted-cache folder, keyed by the GGUF's content (size and a hash of its first and last MiB), so a
+    new package version reconverts but reinstalling the same one (a new mtime) does not."""
+    key = f"SmolLM2-135M-Instruct-{_content_key(gguf)}"
     root = persistent_cache_root()
     if root is None:
         if not cache_dir:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -71,7 +72,21 @@ def prepare_smollm2() -> bool:
                   "the first request will try again", begun=True)
         return False
     say(name, f"done in {time.time() - t0:.1f}s ({out})", begun=True)
+    prune_old_conversions(out)
     return True
+
+
+def prune_old_conversions(current: Path) -> None:
+    """Remove conversions of other GGUF versions (each ~540 MB) left by an earlier package version."""
+    import shutil
+    for old in current.parent.glob("SmolLM2-135M-Instruct-*"):
+        if old.name in (current.name, current.name + ".lock"):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            say("SmolLM2-135M-Instruct", f"removed an older conversion ({old.name})")
+        elif old.suffix == ".lock":
+            old.unlink(missing_ok=True)
 
 
 def report_packaged() -> bool:

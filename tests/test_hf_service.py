@@ -75,7 +75,7 @@ def test_deadline_exceeded(svc):
 
 
 @pytest.mark.parametrize("req,code,needle", [
-    (ML.TextRequest(prompt="hi", model="no-such-model"), grpc.StatusCode.NOT_FOUND, "looked in"),
+    (ML.TextRequest(prompt="hi", model="no-such-model"), grpc.StatusCode.NOT_FOUND, "looked for a built-in model"),
     (ML.TextRequest(prompt="hi", model="tiny-llama", max_length=-3), grpc.StatusCode.INVALID_ARGUMENT, "max_length"),
     (ML.TextRequest(prompt="hi", model="tiny-llama", temperature=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
     (ML.TextRequest(prompt="", model="tiny-llama"), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
