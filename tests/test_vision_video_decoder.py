@@ -59,6 +59,19 @@ def test_h264_sps_size_with_cropping():
     assert VideoDecoder("h264").decode(au).shape == (102, 178, 3)
 
 
+def test_vp9_superframe(clips):
+    """Two frames in one packet with the superframe index at the end (VP9 spec annex B), as SVC senders do."""
+    a, b = clips["vp9"][0], clips["vp9"][1]
+    marker = 0b11000000 | (4 - 1) << 3 | (2 - 1)          # 4 bytes per size, 2 frames
+    index = bytes([marker]) + len(a).to_bytes(4, "little") + len(b).to_bytes(4, "little") + bytes([marker])
+    info = vb.inspect("vp9", a + b + index)
+    assert info.keyframe and info.shown and info.sizes == [(176, 144)]
+    assert VideoDecoder("vp9").decode(a + b + index, "frame 0").shape == (144, 176, 3)
+    broken = a + b + bytes([marker]) + (len(a) + 9).to_bytes(4, "little") + len(b).to_bytes(4, "little") + \
+        bytes([marker])
+    assert "superframe index gives frame sizes past its data" in refused(VideoDecoder("vp9").decode, broken, "frame 0")
+
+
 def test_annexb_framing_is_required():
     with pytest.raises(vb.BitstreamError, match="length-prefixed"):
         vb.nal_units(b"\x00\x00\x00\x1e\x67\x42", "h264")
@@ -294,6 +307,22 @@ def test_stream_handler_answers_a_picture_less_frame_empty(svc, clips):
     dec = st[frames.STREAM_DECODER]
     close_state(st)
     assert dec.closed
+
+
+def test_media_sequence_of_vp9_frames(svc):
+    st: dict = {}
+    rgbs = vm.gestures()
+    for n, pkt in enumerate(vm.encode("vp9", rgbs)):
+        ctx, _ = make_test_context(SVC + "ProcessMediaSequence", payload=pb.MediaSequenceFrame(
+            frame_number=n, timestamp_ms=100 * n, format="vp9").SerializeToString(), frame=pkt, stream_state=st,
+            stream="s1", end=False)
+        assert svc.handlers()[SVC + "ProcessMediaSequence"](ctx) == b""
+    ctx, _ = make_test_context(SVC + "ProcessMediaSequence", payload=b"", stream_state=st, stream="s1", end=True)
+    r = pb.MediaSequenceResponse.FromString(svc.handlers()[SVC + "ProcessMediaSequence"](ctx))
+    by = {lab.label: (lab.start_frame, lab.end_frame) for lab in r.labels}
+    assert r.total_frames == 21 and by["face"] == (0, 20) and by["hand"] == (0, 20)
+    assert st[frames.STREAM_DECODER].pictures == 21
+    close_state(st)
 
 
 def test_autoflip_h264_output(svc):
