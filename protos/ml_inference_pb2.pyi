@@ -317,28 +317,46 @@ class FaceMeshResponse(_message.Message):
     def __init__(self, faces: _Optional[_Iterable[_Union[FaceMesh, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ...) -> None: ...
 
 class FaceMesh(_message.Message):
-    __slots__ = ("landmarks", "contours", "confidence")
+    __slots__ = ("landmarks", "contours", "confidence", "track_id")
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     CONTOURS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     landmarks: _containers.RepeatedCompositeFieldContainer[Landmark]
     contours: _containers.RepeatedScalarFieldContainer[int]
     confidence: float
-    def __init__(self, landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., contours: _Optional[_Iterable[int]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    track_id: int
+    def __init__(self, landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., contours: _Optional[_Iterable[int]] = ..., confidence: _Optional[float] = ..., track_id: _Optional[int] = ...) -> None: ...
 
 class IrisTrackingResponse(_message.Message):
-    __slots__ = ("eyes", "timestamp_ms", "frame_number", "combined_gaze", "head_pose")
+    __slots__ = ("eyes", "timestamp_ms", "frame_number", "combined_gaze", "head_pose", "track_id", "more_faces")
     EYES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     FRAME_NUMBER_FIELD_NUMBER: _ClassVar[int]
     COMBINED_GAZE_FIELD_NUMBER: _ClassVar[int]
     HEAD_POSE_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    MORE_FACES_FIELD_NUMBER: _ClassVar[int]
     eyes: _containers.RepeatedCompositeFieldContainer[IrisTracking]
     timestamp_ms: int
     frame_number: int
     combined_gaze: GazeDirection
     head_pose: Pose3D
-    def __init__(self, eyes: _Optional[_Iterable[_Union[IrisTracking, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ..., combined_gaze: _Optional[_Union[GazeDirection, _Mapping]] = ..., head_pose: _Optional[_Union[Pose3D, _Mapping]] = ...) -> None: ...
+    track_id: int
+    more_faces: _containers.RepeatedCompositeFieldContainer[IrisFace]
+    def __init__(self, eyes: _Optional[_Iterable[_Union[IrisTracking, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ..., combined_gaze: _Optional[_Union[GazeDirection, _Mapping]] = ..., head_pose: _Optional[_Union[Pose3D, _Mapping]] = ..., track_id: _Optional[int] = ..., more_faces: _Optional[_Iterable[_Union[IrisFace, _Mapping]]] = ...) -> None: ...
+
+class IrisFace(_message.Message):
+    __slots__ = ("track_id", "eyes", "combined_gaze", "head_pose")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    EYES_FIELD_NUMBER: _ClassVar[int]
+    COMBINED_GAZE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_POSE_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    eyes: _containers.RepeatedCompositeFieldContainer[IrisTracking]
+    combined_gaze: GazeDirection
+    head_pose: Pose3D
+    def __init__(self, track_id: _Optional[int] = ..., eyes: _Optional[_Iterable[_Union[IrisTracking, _Mapping]]] = ..., combined_gaze: _Optional[_Union[GazeDirection, _Mapping]] = ..., head_pose: _Optional[_Union[Pose3D, _Mapping]] = ...) -> None: ...
 
 class IrisTracking(_message.Message):
     __slots__ = ("iris_landmarks", "eye_landmarks", "eye", "confidence", "gaze")
