@@ -149,5 +149,8 @@ def main(argv=None) -> int:
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:  # an input file named on the command line
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 1
     finally:
         channel.close()

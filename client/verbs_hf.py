@@ -9,11 +9,15 @@
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 
 from protos import ml_inference_pb2 as ML
 from protos import ml_inference_pb2_grpc as MLG
+
+
+_NEG_ZERO = re.compile(r"(?<![\w.])-0(?:\.0+)?(?= MB)")
 
 
 def _stream_to_terminal(pieces, get_text) -> tuple[int, object, float, float]:
@@ -94,7 +98,9 @@ def cmd_load(args, channel) -> int:
 def cmd_unload(args, channel) -> int:
     r = MLG.ModelManagementServiceStub(channel).UnloadModel(ML.UnloadModelRequest(model_id=args.model_id),
                                                              timeout=args.timeout)
-    print(f"{'ok' if r.success else 'FAILED'}: {r.message}")
+    # the message carries the service's measured figure ("freed N MB RAM": RSS after gc + malloc_trim); a
+    # tiny negative delta rounded by an older service reads "-0", which means nothing came back: 0
+    print(f"{'ok' if r.success else 'FAILED'}: {_NEG_ZERO.sub('0', r.message)}")
     return 0 if r.success else 1
 
 

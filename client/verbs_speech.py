@@ -3,7 +3,7 @@
     run.py call transcribe speech.wav [--model whisper-tiny.en] [--language en] [--stream --chunk-ms 200]
     run.py call transcribe audio.raw --encoding pcm_s16le --sample-rate 16000
     run.py call pipeline tokenization all-MiniLM-L6-v2 "Hello world"
-    run.py call pipeline image-classification /models/vit photo.jpg --option top_k=3
+    run.py call pipeline image-classification models/tiny-vit tests/assets/happyfish.jpg --option top_k=3
     run.py call pipeline zero-shot-classification /models/nli "I loved it" --label positive --label negative
     run.py call pipeline text-to-speech /models/vits "hello" --out hello.wav
 An INPUT that names an existing file is sent as an image (by extension) or audio (.wav/.pcm/.raw); any

@@ -3,8 +3,11 @@ file through the service and write an annotated PNG (boxes, landmarks, gesture n
 
 Tasks: faces, mesh, iris, hands, pose, holistic, segment, track, autoflip, template, sequence.
 Images are sent as their own jpeg/png bytes for the unary tasks (faces, hands, pose) and as raw rgb
-frames for the streams; videos are read with OpenCV and streamed frame by frame (--max-frames).
-The PNG shows the last frame with its results (track: with every track's trajectory).
+frames for the streams; videos are decoded with OpenCV and streamed frame by frame as they are read
+(--max-frames). Streams run in running mode VIDEO (every frame answered, in order; docs/vision.md): the
+summary line counts the frames sent and answered, and a frame without an answer is an error (exit 1,
+nothing written). The PNG shows the last frame with its results (track: with every track's trajectory;
+segment --effect cutout: the frame with the person matte as its alpha channel).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("task", choices=TASKS)
     p.add_argument("input", help="image (jpg/png) or video file")
     p.add_argument("-o", "--output", default="", help="annotated PNG to write (default: <input>.<task>.png)")
-    p.add_argument("--max-frames", type=int, default=300, help="frames of a video to send")
+    p.add_argument("--max-frames", type=int, default=300, help="frames of a video to send (default 300)")
     p.add_argument("--aspect", default="9:16", help="autoflip: target aspect ratio")
     p.add_argument("--effect", default="mask", choices=("mask", "alpha", "blur", "replace", "cutout"),
                    help="segment: output mode")
@@ -35,25 +38,86 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _frames(path: str, limit: int):
-    import cv2
-    if path.lower().endswith(IMAGE_EXT):
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise SystemExit(f"cannot read image {path}")
-        yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        return
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open video {path}")
-    n = 0
-    while n < limit:
-        ok, fr = cap.read()
-        if not ok:
-            break
-        n += 1
-        yield cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)
-    cap.release()
+class FrameSource:
+    """The input's frames as RGB arrays, read lazily (an image is one frame; a video is decoded with OpenCV
+    frame by frame, at most `limit`), so a long video is never held in memory. `numbered()` yields
+    (frame_number, frame) and counts in `sent` the frames handed to gRPC; `last` is the latest frame read."""
+
+    def __init__(self, path: str, limit: int):
+        self.path, self.limit = path, max(1, limit)
+        self.is_image = path.lower().endswith(IMAGE_EXT)
+        self.sent = 0
+        self.truncated = False   # the video has more frames than --max-frames
+        self._it = self._read()
+        self.last = next(self._it, None)   # read the first frame now: a bad input fails before any call
+        self._first_pending = self.last is not None
+
+    def _read(self):
+        import cv2
+        if self.is_image:
+            img = cv2.imread(self.path, cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"cannot read image {self.path}")
+            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            return
+        if not os.path.isfile(self.path):
+            raise SystemExit(f"no such file: {self.path}")
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            raise SystemExit(f"cannot open video {self.path}")
+        try:
+            n = 0
+            while n < self.limit:
+                ok, fr = cap.read()
+                if not ok:
+                    return
+                n += 1
+                yield cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)
+            self.truncated = cap.grab()
+        finally:
+            cap.release()
+
+    def numbered(self):
+        if self._first_pending:
+            self._first_pending = False
+            self.sent += 1
+            yield 0, self.last
+        for f in self._it:
+            self.last = f
+            self.sent += 1
+            yield self.sent - 1, f
+
+
+class Answers:
+    """Reads a response stream, one answer per frame: counts them, notes their frame numbers, keeps the
+    last one (and hands each to `each`, if given), then says which frames sent got no answer."""
+
+    def __init__(self, responses, each=None):
+        self.count, self.numbers, self.last = 0, set(), None
+        for r in responses:
+            self.count += 1
+            self.numbers.add(r.frame_number)
+            self.last = r
+            if each is not None:
+                each(r)
+        self.dropped = ""
+        try:  # the service's own count of dropped frames (live_stream only)
+            self.dropped = dict(responses.trailing_metadata() or ()).get("dropped-frames", "")
+        except Exception:
+            pass
+
+    def problem(self, sent: int) -> str:
+        """'' when every frame sent was answered, else what is missing."""
+        missing = [n for n in range(sent) if n not in self.numbers]
+        if self.count == sent and not missing:
+            return ""
+        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        msg = f"{sent} frames sent, {self.count} answered"
+        if missing:
+            msg += f"; no answer for frame(s) {shown}"
+        if self.dropped and self.dropped != "0":
+            msg += f" (the service dropped {self.dropped}: running mode live_stream)"
+        return msg
 
 
 def _px(lm, w, h):
@@ -128,15 +192,33 @@ def draw_mesh(img, face):
         cv2.circle(img, p, 2, (0, 0, 255), -1)
 
 
-def _decoded(data: bytes, fmt: str, w: int, h: int):
-    """An output frame as RGB: raw rgb/bgr/rgba, or png/jpeg (what the service sends when raw bytes would
-    not fit the client's message limit, --max-response-mb)."""
+def _decoded(data: bytes, fmt: str, w: int, h: int, keep_alpha: bool = False):
+    """An output frame as RGB (RGBA with keep_alpha, when it has an alpha channel): raw rgb/bgr/rgba, or
+    png/jpeg (what the service sends when raw bytes would not fit the client's message limit,
+    --max-response-mb)."""
     import cv2
     import numpy as np
     if fmt in ("png", "jpeg"):
-        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED if keep_alpha else cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"the service sent a {fmt} frame that could not be decoded ({len(data)} bytes)")
+        if img.ndim == 2:
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     arr = np.frombuffer(data, np.uint8).reshape(h, w, -1)
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if fmt == "bgr" else np.ascontiguousarray(arr[..., :3])
+    if fmt in ("bgr", "bgra"):
+        arr = arr[..., [2, 1, 0, 3][:arr.shape[2]]]
+    if keep_alpha and arr.shape[2] == 4:
+        return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def write_png(path: str, rgb_or_rgba) -> None:
+    """RGB or RGBA array -> PNG (the alpha channel kept)."""
+    import cv2
+    code = cv2.COLOR_RGBA2BGRA if rgb_or_rgba.ndim == 3 and rgb_or_rgba.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    if not cv2.imwrite(path, cv2.cvtColor(rgb_or_rgba, code)):
+        raise SystemExit(f"cannot write {path}")
 
 
 def run(args, channel) -> int:
@@ -147,59 +229,119 @@ def run(args, channel) -> int:
 
     stub = pbg.MediapipeServiceStub(channel)
     meta = dict(kv.split("=", 1) for kv in args.meta if "=" in kv)
+    # Every frame is answered (running mode VIDEO, the service's default, asked for explicitly) unless the
+    # caller's --meta chooses another mode: the summary counts the answers and a missing one is an error.
+    mode_md = () if {"running_mode", "running-mode"} & set(meta) else (("running-mode", "video"),)
     out_path = args.output or f"{os.path.splitext(args.input)[0]}.{args.task}.png"
-    frames = list(_frames(args.input, max(1, args.max_frames)))
-    if not frames:
+    src = FrameSource(args.input, args.max_frames)
+    if src.last is None:
         print(f"no frames in {args.input}", file=sys.stderr)
         return 1
-    last = frames[-1].copy()
-    h, w = last.shape[:2]
-    is_image = args.input.lower().endswith(IMAGE_EXT)
     t0 = time.perf_counter()
     summary = ""
+    answers = None            # Answers of a stream, checked against src.sent below
+    answered_total = None     # a client-streaming call's own count (sequence)
+    r = None
 
     def video(extra=None):
-        md = {**meta, **(extra or {}), "max_pending": str(max(2, len(frames)))}
-        for n, f in enumerate(frames):
+        md = {**meta, **(extra or {})}
+        for n, f in src.numbered():
             fh, fw = f.shape[:2]
             yield pb.VideoFrame(frame_data=f.tobytes(), format="rgb", width=fw, height=fh, frame_number=n,
                                 timestamp_ms=int(n * 1000 / 30), metadata=md)
 
+    def stream(method, requests, each=None):
+        return Answers(method(requests, timeout=args.timeout, metadata=mode_md), each)
+
     def image_request():
-        if is_image:
+        if src.is_image:
             with open(args.input, "rb") as fh:
                 data = fh.read()
             fmt = "png" if data[:4] == b"\x89PNG" else "jpeg" if data[:3] == b"\xff\xd8\xff" else ""
             if fmt:
                 return pb.ImageRequest(image_data=data, format=fmt, metadata=meta)
-        return pb.ImageRequest(image_data=last.tobytes(), format="raw", width=w, height=h, metadata=meta)
+        h, w = src.last.shape[:2]
+        return pb.ImageRequest(image_data=src.last.tobytes(), format="raw", width=w, height=h, metadata=meta)
+
+    def unary(method):
+        nonlocal answered_total
+        src.sent, answered_total = 1, 1
+        return method(image_request(), timeout=args.timeout)
 
     task = args.task
+    if task in ("faces", "hands", "pose"):
+        if src.is_image:
+            r = unary({"faces": stub.DetectFaces, "hands": stub.DetectHands, "pose": stub.DetectPose}[task])
+        else:
+            answers = stream({"faces": stub.StreamFaceDetection, "hands": stub.StreamHandTracking,
+                              "pose": stub.StreamPoseTracking}[task], video())
+            r = answers.last
+    elif task in ("mesh", "iris", "holistic"):
+        method = {"mesh": stub.StreamFaceMesh, "iris": stub.StreamIrisTracking,
+                  "holistic": stub.StreamHolisticTracking}[task]
+        answers = stream(method, video())
+        r = answers.last
+    elif task == "segment":
+        answers = stream(stub.StreamSelfieSegmentation,
+                         video({"output": args.effect, "frame_format": "rgba" if args.effect == "cutout" else "rgb"}))
+        r = answers.last
+    elif task == "track":
+        ids = set()
+        answers = stream(stub.StreamObjectTracking, video(),
+                         lambda rr: ids.update((o.label, o.track_id) for o in rr.objects))
+        r = answers.last
+    elif task == "autoflip":
+        answers = stream(stub.StreamAutoFlip, video({"aspect_ratio": args.aspect}))
+        r = answers.last
+    elif task == "template":
+        if not args.template:
+            print("template: --template FILE is required", file=sys.stderr)
+            return 1
+        with open(args.template, "rb") as fh:
+            tdata = fh.read()
+        reqs = (pb.TemplateMatchingRequest(frame_data=f.tobytes(), frame_width=f.shape[1], frame_height=f.shape[0],
+                                           template_data=tdata, threshold=args.threshold, frame_number=n)
+                for n, f in src.numbered())
+        answers = stream(stub.StreamTemplateMatching, reqs)
+        r = answers.last
+    elif task == "sequence":
+        def seq():
+            for n, f in src.numbered():
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+                yield pb.MediaSequenceFrame(frame_data=buf.tobytes(), frame_number=n, timestamp_ms=int(n * 1000 / 30))
+        r = stub.ProcessMediaSequence(seq(), timeout=args.timeout)
+        answered_total = r.total_frames
+    dt = time.perf_counter() - t0
+
+    sent = src.sent
+    if answers is not None:
+        problem = answers.problem(sent)
+        answered_total = answers.count
+    else:
+        problem = "" if answered_total == sent else f"{sent} frames sent, the service counted {answered_total}"
+    if problem or r is None:
+        print(f"error: {task}: {problem or 'no answer'}; nothing written", file=sys.stderr)
+        return 1
+
+    last = src.last.copy()
+    h, w = last.shape[:2]
     if task == "faces":
-        r = stub.DetectFaces(image_request(), timeout=args.timeout) if is_image else \
-            list(stub.StreamFaceDetection(video(), timeout=args.timeout))[-1]
         draw_faces(last, r)
         summary = f"{len(r.faces)} face(s)"
     elif task == "hands":
-        r = stub.DetectHands(image_request(), timeout=args.timeout) if is_image else \
-            list(stub.StreamHandTracking(video(), timeout=args.timeout))[-1]
         for hd in r.hands:
             draw_hand(last, hd)
         summary = ", ".join(f"{hd.handedness}: {hd.gestures[0].name if hd.gestures else 'no gesture'}"
                             for hd in r.hands) or "no hands"
     elif task == "pose":
-        r = stub.DetectPose(image_request(), timeout=args.timeout) if is_image else \
-            list(stub.StreamPoseTracking(video(), timeout=args.timeout))[-1]
         for p in r.poses:
             draw_pose(last, p)
         summary = (", ".join(f"{a.name} {a.degrees:.0f}" for a in r.poses[0].joint_angles) if r.poses else "no pose")
     elif task == "mesh":
-        r = list(stub.StreamFaceMesh(video(), timeout=args.timeout))[-1]
         for f in r.faces:
             draw_mesh(last, f)
         summary = f"{len(r.faces)} face mesh(es), {[len(f.landmarks) for f in r.faces]} landmarks"
     elif task == "iris":
-        r = list(stub.StreamIrisTracking(video(), timeout=args.timeout))[-1]
         for e in r.eyes:
             _draw_landmarks(last, e.eye_landmarks, [], (0, 255, 0), 1)
             _draw_landmarks(last, e.iris_landmarks, [], (0, 0, 255), 2)
@@ -212,7 +354,6 @@ def run(args, channel) -> int:
                    (5, 15), (255, 0, 255))
         summary = f"{len(r.eyes)} eye(s); gaze yaw {r.combined_gaze.yaw:.1f} pitch {r.combined_gaze.pitch:.1f}"
     elif task == "holistic":
-        r = list(stub.StreamHolisticTracking(video(), timeout=args.timeout))[-1]
         if r.face.landmarks:
             draw_mesh(last, r.face)
         if r.pose.landmarks:
@@ -221,12 +362,20 @@ def run(args, channel) -> int:
             draw_hand(last, hd)
         summary = f"face {len(r.face.landmarks)}, pose {len(r.pose.landmarks)}, hands {len(r.hands)}"
     elif task == "segment":
-        r = list(stub.StreamSelfieSegmentation(video({"output": args.effect, "frame_format": "rgb" if args.effect != "cutout" else "rgba"}),
-                                               timeout=args.timeout))[-1]
         mask = np.frombuffer(r.mask, np.uint8).reshape(r.height, r.width)
         if mask.shape != (h, w):   # a mask scaled down to fit the client's message limit
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        if r.frame_data:
+        if args.effect == "cutout":
+            # the frame with the matte as its alpha channel: as sent (rgba, or png when it had to shrink),
+            # else the input frame with the mask as alpha
+            out = _decoded(r.frame_data, r.frame_format, r.frame_width, r.frame_height, keep_alpha=True) \
+                if r.frame_data else last
+            if out.shape[2] != 4:
+                if out.shape[:2] != (h, w):
+                    out = cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA)
+                out = np.dstack([out, mask])
+            last = out
+        elif r.frame_data:
             last = _decoded(r.frame_data, r.frame_format, r.frame_width, r.frame_height)
         else:
             tint = last.copy()
@@ -234,53 +383,36 @@ def run(args, channel) -> int:
             last = tint
         summary = f"mask {r.format}, person covers {100 * r.coverage:.1f}% of the frame"
     elif task == "track":
-        out = list(stub.StreamObjectTracking(video(), timeout=args.timeout))
-        r = out[-1]
         for o in r.objects:
             color = (0, 255, 0) if o.label == "face" else (255, 128, 0)
             pts = [(int((b.x + b.width / 2) * w), int((b.y + b.height / 2) * h)) for b in o.trajectory]
             for a, b in zip(pts, pts[1:]):
                 cv2.line(last, a, b, color, 2)
             _box(last, o.bbox.x, o.bbox.y, o.bbox.width, o.bbox.height, color, f"{o.label} #{o.track_id}")
-        ids = sorted({(o.label, o.track_id) for rr in out for o in rr.objects})
-        summary = f"{len(out)} frames, tracks: {ids}"
+        summary = f"tracks: {sorted(ids)}"
     elif task == "autoflip":
-        out = list(stub.StreamAutoFlip(video({"aspect_ratio": args.aspect}), timeout=args.timeout))
-        f = out[-1]
-        crop = _decoded(f.frame_data, f.format, f.width, f.height)
-        x, y = int(f.metadata["crop_x"]), int(f.metadata["crop_y"])
-        cw, ch = int(f.metadata["crop_width"]), int(f.metadata["crop_height"])
+        crop = _decoded(r.frame_data, r.format, r.width, r.height)
+        x, y = int(r.metadata["crop_x"]), int(r.metadata["crop_y"])
+        cw, ch = int(r.metadata["crop_width"]), int(r.metadata["crop_height"])
         cv2.rectangle(last, (x, y), (x + cw - 1, y + ch - 1), (255, 0, 255), 2)
         canvas = np.zeros((max(h, crop.shape[0]), w + 10 + crop.shape[1], 3), np.uint8)
         canvas[:h, :w] = last
         canvas[:crop.shape[0], w + 10:] = crop
         last = canvas
-        summary = f"{len(out)} frames reframed to {f.width}x{f.height}; last crop x={x} y={y}"
+        summary = f"reframed to {r.width}x{r.height}; last crop x={x} y={y}"
     elif task == "template":
-        if not args.template:
-            print("template: --template FILE is required", file=sys.stderr)
-            return 1
-        with open(args.template, "rb") as fh:
-            tdata = fh.read()
-        reqs = [pb.TemplateMatchingRequest(frame_data=f.tobytes(), frame_width=f.shape[1], frame_height=f.shape[0],
-                                           template_data=tdata, threshold=args.threshold, frame_number=n)
-                for n, f in enumerate(frames)]
-        r = list(stub.StreamTemplateMatching(iter(reqs), timeout=args.timeout))[-1]
         for m in r.matches:
             cv2.rectangle(last, (int(m.x), int(m.y)), (int(m.x + m.width), int(m.y + m.height)), (255, 0, 0), 2)
             _label(last, f"{m.confidence:.2f}", (int(m.x), int(m.y) - 4), (255, 0, 0))
         summary = f"{len(r.matches)} match(es)"
     elif task == "sequence":
-        def seq():
-            for n, f in enumerate(frames):
-                ok, buf = cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-                yield pb.MediaSequenceFrame(frame_data=buf.tobytes(), frame_number=n, timestamp_ms=int(n * 1000 / 30))
-        r = stub.ProcessMediaSequence(seq(), timeout=args.timeout)
         for i, lab in enumerate(r.labels[:20]):
             _label(last, f"{lab.label} {lab.start_frame}-{lab.end_frame} ({lab.confidence:.2f})", (5, 15 + 16 * i))
-        summary = "; ".join(f"{lab.label} {lab.start_frame}-{lab.end_frame}" for lab in r.labels)
-    dt = time.perf_counter() - t0
-    cv2.imwrite(out_path, cv2.cvtColor(last, cv2.COLOR_RGB2BGR))
-    print(f"{task}: {summary}")
-    print(f"wrote {out_path} ({len(frames)} frame(s), {dt:.2f}s)")
+        summary = "; ".join(f"{lab.label} {lab.start_frame}-{lab.end_frame}" for lab in r.labels) or "no labels"
+    write_png(out_path, last)
+    counted = f"{sent} frame{'s' if sent != 1 else ''} sent, {answered_total} answered"
+    print(f"{task}: {counted}; {summary}")
+    cut = f" (the first {args.max_frames}: --max-frames)" if src.truncated else ""
+    print(f"wrote {out_path} ({w}x{h}{', with alpha' if last.ndim == 3 and last.shape[2] == 4 else ''}; "
+          f"{sent} frame(s){cut}, {dt:.2f}s)")
     return 0

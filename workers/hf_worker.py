@@ -447,7 +447,7 @@ class HFWorker(Worker):
         del lm
         freed = memory.delta(memory.snapshot(self.device), before)
         self.note_unloaded(req.model_id)
-        msg = f"unloaded '{req.model_id}': freed {freed.ram_mb:.0f} MB RAM, {freed.vram_mb:.0f} MB VRAM"
+        msg = f"unloaded '{req.model_id}': freed {max(0.0, freed.ram_mb):.0f} MB RAM, {max(0.0, freed.vram_mb):.0f} MB VRAM"
         if not left and self.recycle_on_unload and freed.ram_mb < 0.5 * loaded_ram:
             self.request_recycle(f"last model unloaded but only {freed.ram_mb:.0f} of {loaded_ram:.0f} MB came back")
             msg += "; the worker process will be recycled to return the rest"
