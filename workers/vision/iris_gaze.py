@@ -124,9 +124,9 @@ def analyse(points: np.ndarray, width: int, height: int, face_conf: float = 1.0)
     return eyes, combine(eyes), head_pose(R)
 
 
-def to_response(points: np.ndarray, width: int, height: int, face_conf: float,
-                resp: pb.IrisTrackingResponse) -> None:
-    """Fill an IrisTrackingResponse (eyes, combined gaze, head pose) for one face."""
+def to_response(points: np.ndarray, width: int, height: int, face_conf: float, resp) -> None:
+    """Fill one face's eyes, combined gaze and head pose into ``resp``: an IrisTrackingResponse (its first
+    face) or an IrisFace (each further face, ``more_faces``), which have these fields alike."""
     eyes, both, (yaw, pitch, roll) = analyse(points, width, height, face_conf)
     for g in eyes:
         e = EYES[g.eye]

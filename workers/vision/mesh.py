@@ -2,8 +2,10 @@
 
 `contours` is MediaPipe's FACEMESH_CONTOURS edge list flattened as pairs [a0, b0, a1, b1, ...]
 (lips, eyes, eyebrows, face oval), so a client can draw the lines. The mesh graph exposes no
-per-face score, so `confidence` is the score of the face detector's box that overlaps the mesh best
-(IoU-weighted; 0 when the detector does not see the face, e.g. a face the mesh keeps tracking).
+per-face score, so `confidence` is a face detector's score: for StreamFaceMesh / StreamIrisTracking
+the short-range detector's on the face's own crop (face_landmarks.py, one mesh per face); for
+holistic (`score_with`) the score of the detector's box that overlaps the mesh best (IoU-weighted; 0
+when the detector does not see the face). `track_id` (StreamFaceMesh) is the face's id in its stream.
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ def to_proto(m: Mesh) -> pb.FaceMesh:
     return msg
 
 
-def from_array(points: np.ndarray, confidence: float = 0.0) -> pb.FaceMesh:
-    msg = pb.FaceMesh(confidence=confidence)
+def from_array(points: np.ndarray, confidence: float = 0.0, track_id: int = 0) -> pb.FaceMesh:
+    msg = pb.FaceMesh(confidence=confidence, track_id=track_id)
     msg.landmarks.extend(landmarks.landmark_msgs(points))
     msg.contours.extend(contour_indices())
     return msg

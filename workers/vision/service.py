@@ -24,8 +24,8 @@ import numpy as np
 
 from protos import ml_inference_pb2 as pb
 from workers.context import RequestContext, WorkerError
-from workers.vision import (autoflip, face_search, faces, fit, frames, hands, holistic, iris_gaze, mesh, pose,
-                            segmentation, sequence, solutions, template, tracking)
+from workers.vision import (autoflip, face_landmarks, face_search, faces, fit, frames, hands, holistic, iris_gaze,
+                            mesh, pose, segmentation, sequence, solutions, template, tracking)
 
 SVC = "ml.MediapipeService/"
 
@@ -238,34 +238,40 @@ class VisionService:
             holistic.analyse(solutions.stream_solution(st, "holistic"), rgb, found, resp, hands.is_mirrored(req.metadata))
             return resp.SerializeToString()
 
-    def _meshes(self, st: dict, rgb: np.ndarray) -> list:
-        meshes = mesh.detect(solutions.stream_solution(st, "face_mesh"), rgb)
-        if meshes:
-            mesh.score_with(meshes, faces.detect(solutions.stream_solution(st, "face_detection_short"), rgb))
-        meshes.sort(key=lambda m: -(m.box()[2] * m.box()[3]))
-        return meshes
+    def _meshes(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str) -> list:
+        """Every face's mesh, by track id: detect, then landmark each face on its own crop (face_landmarks.py)."""
+        meta = dict(req.metadata)
+        kinds = _face_models(meta, "both", what)
+        try:
+            limit = face_landmarks.max_faces(meta)
+        except ValueError as e:
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: {e}") from None
+        tracker = st.get("face_tracker")
+        if tracker is None:
+            tracker = st["face_tracker"] = face_landmarks.FaceTracker()
+        return tracker.update(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)), rgb, limit, kinds,
+                              check=ctx.check_cancelled)
 
     def stream_face_mesh(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
+            req, rgb, what = self._frame(ctx, st)
             resp = pb.FaceMeshResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.faces.extend(mesh.to_proto(m) for m in self._meshes(st, rgb))
+            resp.faces.extend(mesh.from_array(t.mesh.points, t.mesh.confidence, t.track_id)
+                              for t in self._meshes(ctx, st, req, rgb, what))
             return resp.SerializeToString()
 
     def stream_iris(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
+            req, rgb, what = self._frame(ctx, st)
             resp = pb.IrisTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            meshes = self._meshes(st, rgb)
             h, w = rgb.shape[:2]
-            for i, m in enumerate(meshes):
-                if i == 0:
-                    iris_gaze.to_response(m.points, w, h, m.confidence, resp)
-                else:   # further faces: their eyes only (combined gaze / head pose are for the largest face)
-                    extra = pb.IrisTrackingResponse()
-                    iris_gaze.to_response(m.points, w, h, m.confidence, extra)
-                    resp.eyes.extend(extra.eyes)
+            for i, t in enumerate(self._meshes(ctx, st, req, rgb, what)):
+                # the first face (lowest id) in the response's own fields, every further one in more_faces
+                dst = resp if i == 0 else resp.more_faces.add()
+                dst.track_id = t.track_id
+                iris_gaze.to_response(t.mesh.points, w, h, t.mesh.confidence, dst)
             return resp.SerializeToString()
+
 
     def stream_segmentation(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
