@@ -367,3 +367,34 @@ def test_bad_metadata_is_invalid_argument(svc, method, meta, key):
         s.close()
     assert ei.value.code == "INVALID_ARGUMENT"
     assert key in ei.value.message and "frame" in ei.value.message
+
+
+# ------------------------------------------------------------------ once through the real service
+@pytest.mark.integration
+@pytest.mark.slow
+def test_every_face_through_the_service():
+    """The group photo as jpeg frames through run.py: five meshes with ids 1-5 on both frames, max_faces from the
+    frame's metadata, iris for every face; a bad max_faces ends the stream with INVALID_ARGUMENT."""
+    import grpc
+    from protos import ml_inference_pb2_grpc as pbg
+    from tests.service import start_service
+    rgb, regions = group_photo()
+    h, w = rgb.shape[:2]
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+
+    def frames(n, **meta):
+        for i in range(n):
+            yield pb.VideoFrame(frame_data=jpeg.tobytes(), format="jpeg", frame_number=i, metadata=meta)
+
+    with start_service(args=["--pools", "vision", "--worker-threads", "2"], wait_service="ml.MediapipeService") as s:
+        stub = pbg.MediapipeServiceStub(s.channel())
+        out = list(stub.StreamFaceMesh(frames(2, max_faces="5"), timeout=120))
+        for r in out:
+            assert [f.track_id for f in r.faces] == [1, 2, 3, 4, 5]
+            check_meshes(r.faces, w, h, regions)
+        (r,) = stub.StreamIrisTracking(frames(1, max_faces="5"), timeout=120)
+        assert [r.track_id] + [f.track_id for f in r.more_faces] == [1, 2, 3, 4, 5]
+        with pytest.raises(grpc.RpcError) as ei:
+            list(stub.StreamFaceMesh(frames(1, max_faces="0"), timeout=60))
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_faces" in ei.value.details()

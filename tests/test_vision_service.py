@@ -70,8 +70,9 @@ def test_streams(stub):
     portrait = rgb_of("images/grace_hopper.jpg")
     mesh = list(stub.StreamFaceMesh(frames_of([portrait] * 2), timeout=60))
     assert len(mesh) == 2 and len(mesh[1].faces[0].landmarks) == 478
+    assert [f.track_id for r in mesh for f in r.faces] == [1, 1]        # one face, tracked
     iris = list(stub.StreamIrisTracking(frames_of([portrait]), timeout=60))[0]
-    assert len(iris.eyes) == 2 and iris.combined_gaze.z < 0
+    assert len(iris.eyes) == 2 and iris.combined_gaze.z < 0 and iris.track_id == 1 and not iris.more_faces
     seg = list(stub.StreamSelfieSegmentation(frames_of([portrait], output="blur", frame_format="png"), timeout=60))[0]
     assert seg.frame_format == "png" and seg.frame_data[:4] == b"\x89PNG" and len(seg.mask) == 512 * 600
     flip = list(stub.StreamAutoFlip(frames_of([portrait] * 3, aspect_ratio="1:1"), timeout=60))
