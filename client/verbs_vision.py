@@ -271,15 +271,14 @@ def run(args, channel) -> int:
     task = args.task
     if task in ("faces", "hands", "pose"):
         if src.is_image:
-            r = unary({"faces": stub.DetectFaces, "hands": stub.DetectHands, "pose": stub.DetectPose}[task])
+            r = unary(getattr(stub, {"faces": "DetectFaces", "hands": "DetectHands", "pose": "DetectPose"}[task]))
         else:
-            answers = stream({"faces": stub.StreamFaceDetection, "hands": stub.StreamHandTracking,
-                              "pose": stub.StreamPoseTracking}[task], video())
+            answers = stream(getattr(stub, {"faces": "StreamFaceDetection", "hands": "StreamHandTracking",
+                                            "pose": "StreamPoseTracking"}[task]), video())
             r = answers.last
     elif task in ("mesh", "iris", "holistic"):
-        method = {"mesh": stub.StreamFaceMesh, "iris": stub.StreamIrisTracking,
-                  "holistic": stub.StreamHolisticTracking}[task]
-        answers = stream(method, video())
+        method = {"mesh": "StreamFaceMesh", "iris": "StreamIrisTracking", "holistic": "StreamHolisticTracking"}[task]
+        answers = stream(getattr(stub, method), video())
         r = answers.last
     elif task == "segment":
         answers = stream(stub.StreamSelfieSegmentation,
