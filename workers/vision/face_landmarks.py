@@ -209,25 +209,25 @@ class FaceTracker:
                kinds: Iterable[str] = (SHORT, FULL), check: Optional[Callable[[], None]] = None) -> list[Track]:
         h, w = rgb.shape[:2]
         self.frames += 1
-        lost_now = False
-        kept = []
+        kept, lost_now = [], []
         with acquire(SHORT) as det:
             for t in self.tracks:
                 if check is not None:
                     check()
                 m = landmark(self.solution(), det, rgb, roi_from_points(t.mesh.points, w, h))
                 if m is None:
-                    lost_now = True
-                    t.lost_at = self.frames
-                    self.lost.append(t)
-                elif any(face_search.same_face(m.box(), k.mesh.box()) for k in kept):
-                    continue        # two tracks on one face: the older (lower id) keeps it
-                else:
-                    t.mesh = m
-                    kept.append(t)
-        self.tracks = kept[:max_faces]
+                    lost_now.append((t, m))
+                elif not any(face_search.same_face(m.box(), k.mesh.box()) for k, _ in kept):
+                    kept.append((t, m))
+                # else: two tracks on one face - the older (lower id) keeps it
+        for t, m in kept:
+            t.mesh = m
+        for t, _ in lost_now:
+            t.lost_at = self.frames
+        self.tracks = [t for t, _ in kept][:max_faces]
+        self.lost += [t for t, _ in lost_now]
         self.since_detect += 1
-        due = (self.frames == 1 or lost_now or self.lost or not self.tracks
+        due = (lost_now or self.lost or not self.tracks
                or (len(self.tracks) < max_faces and self.since_detect >= self.redetect_every))
         if due and len(self.tracks) < max_faces:
             self._detect(acquire, rgb, max_faces, kinds, check)
@@ -256,7 +256,7 @@ class FaceTracker:
                 boxes.append(m.box())
                 new.append(m)
         for m in left_to_right(new):
-            old = self._revive(m)
+            old = self._revive(m, w, h)
             if old is not None:
                 old.mesh, old.lost_at = m, 0
                 self.tracks.append(old)
@@ -264,13 +264,15 @@ class FaceTracker:
                 self.tracks.append(Track(self.next_id, m))
                 self.next_id += 1
 
-    def _revive(self, m: mesh.Mesh) -> Optional[Track]:
-        """A recently lost track whose last face lies where ``m`` is (the nearest one), removed from ``lost``."""
-        box = m.box()
+    def _revive(self, m: mesh.Mesh, width: int, height: int) -> Optional[Track]:
+        """A recently lost track whose last face lies where ``m`` is (centres closer than the larger face's
+        side; the nearest one), removed from ``lost``."""
+        scale = (width, height, width, height)
+        box = [v * s for v, s in zip(m.box(), scale)]
         cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
         best, dist = None, None
         for t in self.lost:
-            b = t.mesh.box()
+            b = [v * s for v, s in zip(t.mesh.box(), scale)]
             d = math.hypot(b[0] + b[2] / 2 - cx, b[1] + b[3] / 2 - cy)
             if d < max(b[2], b[3], box[2], box[3]) and (dist is None or d < dist):
                 best, dist = t, d
