@@ -284,7 +284,7 @@ class Label(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class PipelineOutput(_message.Message):
-    __slots__ = ("labels", "embedding", "text", "audio", "sample_rate", "token_ids", "tokens", "scores", "kind", "offsets")
+    __slots__ = ("labels", "embedding", "text", "audio", "sample_rate", "token_ids", "tokens", "scores", "kind", "offsets", "entities", "encoding")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,8 @@ class PipelineOutput(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     text: str
@@ -305,7 +307,23 @@ class PipelineOutput(_message.Message):
     scores: _containers.RepeatedScalarFieldContainer[float]
     kind: str
     offsets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    encoding: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., encoding: _Optional[str] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "score", "start", "end", "text")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    start: int
+    end: int
+    text: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PipelineResponse(_message.Message):
     __slots__ = ("model", "pipeline_type", "outputs", "processing_s")
