@@ -415,30 +415,36 @@ class PoseDetectionResponse(_message.Message):
     def __init__(self, poses: _Optional[_Iterable[_Union[PoseDetection, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ...) -> None: ...
 
 class PoseDetection(_message.Message):
-    __slots__ = ("landmarks", "confidence", "world_landmarks", "joint_angles")
+    __slots__ = ("landmarks", "confidence", "world_landmarks", "joint_angles", "track_id", "box")
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     WORLD_LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     JOINT_ANGLES_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
     landmarks: _containers.RepeatedCompositeFieldContainer[Landmark]
     confidence: float
     world_landmarks: _containers.RepeatedCompositeFieldContainer[Landmark]
     joint_angles: _containers.RepeatedCompositeFieldContainer[JointAngle]
-    def __init__(self, landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., confidence: _Optional[float] = ..., world_landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., joint_angles: _Optional[_Iterable[_Union[JointAngle, _Mapping]]] = ...) -> None: ...
+    track_id: int
+    box: BoundingBox
+    def __init__(self, landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., confidence: _Optional[float] = ..., world_landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., joint_angles: _Optional[_Iterable[_Union[JointAngle, _Mapping]]] = ..., track_id: _Optional[int] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
 
 class HolisticTrackingResponse(_message.Message):
-    __slots__ = ("face", "pose", "hands", "timestamp_ms", "frame_number")
+    __slots__ = ("face", "pose", "hands", "timestamp_ms", "frame_number", "people")
     FACE_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
     HANDS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     FRAME_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
     face: FaceMesh
     pose: PoseDetection
     hands: _containers.RepeatedCompositeFieldContainer[HandDetection]
     timestamp_ms: int
     frame_number: int
-    def __init__(self, face: _Optional[_Union[FaceMesh, _Mapping]] = ..., pose: _Optional[_Union[PoseDetection, _Mapping]] = ..., hands: _Optional[_Iterable[_Union[HandDetection, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ...) -> None: ...
+    people: _containers.RepeatedCompositeFieldContainer[HolisticPerson]
+    def __init__(self, face: _Optional[_Union[FaceMesh, _Mapping]] = ..., pose: _Optional[_Union[PoseDetection, _Mapping]] = ..., hands: _Optional[_Iterable[_Union[HandDetection, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., frame_number: _Optional[int] = ..., people: _Optional[_Iterable[_Union[HolisticPerson, _Mapping]]] = ...) -> None: ...
 
 class ObjectDetectionResponse(_message.Message):
     __slots__ = ("objects", "timestamp_ms", "frame_number")
@@ -659,3 +665,15 @@ class JointAngle(_message.Message):
     degrees: float
     confidence: float
     def __init__(self, name: _Optional[str] = ..., degrees: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class HolisticPerson(_message.Message):
+    __slots__ = ("track_id", "pose", "face", "hands")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    HANDS_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    pose: PoseDetection
+    face: FaceMesh
+    hands: _containers.RepeatedCompositeFieldContainer[HandDetection]
+    def __init__(self, track_id: _Optional[int] = ..., pose: _Optional[_Union[PoseDetection, _Mapping]] = ..., face: _Optional[_Union[FaceMesh, _Mapping]] = ..., hands: _Optional[_Iterable[_Union[HandDetection, _Mapping]]] = ...) -> None: ...
