@@ -284,7 +284,7 @@ class Label(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class PipelineOutput(_message.Message):
-    __slots__ = ("labels", "embedding", "text", "audio", "sample_rate", "token_ids", "tokens", "scores", "kind", "offsets", "entities", "encoding")
+    __slots__ = ("labels", "embedding", "text", "audio", "sample_rate", "token_ids", "tokens", "scores", "kind", "offsets", "entities", "encoding", "boxes", "quad_boxes", "polygons", "task", "finish_reason", "tokens_generated")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,12 @@ class PipelineOutput(_message.Message):
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    QUAD_BOXES_FIELD_NUMBER: _ClassVar[int]
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     text: str
@@ -309,7 +315,37 @@ class PipelineOutput(_message.Message):
     offsets: _containers.RepeatedScalarFieldContainer[int]
     entities: _containers.RepeatedCompositeFieldContainer[Entity]
     encoding: str
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., encoding: _Optional[str] = ...) -> None: ...
+    boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    quad_boxes: _containers.RepeatedCompositeFieldContainer[Polygon]
+    polygons: _containers.RepeatedCompositeFieldContainer[Polygon]
+    task: str
+    finish_reason: str
+    tokens_generated: int
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., encoding: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., quad_boxes: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., task: _Optional[str] = ..., finish_reason: _Optional[str] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x_min", "y_min", "x_max", "y_max", "label", "score")
+    X_MIN_FIELD_NUMBER: _ClassVar[int]
+    Y_MIN_FIELD_NUMBER: _ClassVar[int]
+    X_MAX_FIELD_NUMBER: _ClassVar[int]
+    Y_MAX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    label: str
+    score: float
+    def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Polygon(_message.Message):
+    __slots__ = ("label", "points")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    points: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, label: _Optional[str] = ..., points: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Entity(_message.Message):
     __slots__ = ("label", "score", "start", "end", "text")
@@ -326,16 +362,22 @@ class Entity(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PipelineResponse(_message.Message):
-    __slots__ = ("model", "pipeline_type", "outputs", "processing_s")
+    __slots__ = ("model", "pipeline_type", "outputs", "processing_s", "delta", "output_index", "done")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_TYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_S_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     model: str
     pipeline_type: str
     outputs: _containers.RepeatedCompositeFieldContainer[PipelineOutput]
     processing_s: float
-    def __init__(self, model: _Optional[str] = ..., pipeline_type: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[PipelineOutput, _Mapping]]] = ..., processing_s: _Optional[float] = ...) -> None: ...
+    delta: str
+    output_index: int
+    done: bool
+    def __init__(self, model: _Optional[str] = ..., pipeline_type: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[PipelineOutput, _Mapping]]] = ..., processing_s: _Optional[float] = ..., delta: _Optional[str] = ..., output_index: _Optional[int] = ..., done: bool = ...) -> None: ...
 
 class PipelineRequest(_message.Message):
     __slots__ = ("model", "pipeline_type", "inputs", "options", "candidate_labels")

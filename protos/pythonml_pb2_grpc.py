@@ -259,6 +259,11 @@ class PipelinesStub(object):
                 request_serializer=protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
                 response_deserializer=protos_dot_pythonml__pb2.PipelineResponse.FromString,
                 )
+        self.RunStream = channel.unary_stream(
+                '/pythonml.v1.Pipelines/RunStream',
+                request_serializer=protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
+                response_deserializer=protos_dot_pythonml__pb2.PipelineResponse.FromString,
+                )
 
 
 class PipelinesServicer(object):
@@ -273,11 +278,25 @@ class PipelinesServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunStream(self, request, context):
+        """Run with generated text streamed: generative pipelines (image-text-to-text, janus) send one message per
+        decoded piece (`delta` = the new text of outputs[`output_index`]), then one last message with `done` set
+        and the complete outputs, exactly Run's answer. Every other pipeline sends that last message only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelinesServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Run': grpc.unary_unary_rpc_method_handler(
                     servicer.Run,
+                    request_deserializer=protos_dot_pythonml__pb2.PipelineRequest.FromString,
+                    response_serializer=protos_dot_pythonml__pb2.PipelineResponse.SerializeToString,
+            ),
+            'RunStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunStream,
                     request_deserializer=protos_dot_pythonml__pb2.PipelineRequest.FromString,
                     response_serializer=protos_dot_pythonml__pb2.PipelineResponse.SerializeToString,
             ),
@@ -306,6 +325,23 @@ class Pipelines(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/pythonml.v1.Pipelines/Run',
+            protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
+            protos_dot_pythonml__pb2.PipelineResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RunStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/pythonml.v1.Pipelines/RunStream',
             protos_dot_pythonml__pb2.PipelineRequest.SerializeToString,
             protos_dot_pythonml__pb2.PipelineResponse.FromString,
             options, channel_credentials,
