@@ -58,6 +58,17 @@ def vtest_frames(numbers):
     return out
 
 
+def side_by_side():
+    """messi5 (548x342, 69 px down) and basketball1's left man (its first 220 columns) on a 768x480 grey
+    canvas: (rgb, {name: (body region, hip region)} in canvas pixels)."""
+    canvas = np.full((480, 768, 3), 128, np.uint8)
+    canvas[69:69 + 342, :548] = rgb_of("images/messi5.jpg")
+    canvas[:, 548:] = rgb_of("images/basketball1.png")[:, :220]
+    shift = lambda r, dx, dy: (r[0] + dx, r[1] + dy, r[2] + dx, r[3] + dy)  # noqa: E731
+    return canvas, {"messi": (shift(MESSI_BODY, 0, 69), shift(MESSI_HIPS, 0, 69)),
+                    "man": (shift(BASKETBALL_LEFT_BODY, 548, 0), shift(BASKETBALL_LEFT_HIPS, 548, 0))}
+
+
 def inside(pt, region, w, h):
     x0, y0, x1, y1 = region
     return x0 <= pt[0] * w <= x1 and y0 <= pt[1] * h <= y1
@@ -147,6 +158,24 @@ def test_astronaut_upper_body(det):
     assert people[0].keypoints[0][1] > 0.85          # hips at the bottom edge or below
 
 
+def test_two_people_side_by_side_need_the_windows(det):
+    """The model gives the man < 0.05 next to messi on the whole frame; the frame-high windows find him."""
+    rgb, regions = side_by_side()
+    h, w = rgb.shape[:2]
+    people = det.detect(rgb)
+    assert len(people) == 2
+    hips = sorted(p.keypoints[0] for p in people)
+    assert inside(hips[0], regions["messi"][1], w, h) and inside(hips[1], regions["man"][1], w, h)
+    alone = det.detect(rgb, windows=False)
+    assert len(alone) == 1 and inside(alone[0].keypoints[0], regions["messi"][1], w, h)
+
+
+def test_window_grid():
+    assert pdet.window_grid(480, 768) == [(0, 0, 480), (240, 0, 480), (288, 0, 480)]
+    assert pdet.window_grid(800, 400) == [(0, 0, 400), (0, 200, 400), (0, 400, 400)]
+    assert pdet.window_grid(500, 520) == []
+
+
 @pytest.mark.parametrize("rel", NO_PERSON)
 def test_no_person_in_fish_and_hand_photos(det, rel):
     """The fish gets 0.53 and index_up 0.54 on the whole frame, but neither survives its own crop."""
@@ -195,3 +224,21 @@ def test_vtest_small_walkers_with_tiles(det, frame):
         hits.add(i)
     assert len(hits) >= len(marked) - 1
     assert len(det.detect(rgb)) < len(hits)          # the whole frame alone misses the small ones
+    # person_tiles: auto tiles this street frame (nobody half its height), off does not
+    auto = pdet.detect_people(det, rgb, "auto")
+    assert len(auto) == len(people)
+    assert len(pdet.detect_people(det, rgb, "off")) < len(auto)
+
+
+def test_person_tiles_auto_skips_close_ups(det):
+    rgb = np.ascontiguousarray(cv2.resize(rgb_of("images/basketball1.png"), (960, 720)))
+    calls = []
+    real = det.detect
+    try:
+        det.detect = lambda img, **kw: calls.append(kw["tiles"]) or real(img, **kw)
+        people = pdet.detect_people(det, rgb, "auto")
+    finally:
+        det.detect = real
+    assert calls == [False] and len(people) == 1      # the man is more than half the frame high
+    with pytest.raises(ValueError):
+        pdet.detect_people(det, rgb, "sometimes")

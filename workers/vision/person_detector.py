@@ -27,12 +27,20 @@ What ``detect`` adds to one pass (measured on the test photos and OpenCV's vtest
   0.54); each candidate is run again on its own aligned crop (the body ROI, or the shoulders' ROI when
   the hips lie outside the frame) and stands only if the detector finds it there again, centred, with
   ``min_score`` (real people 0.73-0.98 on their crops, the fish 0.39, the hand 0);
+- **windows** (``windows=True``, the default): the model, made for one person, scores a second
+  large person low when another one fills the frame (messi5 and basketball1's man side by side:
+  the man < 0.05 on the whole frame, 0.91 alone in a window); on a frame that is not square it also
+  runs on squares as high (wide) as the frame, sliding by half a side (2-3 more passes); a window's
+  detection counts when most of the person lies inside that window;
 - **tiles** (``tiles=True``): people under ~1/5 of the frame height are too small for the 224 px
   input (vtest.avi: none of 3-7 walkers found on the whole frame); the model also runs on a two-level
   pyramid of overlapping square tiles (1/2 and 1/3 of the frame's shorter side). A tile's detection
   counts only if the person is small in the tile and mostly inside it (a large person cut by a tile
-  edge makes the model see a "person" in each piece). Detections of one person from several passes
-  (whose scales differ) are merged on their shoulder and hip centres, the best score kept.
+  edge makes the model see a "person" in each piece). ``detect_people`` picks tiles or not from the
+  ``person_tiles`` choice (``auto``: tiles on frames of 384 px or more that show nobody half as tall).
+
+Detections of one person from several passes (whose scales differ) are merged on their shoulder and
+hip centres, the best score kept; then every one is verified as above.
 
 The detector keys on the head: a person whose face is turned away (basketball1's right man, walkers
 seen from behind) scores low (0.15) and is not reported.
@@ -56,6 +64,7 @@ SCORE_CLIP = 100.0
 ROI_SCALE = 1.25              # MediaPipe's pose_detection_to_roi enlargement
 TILE_FRACTIONS = (0.5, 0.33)  # tile sides / the frame's shorter side (a two-level pyramid)
 TILE_OVERLAP = 0.35
+WINDOW_OVERLAP = 0.5          # frame-high square windows (people the whole-frame pass misses), step = half a side
 MIN_TILE = 96                 # px: smaller tiles are not run
 TILE_MAX_REL = 0.75           # a tile's person: body square <= this x the tile side ...
 TILE_MIN_INSIDE = 0.5         # ... and at least this share of it inside the tile
@@ -63,6 +72,9 @@ SAME_SHOULDER, SAME_HIP = 0.35, 0.5   # x the smaller body half-size: two detect
                                       # hip centres are this close are one person (passes disagree on scale)
 VERIFY_HIP_MARGIN = 0.1       # hip within the frame (+- this): verify on the body crop, else on the upper-body crop
 VERIFY_CENTRE_TOL = 0.15      # the crop's detection must put its centre keypoint this close to the crop centre
+AUTO_TILES_MIN_SIDE = 384     # px: person_tiles=auto runs tiles on frames whose shorter side is at least this ...
+AUTO_TILES_TALL = 0.5         # ... unless the whole frame already shows a person this tall (share of the frame)
+TILE_MODES = ("auto", "on", "off")
 KEYPOINT_NAMES = ("hip_center", "body_scale", "shoulder_center", "upper_body_scale")
 
 
@@ -151,6 +163,20 @@ def weighted_nms(dets: list[_Raw], threshold: float = NMS_IOU) -> list[_Raw]:
     return out
 
 
+def window_grid(height: int, width: int) -> list[tuple[int, int, int]]:
+    """Square windows (x, y, side) as tall (or wide) as the frame, sliding along its longer side by
+    (1 - WINDOW_OVERLAP) of the side; none for a frame about square."""
+    side = min(height, width)
+    if max(height, width) < 1.1 * side:
+        return []
+    step = max(1, int(side * (1 - WINDOW_OVERLAP)))
+    length = max(height, width)
+    starts = list(range(0, length - side + 1, step))
+    if starts[-1] + side < length:
+        starts.append(length - side)
+    return [(x, 0, side) if width > height else (0, x, side) for x in starts]
+
+
 def tile_grid(height: int, width: int) -> list[tuple[int, int, int]]:
     """Overlapping square tiles (x, y, side): for each of TILE_FRACTIONS of the shorter side (tiles of
     at least MIN_TILE px), a grid stepping by (1 - TILE_OVERLAP) of the side, last row/column on the edge."""
@@ -229,27 +255,35 @@ class PersonDetector:
 
     # ------------------------------------------------------------ API
     def detect(self, rgb: np.ndarray, min_score: float = 0.5, tiles: bool = False,
-               verify: bool = True) -> list[Person]:
+               verify: bool = True, windows: bool = True) -> list[Person]:
         """People in ``rgb`` (H, W, 3 uint8), highest score first (see the module docstring)."""
         h, w = rgb.shape[:2]
         if h < 8 or w < 8:
             return []
         cands = [_to_person(d, w, h) for d in weighted_nms(self._run(rgb, min_score))]
+        if windows:
+            for tx, ty, side in window_grid(h, w):
+                cands += [p for p in self._run_tile(rgb, tx, ty, side, min_score, f"window{side}")
+                          if _inside_share(p, tx, ty, side, w, h) >= TILE_MIN_INSIDE]
         if tiles:
             for tx, ty, side in tile_grid(h, w):
-                sub = np.ascontiguousarray(rgb[ty:ty + side, tx:tx + side])
-                th, tw = sub.shape[:2]
-                scale, off = np.array([tw / w, th / h]), np.array([tx / w, ty / h])
-                for d in weighted_nms(self._run(sub, min_score)):
-                    box = (d.box.reshape(2, 2) * scale + off).reshape(4)
-                    p = _to_person(_Raw(box, d.kps * scale + off, d.score), w, h, f"tile{side}")
-                    if _small_and_inside(p, tx, ty, side, w, h):
-                        cands.append(p)
+                cands += [p for p in self._run_tile(rgb, tx, ty, side, min_score, f"tile{side}")
+                          if _small_and_inside(p, tx, ty, side, w, h)]
         people = merge(cands, w, h)
         if verify:
             people = [p for p in people if self.crop_score(rgb, p) >= min_score]
         people.sort(key=lambda p: -p.score)
         return people
+
+    def _run_tile(self, rgb: np.ndarray, tx: int, ty: int, side: int, min_score: float, source: str) -> list[Person]:
+        """One pass on the square (tx, ty, side) of ``rgb``; people in the frame's coordinates."""
+        h, w = rgb.shape[:2]
+        sub = np.ascontiguousarray(rgb[ty:ty + side, tx:tx + side])
+        th, tw = sub.shape[:2]
+        scale, off = np.array([tw / w, th / h]), np.array([tx / w, ty / h])
+        return [_to_person(_Raw((d.box.reshape(2, 2) * scale + off).reshape(4), d.kps * scale + off, d.score), w, h,
+                           source)
+                for d in weighted_nms(self._run(sub, min_score))]
 
     def crop_score(self, rgb: np.ndarray, p: Person) -> float:
         """The detector's score for ``p`` on its own aligned crop (0 when it finds it no more)."""
@@ -265,14 +299,45 @@ class PersonDetector:
         return best
 
 
-def aligned_crop(rgb: np.ndarray, cx: float, cy: float, side: float, rot: float, out: int) -> np.ndarray:
-    """``out`` x ``out`` crop of the square (centre cx, cy, side, rotation rot radians; pixels), black outside."""
+def detect_people(detector: "PersonDetector", rgb: np.ndarray, tiles: str = "auto",
+                  min_score: float = 0.5) -> list[Person]:
+    """``detector.detect`` with the ``person_tiles`` choice: ``on``, ``off`` or ``auto`` (the tile pass
+    too on frames of AUTO_TILES_MIN_SIDE px or more, unless the whole frame already shows a person of
+    at least AUTO_TILES_TALL of its height: close-ups need no tiles, street scenes do)."""
+    if tiles not in TILE_MODES:
+        raise ValueError(f"person_tiles {tiles!r}: use one of {', '.join(TILE_MODES)}")
+    people = detector.detect(rgb, min_score=min_score, tiles=tiles == "on")
+    h, w = rgb.shape[:2]
+    if tiles == "auto" and min(h, w) >= AUTO_TILES_MIN_SIDE and \
+            not any(p.box[3] - p.box[1] >= AUTO_TILES_TALL for p in people):
+        people = detector.detect(rgb, min_score=min_score, tiles=True)
+    return people
+
+
+def aligned_crop(rgb: np.ndarray, cx: float, cy: float, side: float, rot: float, out: int,
+                 replicate: bool = False) -> np.ndarray:
+    """``out`` x ``out`` crop of the square (centre cx, cy, side, rotation rot radians; pixels); outside
+    the frame black, or the edge pixels repeated (``replicate``, as MediaPipe's landmark graphs do)."""
     s = out / max(side, 1e-6)
     m = cv2.getRotationMatrix2D((cx, cy), math.degrees(rot), s)
     m[0, 2] += out / 2 - cx
     m[1, 2] += out / 2 - cy
+    border = cv2.BORDER_REPLICATE if replicate else cv2.BORDER_CONSTANT
     return cv2.warpAffine(rgb, m, (out, out), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+                          borderMode=border, borderValue=(0, 0, 0))
+
+
+def _inside_share(p: Person, tx: int, ty: int, side: int, w: int, h: int) -> float:
+    """Share of the person's body square (the part within the frame) that lies inside the tile."""
+    (hx, hy), (sx, sy) = p.keypoints[0], p.keypoints[1]
+    r = math.hypot((sx - hx) * w, (sy - hy) * h)
+    cx, cy = hx * w, hy * h
+
+    def overlap(a0, a1, b0, b1):
+        return max(0.0, min(a1, b1) - max(a0, b0))
+    in_frame = overlap(cx - r, cx + r, 0, w) * overlap(cy - r, cy + r, 0, h)
+    in_tile = overlap(cx - r, cx + r, tx, tx + side) * overlap(cy - r, cy + r, ty, ty + side)
+    return in_tile / in_frame if in_frame > 0 else 0.0
 
 
 def _small_and_inside(p: Person, tx: int, ty: int, side: int, w: int, h: int) -> bool:
@@ -280,12 +345,9 @@ def _small_and_inside(p: Person, tx: int, ty: int, side: int, w: int, h: int) ->
     person cut by the tile's edge makes the model see a 'person' in each piece."""
     (hx, hy), (sx, sy) = p.keypoints[0], p.keypoints[1]
     r = math.hypot((sx - hx) * w, (sy - hy) * h)
-    cx, cy = hx * w, hy * h
     if r <= 0 or 2 * r > TILE_MAX_REL * side:
         return False
-    ix = max(0.0, min(cx + r, tx + side) - max(cx - r, tx))
-    iy = max(0.0, min(cy + r, ty + side) - max(cy - r, ty))
-    return ix * iy / (4 * r * r) >= TILE_MIN_INSIDE
+    return _inside_share(p, tx, ty, side, w, h) >= TILE_MIN_INSIDE
 
 
 def _centres(p: Person, w: int, h: int) -> tuple[np.ndarray, float]:
