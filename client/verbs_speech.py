@@ -99,6 +99,9 @@ def cmd_pipeline(args, channel) -> int:
             print(head + ": " + ", ".join(f"{l.label}={l.score:.4f}" for l in o.labels))
         if o.text:
             print(head + f": {o.text}")
+        from client.verbs_vl import describe
+        for line in describe(o):   # boxes, quad boxes, polygons (florence2)
+            print(head + f": {line}")
         if o.tokens:
             print(head + f": {len(o.token_ids)} tokens " + " ".join(f"{t}({i})" for t, i in zip(o.tokens, o.token_ids)))
         if o.embedding:

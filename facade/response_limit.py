@@ -31,6 +31,7 @@ _ADVICE = {
     "inference.GRPCInferenceService/ModelInfer": "send a smaller batch per ModelInfer request "
                                                  "(fewer items in the input tensors)",
     "pythonml.v1.Pipelines/Run": "send fewer or shorter inputs per Run request",
+    "pythonml.v1.Pipelines/RunStream": "send fewer or shorter inputs per RunStream request",
     "pythonml.v1.Speech/Transcribe": "send shorter audio per request (or use StreamTranscribe)",
     "pythonml.v1.Diagnostics/Echo": "send a smaller payload",
     "ml.MediapipeService/": "send a smaller image or ask for a lower output resolution or a compressed "

@@ -83,6 +83,7 @@ ROUTES: list[Route] = [
     Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", live_stream=False,
           close_field="end"),
     Route(PL, "Run", "hf", model_field="model", packed_field="inputs"),
+    Route(PL, "RunStream", "hf", model_field="model", packed_field="inputs"),
 ]
 
 ROUTES_BY_PATH = {r.path: r for r in ROUTES}

@@ -65,7 +65,7 @@ def test_registry_covers_every_type_once():
     assert registry.lookup("whisper").name == "automatic-speech-recognition"
     assert registry.lookup("clap").name == "audio-classification"
     with pytest.raises(WorkerError) as ei:
-        registry.require("florence2")
+        registry.require("text-to-image")
     assert ei.value.code == "UNIMPLEMENTED"
 
 

@@ -147,7 +147,8 @@ class HFWorker(Worker):
                 MM + "UnloadModel": self.unload_model,
                 SP + "Transcribe": self.transcribe,
                 SP + "StreamTranscribe": self.stream_transcribe,
-                PL + "Run": self.run_pipeline}
+                PL + "Run": self.run_pipeline,
+                PL + "RunStream": self.run_pipeline_stream}
 
     # ---- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -188,8 +189,8 @@ class HFWorker(Worker):
                                                  f"device '{wanted}'; is there an hf worker for that device?")
 
     def _entry_for(self, pipeline_type: str, resolved: Resolved) -> registry.Entry:
-        if (pipeline_type or "").strip():
-            return registry.require(pipeline_type)
+        if (pipeline_type or "").strip():   # a generic type on a model with its own entry: that entry
+            return registry.refine(registry.require(pipeline_type), resolved.path)
         return registry.detect(resolved.path, bool(resolved.gguf_file))
 
     # ---- loading -----------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class HFWorker(Worker):
                                                      f"and cannot serve {KIND_USE.get(kind, kind)}")
         if pipeline_type and kind == "run":
             want = registry.require(pipeline_type)
-            if lm.entry is not None and want.name != lm.entry.name:
+            if lm.entry is not None and not registry.answers(lm.entry, want):
                 raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as {lm.entry.name}, not "
                                                          f"{want.name}; unload it or use another model id")
         return lm
@@ -554,7 +555,12 @@ class HFWorker(Worker):
                                       encoding=inp.encoding, sample_rate=inp.sample_rate, role=inp.role))
         return out
 
-    def run_pipeline(self, ctx: RequestContext) -> bytes:
+    def run_pipeline_stream(self, ctx: RequestContext) -> bytes:
+        """Pipelines/RunStream: Run, with generated text sent piece by piece (PipelineResponse.delta) before
+        the last message (done, the complete outputs)."""
+        return self.run_pipeline(ctx, stream=True)
+
+    def run_pipeline(self, ctx: RequestContext, stream: bool = False) -> bytes:
         from protos import pythonml_pb2 as X
         req = X.PipelineRequest.FromString(ctx.payload)
         if not req.model.strip():
@@ -563,11 +569,17 @@ class HFWorker(Worker):
             registry.require(req.pipeline_type)
         inputs = self._pipeline_inputs(ctx, req)
         lm = self._acquire(req.model, "run", req.pipeline_type)
+        emit = None
+        if stream:
+            def emit(index: int, text: str) -> None:
+                ctx.send_partial(X.PipelineResponse(model=lm.model_id, pipeline_type=lm.entry.name, delta=text,
+                                                    output_index=index).SerializeToString())
         call = registry.Call(inputs=inputs, options=dict(req.options), candidate_labels=list(req.candidate_labels),
-                             ctx=ctx, max_audio_s=self.max_audio_s)
+                             ctx=ctx, max_audio_s=self.max_audio_s, emit=emit)
         t0 = time.perf_counter()
         outputs = registry.module_of(lm.entry).run(lm.handle, call)
-        resp = X.PipelineResponse(model=lm.model_id, pipeline_type=lm.entry.name, processing_s=time.perf_counter() - t0)
+        resp = X.PipelineResponse(model=lm.model_id, pipeline_type=lm.entry.name, processing_s=time.perf_counter() - t0,
+                                  done=True)
         resp.outputs.extend(outputs)
         return resp.SerializeToString()
 

@@ -1,6 +1,7 @@
-"""image-to-text / vision-language: a VisionEncoderDecoder (captioning) or an image-text-to-text model
-(with an optional text prompt: a text input in the same request, e.g. '<CAPTION>' for Florence-2 style
-models). One output per image. Options: max_new_tokens (64), num_beams (1)."""
+"""image-to-text (captioning): a VisionEncoderDecoder or an image-text-to-text model (e.g. BLIP), with an
+optional text prompt (one text input in the same request) used for every image. One output per image.
+Options: max_new_tokens (64), num_beams (1). Conversations with images are image-text-to-text (vl_chat.py);
+a Florence-2 or Janus folder asked for as image-to-text is served by its own entry (registry.refine)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

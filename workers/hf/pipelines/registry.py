@@ -42,6 +42,8 @@ class Entry:
     kind: str                  # generate | embed | speech | run
     aliases: tuple = ()
     what: str = ""
+    model_types: tuple = ()    # config.json model_type(s) this entry is made for
+    serves: tuple = ()         # generic pipeline types it also answers for those models (see refine)
 
 
 ENTRIES: list[Entry] = [
@@ -53,9 +55,16 @@ ENTRIES: list[Entry] = [
           "speech-to-text: faster-whisper (CTranslate2) or transformers Whisper"),
     Entry("image-text-embeddings", "clip", "run", ("clip", "zero-shot-image-classification", "image-text"),
           "CLIP-style image and text embeddings, similarities, zero-shot image labels"),
-    Entry("image-to-text", "image_to_text", "run",
-          ("image-text-to-text", "vision-language", "image-captioning", "vlm"),
-          "captioning / vision-language generation"),
+    Entry("image-to-text", "image_to_text", "run", ("image-captioning", "captioning"),
+          "captioning: one text per image (optional text prompt)"),
+    Entry("image-text-to-text", "vl_chat", "run",
+          ("multimodal", "vision-language", "vlm", "vision-language-chat", "vl-chat", "image-chat"),
+          "vision-language chat: messages with images -> answer (token streaming through RunStream)"),
+    Entry("florence2", "florence2", "run", ("florence-2", "florence"),
+          "Florence-2 tasks: captions, OCR, detection boxes, OCR quad boxes, grounding, polygons",
+          model_types=("florence2",), serves=("image-to-text", "image-text-to-text")),
+    Entry("janus", "janus", "run", ("janus-pro",), "Janus / Janus-Pro understanding: image + text chat",
+          model_types=("janus",), serves=("image-to-text", "image-text-to-text")),
     Entry("image-classification", "image_classification", "run", (), "image labels with scores"),
     Entry("zero-shot-classification", "zero_shot", "run", ("nli",), "text labels from candidate labels (NLI)"),
     Entry("translation", "seq2seq", "run", ("text2text-generation", "summarization", "seq2seq"),
@@ -79,6 +88,34 @@ def lookup(pipeline_type: str) -> Optional[Entry]:
 
 def names() -> list[str]:
     return [e.name for e in ENTRIES]
+
+
+def refine(entry: Entry, path: Path) -> Entry:
+    """The entry made for the model at `path` when `entry` is a generic type it also serves
+    (image-text-to-text on a Florence-2 folder -> florence2); else `entry`."""
+    mt = read_config(path).get("model_type", "")
+    for e in ENTRIES:
+        if mt and mt in e.model_types and entry.name in e.serves:
+            return e
+    return entry
+
+
+def answers(loaded: Entry, wanted: Entry) -> bool:
+    """Whether a model loaded as `loaded` answers requests naming `wanted`."""
+    return loaded.name == wanted.name or wanted.name in loaded.serves
+
+
+def has_chat_template(path: Path) -> bool:
+    p = Path(path)
+    if (p / "chat_template.jinja").is_file() or (p / "chat_template.json").is_file():
+        return True
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        try:
+            if json.loads((p / name).read_text()).get("chat_template"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            pass
+    return False
 
 
 def require(pipeline_type: str) -> Entry:
@@ -118,6 +155,9 @@ def detect(path: Path, gguf: bool) -> Entry:
     cfg = read_config(p)
     mt = cfg.get("model_type", "")
     archs = cfg.get("architectures") or []
+    for e in ENTRIES:
+        if mt and mt in e.model_types:
+            return e
     if mt == "whisper":
         return lookup("automatic-speech-recognition")
     if mt in ("clip", "siglip", "siglip2", "chinese_clip"):
@@ -128,7 +168,8 @@ def detect(path: Path, gguf: bool) -> Entry:
         return lookup("text-to-speech")
     if mt == "vision-encoder-decoder" or any("ForImageTextToText" in a or "ForConditionalGeneration" in a and
                                              "vision_config" in cfg for a in archs):
-        return lookup("image-to-text")
+        vl_chat = mt != "vision-encoder-decoder" and has_chat_template(p)
+        return lookup("image-text-to-text" if vl_chat else "image-to-text")
     if any("ForImageClassification" in a for a in archs):
         return lookup("image-classification")
     if any("ForAudioClassification" in a or "ForSequenceClassification" in a and "feature_extractor_type" in cfg
@@ -180,6 +221,7 @@ class Call:
     options: dict
     candidate_labels: list
     ctx: Any = None               # RequestContext (cancellation, deadline)
+    emit: Any = None              # Pipelines/RunStream: emit(output_index, text) sends a piece as it is generated
     max_audio_s: float = 1800.0
     max_image_pixels: int = 64 * 2**20
 
