@@ -242,3 +242,195 @@ def test_person_tiles_auto_skips_close_ups(det):
     assert calls == [False] and len(people) == 1      # the man is more than half the frame high
     with pytest.raises(ValueError):
         pdet.detect_people(det, rgb, "sometimes")
+
+
+# ================================================================== poses: DetectPose / StreamPoseTracking / holistic
+# (workers/vision/multipose.py, pose_landmarker.py; the handlers called as the worker calls them)
+SVC = "ml.MediapipeService/"
+
+
+@pytest.fixture(scope="module")
+def svc():
+    from workers.vision.service import VisionService
+    s = VisionService({})
+    yield s
+    s.close()
+
+
+def call(svc, method, req, frame, state=None):
+    from workers.context import make_test_context
+    ctx, _ = make_test_context(SVC + method, payload=req.SerializeToString(), frame=frame, stream_state=state,
+                               stream="s1" if state is not None else None)
+    return svc.handlers()[SVC + method](ctx)
+
+
+def detect_pose(svc, rgb, **meta):
+    from protos import ml_inference_pb2 as pb
+    h, w = rgb.shape[:2]
+    req = pb.ImageRequest(format="rgb", width=w, height=h, metadata=meta)
+    return pb.PoseDetectionResponse.FromString(call(svc, "DetectPose", req, np.ascontiguousarray(rgb).tobytes()))
+
+
+def frame_req(rgb, n, **meta):
+    from protos import ml_inference_pb2 as pb
+    h, w = rgb.shape[:2]
+    return pb.VideoFrame(format="rgb", width=w, height=h, frame_number=n, timestamp_ms=100 * n, metadata=meta)
+
+
+def share_inside(p, region, w, h, margin=15):
+    """Share of the pose's visible landmarks (visibility >= 0.5) inside ``region`` (+ margin px)."""
+    pts = [(lm.x * w, lm.y * h) for lm in p.landmarks if lm.visibility >= 0.5]
+    assert len(pts) >= 10
+    x0, y0, x1, y1 = region
+    return sum(x0 - margin <= x <= x1 + margin and y0 - margin <= y <= y1 + margin for x, y in pts) / len(pts)
+
+
+def hip_px(p, w, h):
+    return ((p.landmarks[23].x + p.landmarks[24].x) / 2 * w, (p.landmarks[23].y + p.landmarks[24].y) / 2 * h)
+
+
+@pytest.mark.parametrize("rel, body, hips", [("images/messi5.jpg", MESSI_BODY, MESSI_HIPS),
+                                             ("images/basketball1.png", BASKETBALL_LEFT_BODY, BASKETBALL_LEFT_HIPS)])
+def test_detect_pose_skeleton_inside_the_person(svc, rel, body, hips):
+    rgb = rgb_of(rel)
+    h, w = rgb.shape[:2]
+    r = detect_pose(svc, rgb)
+    assert len(r.poses) == 1
+    p = r.poses[0]
+    assert len(p.landmarks) == 33 and len(p.world_landmarks) == 33 and len(p.joint_angles) >= 8
+    assert share_inside(p, body, w, h) >= 0.95
+    x, y = hip_px(p, w, h)
+    assert hips[0] <= x <= hips[2] and hips[1] <= y <= hips[3]
+    assert p.track_id == 0 and p.box.width > 0 and p.box.height > 0
+    assert p.box.x * w >= body[0] - 20 and (p.box.x + p.box.width) * w <= body[2] + 20
+
+
+def test_detect_pose_two_people_left_to_right(svc):
+    rgb, regions = side_by_side()
+    h, w = rgb.shape[:2]
+    r = detect_pose(svc, rgb)
+    assert len(r.poses) == 2
+    left, right = r.poses
+    assert share_inside(left, regions["messi"][0], w, h) >= 0.95
+    assert share_inside(right, regions["man"][0], w, h) >= 0.95
+    assert hip_px(left, w, h)[0] < hip_px(right, w, h)[0]
+    for p in r.poses:
+        assert len(p.joint_angles) >= 8
+
+
+def test_max_poses_caps_and_is_checked(svc):
+    from workers.context import WorkerError
+    rgb, regions = side_by_side()
+    h, w = rgb.shape[:2]
+    r = detect_pose(svc, rgb, max_poses="1")
+    assert len(r.poses) == 1
+    assert share_inside(r.poses[0], regions["messi"][0], w, h) >= 0.95      # the detector's best (0.98 vs 0.91)
+    for bad in ("0", "17", "two"):
+        with pytest.raises(WorkerError) as e:
+            detect_pose(svc, rgb, max_poses=bad)
+        assert e.value.code == "INVALID_ARGUMENT" and "max_poses" in str(e.value)
+    with pytest.raises(WorkerError) as e:
+        detect_pose(svc, rgb, person_tiles="always")
+    assert e.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("rel", NO_PERSON)
+def test_detect_pose_none_without_a_person(svc, rel):
+    assert len(detect_pose(svc, rgb_of(rel)).poses) == 0
+
+
+def test_pose_landmarks_follow_a_rotated_person(svc):
+    """The ROI's rotation and its inverse: the skeleton of messi turned 90 degrees is his skeleton turned."""
+    rgb = rgb_of("images/messi5.jpg")
+    h, w = rgb.shape[:2]
+    upright = detect_pose(svc, rgb).poses[0]
+    turned = detect_pose(svc, cv2.rotate(rgb, cv2.ROTATE_90_CLOCKWISE)).poses[0]
+    # clockwise: (x, y) -> (h - 1 - y, x) in pixels; the turned frame is h wide and w high
+    err = [math.hypot(t.x * h - (h - 1 - u.y * h), t.y * w - u.x * w)
+           for u, t in zip(upright.landmarks, turned.landmarks) if u.visibility >= 0.5]
+    assert len(err) >= 20 and float(np.median(err)) < 8.0
+    assert {a.name: round(a.degrees) for a in upright.joint_angles}.keys() == {a.name for a in turned.joint_angles}
+
+
+def test_heatmap_refinement_moves_to_the_peak():
+    from workers.vision.pose_landmarker import refine_with_heatmap
+    heat = np.full((64, 64, 2), -10.0, np.float32)
+    heat[20, 30, 0] = 10.0                   # landmark 0: one confident cell near its estimate
+    heat[40, 10, 1] = -1.0                   # landmark 1: nothing confident (peak 0.27 < 0.5): unchanged
+    xy = np.array([[31.5 / 64, 22.0 / 64], [10.2 / 64, 40.3 / 64]])
+    out = refine_with_heatmap(xy, heat)
+    assert out[0] == pytest.approx((30 / 64, 20 / 64), abs=1e-3)
+    assert out[1] == pytest.approx(xy[1])
+
+
+def test_stream_pose_ids_stable_over_street_video(svc):
+    """40 frames of vtest.avi (4 s): measured 6 tracks, 5 of them all 40 frames, one born on frame 250
+    (the detector's periodic run) and kept to the end; the detector ran on 4 frames."""
+    from protos import ml_inference_pb2 as pb
+    numbers = list(range(230, 270))
+    frames = vtest_frames(numbers)
+    st, tracks = {}, {}
+    for i, n in enumerate(numbers):
+        rgb = frames[n]
+        meta = {"max_poses": "8"} if i == 0 else {}
+        r = pb.PoseDetectionResponse.FromString(call(svc, "StreamPoseTracking", frame_req(rgb, n, **meta),
+                                                     rgb.tobytes(), st))
+        assert r.frame_number == n
+        ids = [p.track_id for p in r.poses]
+        assert ids == sorted(set(ids)) and all(i >= 1 for i in ids) and len(ids) <= 8
+        for p in r.poses:
+            tracks.setdefault(p.track_id, {})[n] = hip_px(p, 768, 576)
+    # an id never jumps to another person: its hips move at most 30 px from one frame to the next it is in
+    for tid, seen in tracks.items():
+        ns = sorted(seen)
+        for a, b in zip(ns, ns[1:]):
+            assert math.dist(seen[a], seen[b]) < 30 * (b - a), (tid, a, b)
+    # the walkers marked on frame 250: each one found there keeps one id from when it was first seen
+    found = 0
+    for mx, my in VTEST_HIPS[250]:
+        near = [tid for tid, seen in tracks.items() if 250 in seen and math.dist(seen[250], (mx, my)) < MATCH_PX]
+        if near:
+            found += 1
+            seen = sorted(tracks[near[0]])
+            assert len(seen) >= 0.9 * (numbers[-1] - seen[0] + 1), (near[0], seen)
+    assert found >= len(VTEST_HIPS[250]) - 1
+    assert len(tracks) <= 8
+    assert st["pose_tracker"].detector_runs < len(numbers) / 2     # followed from the landmarks, not re-detected
+
+
+def test_stream_pose_max_poses_from_the_first_frame(svc):
+    from protos import ml_inference_pb2 as pb
+    numbers = list(range(245, 255))
+    frames = vtest_frames(numbers)
+    st, counts = {}, []
+    for i, n in enumerate(numbers):
+        meta = {"max_poses": "7", "person_tiles": "on"} if i == 0 else {"max_poses": "1"}   # read on the first frame
+        r = pb.PoseDetectionResponse.FromString(call(svc, "StreamPoseTracking", frame_req(frames[n], n, **meta),
+                                                     frames[n].tobytes(), st))
+        counts.append(len(r.poses))
+    assert max(counts) <= 7 and min(counts) >= 5
+
+
+def test_stream_holistic_per_person(svc):
+    from protos import ml_inference_pb2 as pb
+    rgb, regions = side_by_side()
+    h, w = rgb.shape[:2]
+    st = {}
+    for n in range(3):
+        r = pb.HolisticTrackingResponse.FromString(call(svc, "StreamHolisticTracking", frame_req(rgb, n), rgb.tobytes(), st))
+        assert r.frame_number == n and len(r.people) == 2
+        assert [p.track_id for p in r.people] == [1, 2]          # ids stable over the frames
+        by_region = {}
+        for person in r.people:
+            assert person.pose.track_id == person.track_id and len(person.pose.landmarks) == 33
+            name = "messi" if share_inside(person.pose, regions["messi"][0], w, h) >= 0.95 else "man"
+            assert share_inside(person.pose, regions[name][0], w, h) >= 0.95
+            by_region[name] = person
+            # each face mesh lies on its own person's head, scored by the face detector on its crop
+            assert len(person.face.landmarks) == 478 and person.face.confidence > 0.5
+            nose = person.face.landmarks[1]
+            assert regions[name][0][0] <= nose.x * w <= regions[name][0][2]
+        assert set(by_region) == {"messi", "man"}
+        # fields 1-3 are the first person's
+        assert r.pose == r.people[0].pose and r.face == r.people[0].face and list(r.hands) == list(r.people[0].hands)
+    assert sum(len(p.hands) for p in r.people) >= 2

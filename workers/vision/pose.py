@@ -1,7 +1,10 @@
 """Body pose (BlazePose, 33 landmarks + 3-D world landmarks) -> `ml.PoseDetection` with joint angles.
 
-The legacy pose solution tracks one person. `confidence` is the mean visibility of the upper-body
-and hip landmarks (0-24): the graph exposes no other per-pose score.
+A Pose comes from the legacy pose solution (one person: `detect`, `from_result`) or from the landmark
+model run on one person's region (`from_landmarks`, pose_landmarker.py; multipose.py for every
+person). `confidence` is the mean visibility of the upper-body and hip landmarks (0-24): the graph
+exposes no other per-pose score. `to_proto` adds the joint angles, the landmark box and the stream's
+track id when given.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ class Pose:
     score: float
     raw_image: object = None
     raw_world: object = None
+    presence: Optional[np.ndarray] = None     # (33,) when known (landmark model)
 
     def box(self, min_visibility: float = 0.3) -> tuple[float, float, float, float]:
         """Normalised (x, y, w, h) around the visible landmarks, padded a little."""
@@ -49,11 +53,32 @@ def detect(solution, rgb: np.ndarray) -> Optional[Pose]:
     return from_result(res.pose_landmarks, res.pose_world_landmarks)
 
 
-def to_proto(p: Pose) -> pb.PoseDetection:
-    m = pb.PoseDetection(confidence=p.score)
-    landmarks.fill(m.landmarks, p.raw_image)
+def from_landmarks(lm) -> Pose:
+    """A Pose from pose_landmarker.Landmarks (frame-normalised image landmarks, world in metres)."""
+    return Pose(lm.image, lm.world, lm.visibility, float(lm.visibility[:25].mean()), presence=lm.presence)
+
+
+def _fill_arrays(dst, arr: np.ndarray, visibility: np.ndarray, presence: Optional[np.ndarray]) -> None:
+    for i, (x, y, z) in enumerate(arr):
+        m = dst.add(x=float(x), y=float(y), z=float(z), visibility=float(visibility[i]))
+        if presence is not None:
+            m.presence = float(presence[i])
+
+
+def to_proto(p: Pose, track_id: int = 0) -> pb.PoseDetection:
+    m = pb.PoseDetection(confidence=p.score, track_id=track_id)
+    if p.raw_image is not None:
+        landmarks.fill(m.landmarks, p.raw_image)
+    else:
+        _fill_arrays(m.landmarks, p.image, p.visibility, p.presence)
+    has_world = p.raw_world is not None or p.raw_image is None
     if p.raw_world is not None:
         landmarks.fill(m.world_landmarks, p.raw_world)
+    elif has_world:
+        _fill_arrays(m.world_landmarks, p.world, p.visibility, p.presence)
+    if has_world:
         for name, (deg, conf) in joint_angles.compute(p.world, p.visibility).items():
             m.joint_angles.add(name=name, degrees=deg, confidence=conf)
+    x, y, w, h = p.box()
+    m.box.CopyFrom(pb.BoundingBox(x=x, y=y, width=w, height=h))
     return m

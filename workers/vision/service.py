@@ -24,8 +24,9 @@ import numpy as np
 
 from protos import ml_inference_pb2 as pb
 from workers.context import RequestContext, WorkerError
-from workers.vision import (autoflip, face_landmarks, face_search, faces, fit, frames, hands, holistic, iris_gaze,
-                            mesh, pose, segmentation, sequence, solutions, template, tracking)
+from workers.vision import (autoflip, face_landmarks, face_search, faces, fit, frames, hands, holistic, iris_gaze, mesh,
+                            multipose, person_detector, pose, pose_landmarker, segmentation, sequence, solutions,
+                            template, tracking)
 
 SVC = "ml.MediapipeService/"
 
@@ -80,6 +81,27 @@ def _face_models(meta, default: str, what: str) -> tuple[str, ...]:
         raise WorkerError("INVALID_ARGUMENT", f"{what}: {e}") from None
 
 
+MAX_POSES_LIMIT = 16
+
+
+def _people_options(meta, what: str) -> dict:
+    """max_poses (1-16, default 4), person_tiles (auto / on / off), redetect_every (frames, default 10)."""
+    out = {}
+    for key, default, lo, hi in (("max_poses", 4, 1, MAX_POSES_LIMIT), ("redetect_every", 10, 1, 10000)):
+        raw = (meta.get(key) or "").strip() if meta else ""
+        try:
+            out[key] = int(raw) if raw else default
+        except ValueError:
+            out[key] = None
+        if out[key] is None or not lo <= out[key] <= hi:
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata {key}={raw!r}: an integer from {lo} to {hi}")
+    tiles = ((meta.get("person_tiles") if meta else None) or "auto").strip().lower()
+    if tiles not in person_detector.TILE_MODES:
+        raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata person_tiles={tiles!r}: use 'auto', 'on' or 'off'")
+    out["tiles"] = tiles
+    return out
+
+
 class _CallState:
     """A stream's state dict, or a throw-away one for a call without a stream (closed after the call)."""
 
@@ -111,13 +133,21 @@ class VisionService:
         self.pool = solutions.StaticPool(max_per_kind=pool_size)
         # FFmpeg threads of one stream's decoder/encoder: the worker's thread budget shared by its handler threads
         self.codec_threads = max(1, int(self.options.get("threads") or 1) // max(1, pool_size))
+        # the person detector and the pose landmark model, shared by every call (multipose.py; loaded once)
+        self._people_lock = threading.Lock()
+        self._people_models: Optional[tuple] = None
 
     def close(self) -> None:
         self.pool.close()
+        with self._people_lock:
+            models, self._people_models = self._people_models, None
+        for m in models or ():
+            m.close()
 
     def warm(self) -> None:
         """Build one static instance of the common solutions (model load before READY)."""
         self.pool.warm("face_detection_short", "face_detection_full", "hands", "pose")
+        self._people()
 
     def handlers(self) -> dict[str, Callable[[RequestContext], bytes]]:
         h = {
@@ -190,16 +220,24 @@ class VisionService:
         resp.hands.extend(hands.to_proto(h) for h in found)
         return resp.SerializeToString()
 
+    def _people(self) -> tuple:
+        """(person detector, pose landmark model): one of each, shared; each serialises its own runs."""
+        with self._people_lock:
+            if self._people_models is None:
+                self._people_models = (person_detector.PersonDetector(threads=self.codec_threads),
+                                       pose_landmarker.PoseLandmarker(threads=self.codec_threads))
+            return self._people_models
+
     def detect_pose(self, ctx: RequestContext) -> bytes:
         req, rgb = self._image(ctx)
-        with self.pool.acquire("pose") as sol:
-            p = pose.detect(sol, rgb)
+        # every person: the person detector, then the landmark model on each one's ROI (multipose.py)
+        opts = _people_options(_meta(req), "image")
+        det, lm = self._people()
+        found = multipose.detect(det, lm, rgb, opts["max_poses"], opts["tiles"], check=ctx.check_cancelled)
         resp = pb.PoseDetectionResponse()
-        if p is not None:
-            resp.poses.append(pose.to_proto(p))
+        resp.poses.extend(pose.to_proto(pp.pose) for pp in found)      # left to right
         return resp.SerializeToString()
 
-    # ---------------------------------------------------------------- streams
     def stream_face_detection(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
             req, rgb, what = self._frame(ctx, st)
@@ -221,21 +259,38 @@ class VisionService:
             resp.hands.extend(hands.to_proto(h) for h in found)
             return resp.SerializeToString()
 
+    def _pose_tracker(self, st: dict, meta, what: str) -> multipose.PoseTracker:
+        """The stream's people tracks (metadata read on the first frame)."""
+        tr = st.get("pose_tracker")
+        if tr is None:
+            o = _people_options(meta, what)
+            tr = st["pose_tracker"] = multipose.PoseTracker(o["max_poses"], o["redetect_every"], tiles=o["tiles"])
+        return tr
+
     def stream_pose_tracking(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
-            p = pose.detect(solutions.stream_solution(st, "pose"), rgb)
+            req, rgb, what = self._frame(ctx, st)
+            tr = self._pose_tracker(st, req.metadata, what)
+            det, lm = self._people()
+            found = tr.update(det, lm, rgb, check=ctx.check_cancelled)
             resp = pb.PoseDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            if p is not None:
-                resp.poses.append(pose.to_proto(p))
+            resp.poses.extend(pose.to_proto(pp.pose, pp.track_id) for pp in found)     # by track id
             return resp.SerializeToString()
 
     def stream_holistic(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
-            found = faces.detect(solutions.stream_solution(st, "face_detection_short"), rgb)
+            req, rgb, what = self._frame(ctx, st)
+            tr = self._pose_tracker(st, req.metadata, what)
+            det, lm = self._people()
+            found = tr.update(det, lm, rgb, check=ctx.check_cancelled)
+            sol = st.get("mp:holistic_static")
+            if sol is None and found:
+                sol = st["mp:holistic_static"] = solutions.create("holistic", True)
+            for pp in found:       # face and hands from the holistic solution on each person's ROI
+                ctx.check_cancelled()
+                pp.parts = multipose.holistic_parts(sol, rgb, pp)
             resp = pb.HolisticTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            holistic.analyse(solutions.stream_solution(st, "holistic"), rgb, found, resp, hands.is_mirrored(req.metadata))
+            holistic.fill(resp, found, solutions.stream_solution(st, faces.SHORT), rgb, hands.is_mirrored(req.metadata))
             return resp.SerializeToString()
 
     def _meshes(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str) -> list:
