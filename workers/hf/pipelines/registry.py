@@ -67,23 +67,34 @@ ENTRIES: list[Entry] = [
           model_types=("janus",), serves=("image-to-text", "image-text-to-text")),
     Entry("image-classification", "image_classification", "run", (), "image labels with scores"),
     Entry("zero-shot-classification", "zero_shot", "run", ("nli",), "text labels from candidate labels (NLI)"),
-    Entry("translation", "seq2seq", "run", ("text2text-generation", "summarization", "seq2seq"),
+    Entry("translation", "seq2seq", "run", ("text2text-generation", "seq2seq"),
           "encoder-decoder text generation"),
+    Entry("summarization", "summarization", "run", ("summarize", "summary", "summaries"),
+          "summaries by an encoder-decoder model (BART, PEGASUS, T5), with the model's summarization settings"),
+    Entry("code-completion", "code_completion", "run", ("fill-in-the-middle", "fim", "code-infilling", "infilling"),
+          "code completion; fill-in-the-middle between a prefix and a suffix with the model's FIM tokens"),
+    Entry("token-classification", "token_classification", "run",
+          ("ner", "named-entity-recognition", "entity-recognition", "entity-extraction", "entities"),
+          "named entities (NER) / token labels, aggregated, with character offsets"),
     Entry("text-ranking", "rerank", "run", ("rerank", "reranking", "cross-encoder"), "cross-encoder reranking"),
-    Entry("text-to-speech", "tts", "run", ("text-to-audio", "tts"), "speech synthesis (VITS-style)"),
+    Entry("text-to-speech", "tts", "run", ("text-to-audio", "tts", "speech-synthesis"),
+          "speech synthesis: transformers VITS / MMS-TTS, or a piper voice (optional extra)"),
     Entry("audio-classification", "audio_classification", "run", ("zero-shot-audio-classification", "clap"),
           "audio labels: CLAP zero-shot or a sequence-classification head"),
     Entry("tokenization", "tokenize", "run", ("tokenizer", "tokenize", "tokens"), "token ids, tokens, offsets"),
 ]
 
 _BY_NAME: dict[str, Entry] = {}
+_COMPACT: dict[str, Entry] = {}   # names without separators: the upstream CamelCase ("CodeCompletion", "TextToSpeech")
 for _e in ENTRIES:
     for _n in (_e.name, *_e.aliases):
         _BY_NAME[_n] = _e
+        _COMPACT.setdefault(_n.replace("-", ""), _e)
 
 
 def lookup(pipeline_type: str) -> Optional[Entry]:
-    return _BY_NAME.get((pipeline_type or "").strip().lower().replace("_", "-"))
+    key = (pipeline_type or "").strip().lower().replace("_", "-")
+    return _BY_NAME.get(key) or _COMPACT.get(key.replace("-", "").replace(" ", ""))
 
 
 def names() -> list[str]:
@@ -152,6 +163,8 @@ def detect(path: Path, gguf: bool) -> Entry:
         return lookup("text-generation")
     if is_ctranslate2_whisper(p):
         return lookup("automatic-speech-recognition")
+    if not (p / "config.json").is_file() and any(p.glob("*.onnx.json")):   # a piper voice
+        return lookup("text-to-speech")
     cfg = read_config(p)
     mt = cfg.get("model_type", "")
     archs = cfg.get("architectures") or []
@@ -170,13 +183,17 @@ def detect(path: Path, gguf: bool) -> Entry:
                                              "vision_config" in cfg for a in archs):
         vl_chat = mt != "vision-encoder-decoder" and has_chat_template(p)
         return lookup("image-text-to-text" if vl_chat else "image-to-text")
+    if any("ForTokenClassification" in a for a in archs):
+        return lookup("token-classification")
     if any("ForImageClassification" in a for a in archs):
         return lookup("image-classification")
     if any("ForAudioClassification" in a or "ForSequenceClassification" in a and "feature_extractor_type" in cfg
            for a in archs):
         return lookup("audio-classification")
     if any("ForConditionalGeneration" in a or "MTModel" in a for a in archs) or cfg.get("is_encoder_decoder"):
-        return lookup("translation")
+        tasks = list(cfg.get("task_specific_params") or {})   # BART-CNN, PEGASUS: summarization settings only
+        return lookup("summarization" if tasks and all(t.startswith("summarization") for t in tasks)
+                      else "translation")
     if any("CausalLM" in a or "LMHead" in a for a in archs):
         return lookup("text-generation")
     return lookup("feature-extraction")
