@@ -6,6 +6,7 @@
     run.py call pipeline image-classification models/tiny-vit tests/assets/happyfish.jpg --option top_k=3
     run.py call pipeline zero-shot-classification /models/nli "I loved it" --label positive --label negative
     run.py call pipeline text-to-speech /models/vits "hello" --out hello.wav
+    run.py call pipeline ner models/tiny-ner "Grace Hopper visited Paris." --option aggregation=first
 An INPUT that names an existing file is sent as an image (by extension) or audio (.wav/.pcm/.raw); any
 other INPUT is text. Repeat INPUT for several inputs.
 """
@@ -108,17 +109,15 @@ def cmd_pipeline(args, channel) -> int:
             print(head + f": embedding dim={len(o.embedding)} [" + " ".join(f"{x:+.4f}" for x in o.embedding[:4]) + " ...]")
         if o.scores and not o.labels:
             print(head + ": scores " + " ".join(f"{s:.4f}" for s in o.scores))
-        if o.audio:
-            import numpy as np
-            from workers.hf.audio import to_wav_bytes
-            x = np.frombuffer(o.audio, "<f4")
+        from client.verbs_text import describe as describe_text, save_audio
+        for line in describe_text(o):   # entities (token-classification)
+            print(head + f": {line}")
+        if o.audio:   # written as a WAV file whatever the encoding (option format)
             out = args.out or "speech.wav"
             if len(r.outputs) > 1:
                 base, ext = os.path.splitext(out)
                 out = f"{base}_{i}{ext or '.wav'}"
-            with open(out, "wb") as f:
-                f.write(to_wav_bytes(x, o.sample_rate))
-            print(head + f": {x.size / o.sample_rate:.2f} s of audio at {o.sample_rate} Hz -> {out}")
+            print(head + ": " + save_audio(o, out))
     print(f"[{r.pipeline_type} on {r.model}: {r.processing_s * 1000:.0f} ms worker time, "
           f"{(time.perf_counter() - t0) * 1000:.0f} ms total]", file=sys.stderr)
     return 0
@@ -140,6 +139,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_transcribe)
     p = sub.add_parser("pipeline", help="run any HF pipeline: pipeline TYPE MODEL INPUT [INPUT ...]")
     p.add_argument("type", help="e.g. tokenization, image-classification, image-text-embeddings, translation, "
+                                "summarization, code-completion, token-classification (ner), "
                                 "zero-shot-classification, text-ranking, image-to-text, text-to-speech, "
                                 "audio-classification")
     p.add_argument("model")

@@ -414,3 +414,65 @@ def test_real_piper_voice_round_trip_through_whisper(worker):
     # pcm_f32le at the same rate: the same speech length within piper's noise
     f32 = run(worker, "piper", "tts", [X.PipelineInput(text=text)]).outputs[0]
     assert f32.encoding == "pcm_f32le" and abs(len(f32.audio) / 4 - pcm.size) < 0.25 * pcm.size
+
+
+# ---- CLI verbs (client/verbs_text.py) through the in-process worker ----------------------------------------
+class WorkerChannel:
+    """A grpc.Channel stand-in: Pipelines/Run served by the in-process worker, inputs packed as the facade does."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        from facade.passthrough import pack_blobs
+
+        def call(req, timeout=None, **kw):
+            assert method == "/pythonml.v1.Pipelines/Run"
+            blob = pack_blobs(req, "inputs")
+            ctx, _ = make_test_context("pythonml.v1.Pipelines/Run", req.SerializeToString(), frame=blob)
+            return response_deserializer(self.worker.run_pipeline(ctx))
+        return call
+
+    def unary_stream(self, method, *a, **kw):   # RunStream: not used by these verbs
+        def call(*a, **kw):
+            raise AssertionError(f"{method} called")
+        return call
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def cli(worker, monkeypatch):
+    import client.cli as C
+    monkeypatch.setattr(C, "channel_for", lambda args: WorkerChannel(worker))
+    return C.main
+
+
+def test_cli_complete_entities_summarize(cli, coders, root, capsys):
+    assert cli(["complete", coders["always_def"], "x = 1", "--suffix", "y = 2", "--max-new-tokens", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "defdef\n" and "code-completion" in err and "2 tokens, fill-in-the-middle" in err
+    assert cli(["ner", str(T.build_ner(root / "ner")), T.NER_TEXT, "--aggregation", "max"]) == 0
+    out, _ = capsys.readouterr()
+    assert [line.split()[0] + " " + line.split("] ", 1)[1] for line in out.splitlines()] == \
+        ["PER Grace Hopper", "LOC Paris", "LOC New York"] and "[8:20]" in out
+    assert cli(["summarize", str(T.build_bart_summarizer(root / "bart_cli")), "all that glitters is not gold",
+                "--max-new-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "summarization" in err
+    assert cli(["pipeline", "NER", str(T.build_ner(root / "ner")), "Paris"]) == 0
+    assert "LOC        0.9906 [0:5] Paris" in capsys.readouterr().out
+
+
+def test_cli_speak_wav_and_raw_pcm(cli, root, tmp_path, capsys):
+    m = str(F.build_vits(root / "vits"))
+    wav, raw = tmp_path / "hello.wav", tmp_path / "hello.pcm"
+    assert cli(["speak", m, "hello world", "--out", str(wav)]) == 0
+    assert cli(["speak", m, "hello world", "--out", str(raw), "--format", "pcm_s16le", "--raw"]) == 0
+    out = capsys.readouterr().out
+    ch, rate, bits, pcm = _wav(wav.read_bytes())
+    assert (ch, rate, bits) == (1, 16000, 16) and raw.read_bytes() == pcm.tobytes()
+    assert "at 16000 Hz (wav)" in out and "(pcm_s16le)" in out
+    assert cli(["pipeline", "tts", m, "hello world", "--out", str(tmp_path / "p.wav"), "--option", "format=pcm_s16le"]) == 0
+    assert (tmp_path / "p.wav").read_bytes() == wav.read_bytes()   # the generic verb writes a WAV whatever came
