@@ -476,3 +476,14 @@ def test_cli_speak_wav_and_raw_pcm(cli, root, tmp_path, capsys):
     assert "at 16000 Hz (wav)" in out and "(pcm_s16le)" in out
     assert cli(["pipeline", "tts", m, "hello world", "--out", str(tmp_path / "p.wav"), "--option", "format=pcm_s16le"]) == 0
     assert (tmp_path / "p.wav").read_bytes() == wav.read_bytes()   # the generic verb writes a WAV whatever came
+
+
+def test_ner_pipeline_stays_on_the_workers_device(worker, root, monkeypatch):
+    # transformers' Pipeline moves a model to device 0 (cuda:0 on a GPU machine) unless told its device
+    import torch
+    from workers.hf.pipelines import token_classification as TC
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # as on a GPU machine
+    lc = registry.LoadContext(model_id="m", path=T.build_ner(root / "ner"), resolved=None, device="cpu",
+                              dtype=torch.float32, opts={}, worker_options={})
+    h = TC.load(lc)
+    assert h.pipe.device == torch.device("cpu") and h.model.device == torch.device("cpu")

@@ -48,7 +48,8 @@ def load(lc) -> Tagger:
     if not 0 < (tok.model_max_length or 0) <= limit:
         tok.model_max_length = limit
     try:
-        pipe = TokenClassificationPipeline(model=m, tokenizer=tok)
+        # device given: left out, transformers picks device 0 (cuda:0 whenever CUDA exists, even for the cpu worker)
+        pipe = TokenClassificationPipeline(model=m, tokenizer=tok, device=m.device)
     except (ValueError, TypeError) as exc:
         raise lc.fail("a token-classification pipeline", exc) from None
     return Tagger(pipe, tok, m, int(tok.model_max_length))
