@@ -62,7 +62,8 @@ def save_audio(o, path: str, raw: bool = False) -> str:
         data = to_wav_bytes(samples(o), o.sample_rate)
     with open(path, "wb") as f:
         f.write(data)
-    return f"{samples(o).size / max(1, o.sample_rate):.2f} s of audio at {o.sample_rate} Hz ({o.encoding or 'pcm_f32le'}) -> {path}"
+    seconds = samples(o).size / max(1, o.sample_rate)
+    return f"{seconds:.2f} s of audio at {o.sample_rate} Hz ({o.encoding or 'pcm_f32le'}) -> {path}"
 
 
 def _run(args, channel, pipeline_type: str, inputs: list, options: dict):

@@ -40,13 +40,15 @@ class FIM:
 
 
 FIM_CONVENTIONS = (
-    FIM("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", stops=("<|endoftext|>", "<file_sep>", "<fim_pad>")),
+    FIM("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
+        stops=("<|endoftext|>", "<file_sep>", "<fim_pad>")),
     FIM("santacoder", "<fim-prefix>", "<fim-suffix>", "<fim-middle>", stops=("<|endoftext|>", "<fim-pad>")),
     FIM("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
         stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", "<|file_separator|>")),
     FIM("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", stops=("▁<EOT>",)),
     FIM("codellama", "<PRE>", "<SUF>", "<MID>", stops=("<EOT>",)),
-    FIM("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", stops=("<｜end▁of▁sentence｜>", "<|EOT|>")),
+    FIM("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
+        stops=("<｜end▁of▁sentence｜>", "<|EOT|>")),
     FIM("codestral", "[PREFIX]", "[SUFFIX]", "", order="spm"),
 )
 
@@ -133,8 +135,9 @@ def prompt_ids(h: Coder, item: Item, budget: int) -> list:
         room = budget - (h.bos is not None)
         return ([h.bos] if h.bos is not None else []) + p[max(0, len(p) - room):]
     if h.fim is None:
+        looked = ", ".join(sorted({c.prefix for c in FIM_CONVENTIONS}))
         raise WorkerError("FAILED_PRECONDITION", f"{item.where}: model '{h.model_id}' has no fill-in-the-middle "
-                                                 f"tokens (looked for {', '.join(sorted({c.prefix for c in FIM_CONVENTIONS}))} "
+                                                 f"tokens (looked for {looked} "
                                                  "in its vocabulary), so it cannot fill between a prefix and a suffix: "
                                                  "send the prefix alone for plain completion, or use a FIM code model")
     c = h.fim

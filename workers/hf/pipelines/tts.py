@@ -100,7 +100,8 @@ def _speak(h: TTS, text: str, seed: int, speed: float) -> np.ndarray:
         raise WorkerError("INVALID_ARGUMENT", f"text {text[:40]!r} has no token this TTS model can speak")
     kw = {"speaking_rate": speed} if "speaking_rate" in inspect.signature(h.model.forward).parameters else {}
     if speed != 1.0 and not kw:
-        raise WorkerError("INVALID_ARGUMENT", f"option speed: this model ({type(h.model).__name__}) has no speaking rate")
+        raise WorkerError("INVALID_ARGUMENT", f"option speed: this model ({type(h.model).__name__}) has no "
+                                              "speaking rate")
     with torch.inference_mode(), h.lock:   # the seed is process-global: one synthesis at a time
         torch.manual_seed(seed)
         wav = h.model(**enc, **kw).waveform
