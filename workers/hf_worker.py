@@ -7,7 +7,10 @@ Handlers (see docs/ARCHITECTURE.md for the handler API):
 - ml.ModelManagementService/LoadModel|UnloadModel  measured RAM / VRAM deltas
 
 Models resolve through workers/hf/resolve.py (built-in alias, local dir, orchestrator file service)
-and load on first use when options["auto_load"] is true. HF offline mode is forced before
+and load on first use when options["auto_load"] is true. A LiteRT-LM bundle (`.litertlm` / `.task`, e.g. the
+built-in SmolLM2-135M-Instruct-litertlm) serves GenerateText and ChatCompletion through its own engine
+(workers/hf/pipelines/litert_lm.py), with the same limits, generation slots and cancel checks.
+HF offline mode is forced before
 transformers is imported: nothing here ever reaches a hub.
 
 Every count, size and duration of a request is bounded before parsing / tokenising / running it:
@@ -45,7 +48,7 @@ from workers.hf import chat as chatmod
 from workers.hf import limits
 from workers.hf import memory
 from workers.hf.pipelines import registry
-from common.model_resolver import TRANSFORMERS, not_transformers
+from common.model_resolver import LITERT_LM, TRANSFORMERS, not_transformers
 from workers.hf.resolve import ModelResolver, Resolved
 
 GEN_TYPES = {"text-generation", "chat", "conversational", "causal-lm", "text-generation-inference"}
@@ -193,6 +196,19 @@ class HFWorker(Worker):
             return registry.refine(registry.require(pipeline_type), resolved.path)
         return registry.detect(resolved.path, bool(resolved.gguf_file))
 
+    @staticmethod
+    def _litert_lm_entry(pipeline_type: str, resolved: Resolved) -> registry.Entry:
+        """A LiteRT-LM bundle serves generation and chat only."""
+        entry = registry.lookup("litert-lm")
+        asked = registry.require(pipeline_type) if (pipeline_type or "").strip() else entry
+        if asked.kind != "generate":
+            raise not_transformers(resolved, f"{asked.name} ({KIND_USE.get(asked.kind, asked.kind)})")
+        return entry
+
+    @staticmethod
+    def _is_litert_lm(lm: LoadedModel) -> bool:
+        return lm.entry is not None and lm.entry.module == "litert_lm"
+
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes,
               reuse_same: bool = False) -> tuple[LoadedModel, bool]:
@@ -215,10 +231,17 @@ class HFWorker(Worker):
                 return lm, False
             t0 = time.time()
             resolved = self.resolver.resolve(model_id, opts)
-            if resolved.family != TRANSFORMERS:   # a .tflite / LiteRT-LM bundle sent to a transformers route
+            if resolved.family == LITERT_LM:      # a .litertlm / .task bundle: the LiteRT-LM engine
+                entry = self._litert_lm_entry(pipeline_type, resolved)
+            elif resolved.family != TRANSFORMERS:   # a .tflite sent to a transformers route
                 raise not_transformers(resolved, "the transformers pool (GenerateText, ChatCompletion, "
                                                  "GenerateEmbeddings, Speech, Pipelines)")
-            entry = self._entry_for(pipeline_type, resolved)
+            else:
+                entry = self._entry_for(pipeline_type, resolved)
+                if entry.module == "litert_lm":
+                    raise WorkerError("FAILED_PRECONDITION", f"pipeline_type {entry.name} needs a LiteRT-LM bundle "
+                                                             f"(.litertlm or .task); model '{model_id}' is a "
+                                                             f"transformers model at {resolved.path}")
             kind = entry.kind
             lm = LoadedModel(model_id, kind, resolved, entry=entry, raw_prompt=_truthy(opts.get("raw_prompt"), False))
             mod = registry.module_of(entry)
@@ -331,18 +354,38 @@ class HFWorker(Worker):
         finally:
             self.gen_slots.release()
 
+    def _litert_stream(self, ctx: RequestContext, lm: LoadedModel, messages: list[dict], raw_text: Optional[str],
+                       params):
+        """_stream for a LiteRT-LM engine: the same generation slots and cancel checks."""
+        from workers.hf.pipelines import litert_lm
+        should_stop = self._stopper(ctx)
+        while not self.gen_slots.acquire(timeout=0.05):
+            reason = should_stop()
+            if reason:
+                yield from ()
+                self._raise_for(reason, ctx)
+        try:
+            yield from litert_lm.stream(lm.handle, messages, raw_text, params.max_new_tokens, params.temperature,
+                                        params.top_p, params.top_k, should_stop)
+        finally:
+            self.gen_slots.release()
+
     def generate_text(self, ctx: RequestContext) -> bytes:
         from workers.hf.generation import validate_params
         limits.check_payload(ctx.payload, limits.max_request_bytes(self.max_prompt_chars), "GenerateText",
                              f"prompt of {self.max_prompt_chars} characters")
         req = ML.TextRequest.FromString(ctx.payload)
         self._check_prompt(req.prompt)
-        params = validate_params(req.max_length, req.temperature, req.top_p, self.default_max_new)
+        params = validate_params(req.max_length, req.temperature, req.top_p, self.default_max_new, req.top_k)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
-        raw = lm.raw_prompt or not chatmod.has_template(lm.tokenizer)
-        ids = self._prompt_ids(lm, [{"role": "user", "content": req.prompt}], req.prompt if raw else None)
+        turn = [{"role": "user", "content": req.prompt}]
+        if self._is_litert_lm(lm):
+            pieces = self._litert_stream(ctx, lm, turn, req.prompt if lm.raw_prompt else None, params)
+        else:
+            raw = lm.raw_prompt or not chatmod.has_template(lm.tokenizer)
+            pieces = self._stream(ctx, lm, self._prompt_ids(lm, turn, req.prompt if raw else None), params)
         n = 0
-        for piece in self._stream(ctx, lm, ids, params):
+        for piece in pieces:
             n = piece.tokens
             if piece.finish_reason is None:
                 ctx.send_partial(ML.TextResponse(text=piece.text, tokens_generated=n).SerializeToString())
@@ -368,10 +411,13 @@ class HFWorker(Worker):
         from workers.hf.generation import validate_params
         req = self._check_chat(ctx.payload)
         messages = chatmod.validate_messages(req.messages, self.chat_max_chars)
-        params = validate_params(0, req.temperature, 0.0, self.chat_max_new)
+        params = validate_params(req.max_length, req.temperature, req.top_p, self.chat_max_new, req.top_k)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
-        ids = self._prompt_ids(lm, messages)
-        for piece in self._stream(ctx, lm, ids, params):
+        if self._is_litert_lm(lm):
+            pieces = self._litert_stream(ctx, lm, messages, None, params)
+        else:
+            pieces = self._stream(ctx, lm, self._prompt_ids(lm, messages), params)
+        for piece in pieces:
             if piece.finish_reason is None:
                 ctx.send_partial(ML.ChatResponse(content=piece.text).SerializeToString())
                 continue
@@ -432,6 +478,8 @@ class HFWorker(Worker):
         rec = lm.record
         msg = (f"loaded '{req.model_id}' on {self.device} from {lm.resolved.source} ({lm.resolved.path})"
                if new else f"'{req.model_id}' was already loaded on {self.device}")
+        if getattr(lm.handle, "note", ""):   # e.g. LiteRT-LM: which backend, and why not the GPU
+            msg += f"; {lm.handle.note}"
         return ML.LoadModelResponse(success=True, message=msg, vram_allocated_mb=int(round(rec.vram_mb)),
                                     ram_allocated_mb=int(round(rec.ram_mb))).SerializeToString()
 

@@ -5,7 +5,8 @@
 one step (the prompt's prefill is the first step). `encode_within_context` tokenises at most
 context x PROMPT_CHARS_PER_TOKEN characters to find out that a prompt cannot fit the model's context,
 so a huge prompt costs a bounded tokenisation. temperature 0 means greedy (argmax), never replaced by a default; top_p in (0, 1) keeps the
-smallest set of tokens whose probability reaches top_p (nucleus sampling); top_p 0 means "not set" = 1.
+smallest set of tokens whose probability reaches top_p (nucleus sampling); top_p 0 means "not set" = 1;
+top_k > 0 keeps the k most likely tokens before top_p (0 = not set).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from workers.hf import limits
 
 MAX_TEMPERATURE = 100.0
 MAX_NEW_TOKENS_LIMIT = limits.GEN_MAX_NEW_TOKENS
+MAX_TOP_K = 1 << 20
 
 
 @dataclass
@@ -29,6 +31,7 @@ class GenParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: Optional[int] = None
+    top_k: int = 0                       # 0 = not set
 
 
 @dataclass
@@ -38,8 +41,9 @@ class Piece:
     finish_reason: Optional[str] = None  # set on the last piece: stop | length | cancelled | deadline
 
 
-def validate_params(max_new_tokens: int, temperature: float, top_p: float, default_max: int) -> GenParams:
-    """Check request values; 0 for max_new_tokens means the default, 0 for top_p means 1 (not set)."""
+def validate_params(max_new_tokens: int, temperature: float, top_p: float, default_max: int,
+                    top_k: int = 0) -> GenParams:
+    """Check request values; 0 for max_new_tokens means the default, 0 for top_p means 1, 0 for top_k all tokens."""
     if max_new_tokens < 0:
         raise WorkerError("INVALID_ARGUMENT", f"max_length must be >= 0 (new tokens; 0 = default {default_max}), got {max_new_tokens}")
     if max_new_tokens > MAX_NEW_TOKENS_LIMIT:
@@ -49,7 +53,11 @@ def validate_params(max_new_tokens: int, temperature: float, top_p: float, defau
         raise WorkerError("INVALID_ARGUMENT", f"temperature must be a finite number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature}")
     if not math.isfinite(top_p) or top_p < 0 or top_p > 1:
         raise WorkerError("INVALID_ARGUMENT", f"top_p must be in [0, 1] (0 = not set, i.e. 1), got {top_p}")
-    return GenParams(max_new_tokens or default_max, float(temperature), float(top_p) if top_p > 0 else 1.0)
+    if top_k < 0 or top_k > MAX_TOP_K:
+        raise WorkerError("INVALID_ARGUMENT", f"top_k must be in [0, {MAX_TOP_K}] (0 = not set: every token), "
+                                              f"got {top_k}")
+    return GenParams(max_new_tokens or default_max, float(temperature), float(top_p) if top_p > 0 else 1.0,
+                     top_k=int(top_k))
 
 
 class IncrementalDetokenizer:
@@ -85,9 +93,12 @@ class IncrementalDetokenizer:
 
 
 def pick_token(logits: torch.Tensor, params: GenParams, generator: Optional[torch.Generator]) -> int:
-    """Greedy when temperature == 0, else temperature + nucleus (top_p) sampling."""
+    """Greedy when temperature == 0, else temperature + top_k + nucleus (top_p) sampling."""
     if params.temperature == 0.0:
         return int(torch.argmax(logits).item())
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_p, sorted_i = torch.sort(probs, descending=True)
@@ -165,26 +176,29 @@ def stream_generate(model, tokenizer, prompt_ids: list[int], params: GenParams,
     except (TypeError, ValueError):
         pass
     n = 0
-    with torch.inference_mode():
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        past = None
-        while True:
-            reason = should_stop()
-            if reason:
-                yield Piece(detok.flush(), n, reason)
-                return
-            if n >= budget:
-                yield Piece(detok.flush(), n, "length")
-                return
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    past = None
+    while True:
+        reason = should_stop()
+        if reason:
+            yield Piece(detok.flush(), n, reason)
+            return
+        if n >= budget:
+            yield Piece(detok.flush(), n, "length")
+            return
+        # inference mode around the step only, never across a yield: it is thread-local state, and a generator
+        # suspended (or closed later by the garbage collector) inside it would switch it for whatever code runs
+        # on this thread meanwhile, e.g. another request's decode step
+        with torch.inference_mode():
             out = model(input_ids=ids, past_key_values=past, use_cache=True, **extra)
             past = out.past_key_values
             token = pick_token(out.logits[0, -1, :], params, generator)
             del out
-            n += 1
-            if token in stop_ids:
-                yield Piece(detok.flush(), n, "stop")
-                return
-            text = detok.add(token)
-            if text:
-                yield Piece(text, n)
-            ids = torch.tensor([[token]], dtype=torch.long, device=device)
+        n += 1
+        if token in stop_ids:
+            yield Piece(detok.flush(), n, "stop")
+            return
+        text = detok.add(token)
+        if text:
+            yield Piece(text, n)
+        ids = torch.tensor([[token]], dtype=torch.long, device=device)

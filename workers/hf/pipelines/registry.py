@@ -82,6 +82,8 @@ ENTRIES: list[Entry] = [
     Entry("audio-classification", "audio_classification", "run", ("zero-shot-audio-classification", "clap"),
           "audio labels: CLAP zero-shot or a sequence-classification head"),
     Entry("tokenization", "tokenize", "run", ("tokenizer", "tokenize", "tokens"), "token ids, tokens, offsets"),
+    Entry("litert-lm", "litert_lm", "generate", ("litertlm", "litert-lm-generation"),
+          "streaming generation and chat on a LiteRT-LM bundle (.litertlm / .task): chosen by the model's file"),
 ]
 
 _BY_NAME: dict[str, Entry] = {}
