@@ -66,8 +66,9 @@ def build_tiny_bert(out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     words = sorted({w for line in LINES for w in line.split()})
-    (out / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})   # transformers 5 ignores vocab_file=
     tok.save_pretrained(out)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=128)

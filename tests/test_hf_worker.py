@@ -237,7 +237,7 @@ def test_load_options_validated(worker):
         load(worker, "tiny-llama-eos", device="cuda:7")
     assert ei.value.code == "FAILED_PRECONDITION"
     with pytest.raises(WorkerError) as ei:
-        load(worker, "tiny-llama-eos", pipeline_type="florence2")
+        load(worker, "tiny-llama-eos", pipeline_type="text-to-image")
     assert ei.value.code == "UNIMPLEMENTED"
 
 

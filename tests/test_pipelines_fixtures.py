@@ -32,8 +32,9 @@ def _bpe_tokenizer(out: Path, pad=True, eos=True):
 
 def _bert_tokenizer(out: Path):
     from transformers import BertTokenizerFast
-    (out / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})   # transformers 5 ignores vocab_file=
     tok.save_pretrained(out)
     return tok
 
