@@ -365,23 +365,40 @@ class VisionService:
             resp.matches.add(x=x, y=y, confidence=s, width=tw, height=th)
         return resp.SerializeToString()
 
-    def _subjects(self, st: dict, rgb: np.ndarray, meta: dict) -> list[tuple[str, tuple, float]]:
-        """Faces and people in this frame: [(label, normalised box, score)]."""
-        wanted = {s.strip() for s in (meta.get("detect") or "faces,people").lower().split(",") if s.strip()}
-        bad = wanted - {"faces", "people"}
-        if bad:
-            raise WorkerError("INVALID_ARGUMENT", f"metadata detect={meta.get('detect')!r}: use 'faces', 'people' or both")
+    def _subjects(self, st: dict, rgb: np.ndarray, meta: dict, what: str,
+                  min_person: float = 0.5) -> list[tuple[str, tuple, float]]:
+        """Faces and people in this frame: [(label, normalised (x, y, w, h), score)] (tracking.py).
+
+        Metadata: `track` (or `detect`) people,faces; `face_model` (default full); `person_tiles`
+        auto / on / off (tracking.find_people)."""
+        try:
+            labels = tracking.parse_targets(meta.get("track") or meta.get("detect"))
+        except ValueError as e:
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata track={e}") from None
+        which = (meta.get("people_detector") or "blazepose").strip().lower()
+        if which not in ("blazepose", "pose"):
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata people_detector={which!r}: people come from the "
+                                                  "BlazePose person detector ('blazepose'); OpenCV's HOG was removed "
+                                                  "(false boxes on the background, ids lost between frames)")
+        tiles = (meta.get("person_tiles") or "auto").strip().lower()
+        if tiles not in person_detector.TILE_MODES:
+            raise WorkerError("INVALID_ARGUMENT", f"{what}: metadata person_tiles={tiles!r}: use 'auto', 'on' or 'off'")
         out = []
-        if "faces" in wanted:
-            kind = "face_detection_short" if meta.get("face_model", "full").lower() == "short" else "face_detection_full"
-            out += [("face", f.box, f.score) for f in faces.detect(solutions.stream_solution(st, kind), rgb)]
-        if "people" in wanted:
-            if meta.get("people_detector", "pose").lower() == "hog":
-                out += [("person", r[:4], r[4]) for r in tracking.hog_people(rgb, st)]
+        if "face" in labels:
+            kinds = _face_models(meta, "full", what)
+            if len(kinds) == 1:
+                found = faces.detect(solutions.stream_solution(st, kinds[0]), rgb)
             else:
-                p = pose.detect(solutions.stream_solution(st, "pose"), rgb)
-                if p is not None and p.score > 0.3:
-                    out.append(("person", p.box(), p.score))
+                found = face_search.search(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)),
+                                           rgb, kinds, check=None)
+            out += [("face", f.box, f.score) for f in found]
+        if "person" in labels:
+            det = st.get("person_detector")
+            if det is None:
+                det = st["person_detector"] = person_detector.PersonDetector(threads=1)
+            h, w = rgb.shape[:2]
+            out += [("person", tracking.person_box(p, w, h), p.score)
+                    for p in tracking.find_people(det, rgb, tiles, min_person)]
         return out
 
     def stream_object_tracking(self, ctx: RequestContext) -> bytes:
@@ -392,13 +409,21 @@ class VisionService:
             if tr is None:
                 try:
                     tl = int(meta.get("trajectory_length", 30))
-                    mm = int(meta.get("max_missed", 10))
-                except ValueError:
-                    raise WorkerError("INVALID_ARGUMENT", f"{what}: trajectory_length / max_missed must be integers") from None
-                tr = st["tracker"] = tracking.Tracker(trajectory_len=max(1, tl), max_missed=max(0, mm))
-            tracks = tr.update(self._subjects(st, rgb, meta))
+                    mm = int(meta.get("max_missed", 30))
+                    labels = tracking.parse_targets(meta.get("track") or meta.get("detect"))
+                except ValueError as e:
+                    raise WorkerError("INVALID_ARGUMENT", f"{what}: trajectory_length / max_missed must be integers, "
+                                                          f"track people and/or faces ({e})") from None
+                tr = st["tracker"] = tracking.ObjectTracker(labels, trajectory_len=max(1, tl), max_missed=max(0, mm))
+            h, w = rgb.shape[:2]
+            subs = self._subjects(st, rgb, meta, what, min_person=tracking.PERSON_MIN_SCORE)
+            people = tr.trackers.get("person") if tr.size == (w, h) else None
+            if people is not None:      # people missed by this frame's detection, looked for where tracked
+                found = [b for label, b, _ in subs if label == "person"]
+                subs += [("person", b, s) for b, s in tracking.look_again(st["person_detector"], rgb, people, found)]
+            tracks = tr.update(subs, w, h)
             resp = pb.ObjectTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.objects.extend(tracking.to_proto(t) for t in tracks)
+            resp.objects.extend(tracking.to_proto(t, w, h) for t in tracks)
             return resp.SerializeToString()
 
     def stream_autoflip(self, ctx: RequestContext) -> bytes:
@@ -406,7 +431,7 @@ class VisionService:
             req, rgb, what = self._frame(ctx, st)
             meta = dict(req.metadata)
             aspect = autoflip.parse_aspect(meta.get("aspect_ratio", "9:16"), what)
-            subs = self._subjects(st, rgb, meta)
+            subs = self._subjects(st, rgb, meta, what)
             rf = st.setdefault("reframer", autoflip.Reframer())
             h, w = rgb.shape[:2]
             weights = [(box, score * (2.0 if label == "face" else 1.0)) for label, box, score in subs]

@@ -8,8 +8,9 @@ aspect ratio mean what it says.
 A frame's update (ByteTrack, Zhang et al. 2022):
 1. every track is predicted one frame ahead;
 2. confirmed and lost tracks are matched to the high-score detections (score >= `high`) by IoU with the
-   predicted box (Hungarian algorithm, pairs below `match_iou` forbidden; with appearance features, pairs
-   whose appearance differs more than `max_appearance` are forbidden too);
+   predicted box (Hungarian algorithm; pairs below `match_iou` are forbidden, and so are pairs whose
+   heights differ by more than `max_scale_change` (a box twice a person's size that overlaps them is
+   not them) and, with appearance features, pairs whose appearance differs more than `max_appearance`);
 3. confirmed tracks still unmatched are matched to the low-score detections (`low` <= score < `high`:
    partly occluded people) at a stricter IoU (`low_match_iou`): a low score keeps a track alive but
    never starts one;
@@ -190,12 +191,13 @@ class ByteTracker:
     def __init__(self, label: str = "", *, high: float = 0.5, low: float = 0.1, new_track: float = 0.6,
                  match_iou: float = 0.2, low_match_iou: float = 0.5, tentative_iou: float = 0.3,
                  min_hits: int = 3, max_age: int = 30, trajectory_len: int = 30,
-                 max_appearance: float = 1.0, feature_momentum: float = 0.9,
+                 max_scale_change: float = 1.5, max_appearance: float = 1.0, feature_momentum: float = 0.9,
                  ids: Optional[Iterator[int]] = None):
         self.label = label
         self.high, self.low, self.new_track = high, low, new_track
         self.match_iou, self.low_match_iou, self.tentative_iou = match_iou, low_match_iou, tentative_iou
         self.min_hits, self.max_age, self.trajectory_len = max(1, min_hits), max(0, max_age), max(1, trajectory_len)
+        self.max_scale_change = max(1.0, max_scale_change)
         self.max_appearance, self.feature_momentum = max_appearance, feature_momentum
         self.ids = ids if ids is not None else itertools.count(1)
         self.kf = KalmanBoxFilter()
@@ -207,7 +209,8 @@ class ByteTracker:
         if not tracks or not dets:
             return [], list(range(len(tracks))), list(range(len(dets)))
         ious = iou_matrix([t.box for t in tracks], [boxes[d] for d in dets])
-        allowed = ious >= min_iou
+        ratio = np.array([[boxes[d][3] / max(t.box[3], 1e-9) for d in dets] for t in tracks])
+        allowed = (ious >= min_iou) & (ratio <= self.max_scale_change) & (ratio >= 1.0 / self.max_scale_change)
         if feats is not None:
             app = np.array([[appearance_distance(t.feature, feats[d]) for d in dets] for t in tracks])
             allowed &= app <= self.max_appearance
@@ -235,6 +238,19 @@ class ByteTracker:
         t.trajectory.append(t.box)
         while len(t.trajectory) > self.trajectory_len:
             t.trajectory.popleft()
+
+    def predictions(self, max_missed: Optional[int] = None) -> list[tuple[Track, tuple[float, float, float, float]]]:
+        """Confirmed and lost tracks (lost for at most `max_missed` frames) with their box predicted for
+        the next frame; nothing changes (`update` predicts again)."""
+        out = []
+        for t in self.tracks:
+            if t.state == TENTATIVE or (max_missed is not None and t.missed > max_missed):
+                continue
+            mean = t.mean.copy()
+            if t.state == LOST:
+                mean[7] = 0.0
+            out.append((t, to_xywh(self.kf.predict(mean, t.cov)[0])))
+        return out
 
     # -------------------------------------------------------------- update
     def update(self, boxes: Sequence[Sequence[float]], scores: Sequence[float],
