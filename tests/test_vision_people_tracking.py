@@ -2,7 +2,8 @@
 
 Synthetic (workers/vision/sort_tracker.py): the Hungarian assignment against brute force; boxes moving
 at constant velocity with noise keep one id each through crossings, occlusions and missed detections;
-a one-frame spurious box never gets an id; low-score boxes keep a track alive but start none; a track
+a one-frame spurious box never gets an id; low-score boxes keep a track alive but start none; a box of
+another size or (with features) another appearance does not take over a track; a track
 deleted after `max_age` frames comes back with a new id (ids are never reused).
 
 Real media, through the handler in-process: the first 200 frames of vtest.avi (street video, small
@@ -206,6 +207,19 @@ def test_a_box_of_another_size_does_not_take_over_a_track():
     assert st.iou_matrix([big], [w.box(0)])[0, 0] > 0.2
     assert tr.update([big], [0.9]) == []
     assert [t.track_id for t in tr.update([w.box(0)], [0.9])] == [1]
+
+
+def test_appearance_gate_keeps_a_track_from_another_objects_box():
+    # with appearance features, a box where the lost track is predicted but looking different is refused
+    red, blue = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    for gate, expect in ((0.5, []), (1.0, [1])):
+        tr = st.ByteTracker("person", max_appearance=gate)
+        for n in range(5):
+            tr.update([(100 + 5 * n, 100, 30, 90)], [0.9], [red])
+        tr.update([], [], [])
+        got = tr.update([(130, 100, 30, 90)], [0.9], [blue])
+        assert [t.track_id for t in got] == expect
+    assert st.appearance_distance(red, red) == pytest.approx(0) and st.appearance_distance(red, blue) == pytest.approx(1)
 
 
 def test_ids_are_never_reused_after_max_age():
