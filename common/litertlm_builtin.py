@@ -45,12 +45,16 @@ CHAT_TEMPLATE = (
 )
 
 # what litert_torch.generative.export_hf.export receives besides model and output_dir (the chat template as
-# jinja_chat_template_override, a file); int8 weights are its default quantization recipe
+# jinja_chat_template_override, a file); int8 weights are its default quantization recipe.
+# stop_token_prefixes: litert-torch also makes every "<punctuation><|im_end|>\n" a stop sequence (for SentencePiece
+# merges); SmolLM2's BPE has <|im_end|> as a token of its own, which stops generation alone, and those sequences
+# make the engine hold back every punctuation token until the next one (lost when max tokens ends the reply)
 RECIPE = {
-    "recipe": 1,
+    "recipe": 2,
     "prefill_lengths": [64],
     "cache_length": 1024,
     "chat_template": CHAT_TEMPLATE,
+    "stop_token_prefixes": [],
 }
 
 

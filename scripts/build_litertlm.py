@@ -55,7 +55,9 @@ def install_tensorflow_shim(folder: Path) -> None:
 
 def export_bundle(src: Path, work: Path) -> Path:
     from litert_torch.generative.export_hf import export as E
+    from litert_torch.generative.export_hf.core import litert_lm_builder
     recipe = {k: v for k, v in B.RECIPE.items() if k != "recipe"}
+    litert_lm_builder._STOP_TOKEN_PREFIXES = tuple(recipe.pop("stop_token_prefixes"))   # see common/litertlm_builtin.py
     template = work.parent / "chat_template.jinja"     # litert-torch reads the override from a file
     template.write_text(recipe.pop("chat_template"))
     E.export(model=str(src), output_dir=str(work), jinja_chat_template_override=str(template), **recipe)
