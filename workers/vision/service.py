@@ -327,7 +327,6 @@ class VisionService:
                 iris_gaze.to_response(t.mesh.points, w, h, t.mesh.confidence, dst)
             return resp.SerializeToString()
 
-
     def stream_segmentation(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
             req, rgb, what = self._frame(ctx, st)
