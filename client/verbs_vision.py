@@ -7,7 +7,9 @@ frames for the streams; videos are decoded with OpenCV and streamed frame by fra
 (--max-frames). Streams run in running mode VIDEO (every frame answered, in order; docs/vision.md): the
 summary line counts the frames sent and answered, and a frame without an answer is an error (exit 1,
 nothing written). The PNG shows the last frame with its results (track: with every track's trajectory;
-segment --effect cutout: the frame with the person matte as its alpha channel).
+segment --effect cutout: the frame with the person matte as its alpha channel). Every face and every
+person is drawn (mesh, iris, pose, holistic: each labelled with its track id, or its place left to right for
+an image's poses) and the summary counts them, then gives each one's figures.
 """
 from __future__ import annotations
 
@@ -192,6 +194,41 @@ def draw_mesh(img, face):
         cv2.circle(img, p, 2, (0, 0, 255), -1)
 
 
+def _who(i: int, track_id: int) -> str:
+    """A target's name in the summary and on the image: its stream id, else its place (1-based)."""
+    return f"#{track_id}" if track_id else f"{i + 1}"
+
+
+def _target_label(img, lms, text, color):
+    """``text`` just above the topmost of the landmarks (no-op without landmarks)."""
+    h, w = img.shape[:2]
+    pts = [_px(p, w, h) for p in lms]
+    if pts:
+        x = min(p[0] for p in pts)
+        y = min(p[1] for p in pts)
+        _label(img, text, (max(0, x), y - 6), color)
+
+
+def iris_faces(r) -> list:
+    """Every face of an IrisTrackingResponse as (track_id, eyes, combined_gaze, head_pose): the first face in
+    the response's own fields (when it has one), then ``more_faces``."""
+    out = []
+    if r.eyes or r.track_id:
+        out.append((r.track_id, list(r.eyes), r.combined_gaze, r.head_pose))
+    out += [(f.track_id, list(f.eyes), f.combined_gaze, f.head_pose) for f in r.more_faces]
+    return out
+
+
+def holistic_people(r) -> list:
+    """Every person of a HolisticTrackingResponse as (track_id, pose, face, hands): ``people``, or, from a
+    service that does not fill it, the one person of fields 1-3 (when there is one)."""
+    if r.people:
+        return [(p.track_id, p.pose, p.face, list(p.hands)) for p in r.people]
+    if r.pose.landmarks or r.face.landmarks or r.hands:
+        return [(r.pose.track_id, r.pose, r.face, list(r.hands))]
+    return []
+
+
 def _decoded(data: bytes, fmt: str, w: int, h: int, keep_alpha: bool = False):
     """An output frame as RGB (RGBA with keep_alpha, when it has an alpha channel): raw rgb/bgr/rgba, or
     png/jpeg (what the service sends when raw bytes would not fit the client's message limit,
@@ -333,33 +370,49 @@ def run(args, channel) -> int:
         summary = ", ".join(f"{hd.handedness}: {hd.gestures[0].name if hd.gestures else 'no gesture'}"
                             for hd in r.hands) or "no hands"
     elif task == "pose":
-        for p in r.poses:
+        for i, p in enumerate(r.poses):
             draw_pose(last, p)
-        summary = (", ".join(f"{a.name} {a.degrees:.0f}" for a in r.poses[0].joint_angles) if r.poses else "no pose")
+            _target_label(last, p.landmarks, _who(i, p.track_id), (0, 255, 255))
+        summary = f"{len(r.poses)} pose(s)" + "".join(
+            f"; {_who(i, p.track_id)}: "
+            + (", ".join(f"{a.name} {a.degrees:.0f}" for a in p.joint_angles) or "no joint angles")
+            for i, p in enumerate(r.poses))
     elif task == "mesh":
-        for f in r.faces:
+        for i, f in enumerate(r.faces):
             draw_mesh(last, f)
+            _target_label(last, f.landmarks[:468], _who(i, f.track_id), (0, 255, 0))
         summary = f"{len(r.faces)} face mesh(es), {[len(f.landmarks) for f in r.faces]} landmarks"
+        if any(f.track_id for f in r.faces):
+            summary += f", ids {[f.track_id for f in r.faces]}"
     elif task == "iris":
-        for e in r.eyes:
-            _draw_landmarks(last, e.eye_landmarks, [], (0, 255, 0), 1)
-            _draw_landmarks(last, e.iris_landmarks, [], (0, 0, 255), 2)
-            cx, cy = _px(e.iris_landmarks[0], w, h)
-            L = 0.25 * w
-            cv2.arrowedLine(last, (cx, cy), (int(cx + L * e.gaze.x), int(cy + L * e.gaze.y)), (255, 0, 255), 2)
-        if r.eyes:
-            _label(last, f"gaze yaw {r.combined_gaze.yaw:.0f} pitch {r.combined_gaze.pitch:.0f}  "
-                         f"head yaw {r.head_pose.yaw:.0f} pitch {r.head_pose.pitch:.0f} roll {r.head_pose.roll:.0f}",
-                   (5, 15), (255, 0, 255))
-        summary = f"{len(r.eyes)} eye(s); gaze yaw {r.combined_gaze.yaw:.1f} pitch {r.combined_gaze.pitch:.1f}"
+        faces = iris_faces(r)
+        for i, (tid, eyes, gaze, head) in enumerate(faces):
+            for e in eyes:
+                _draw_landmarks(last, e.eye_landmarks, [], (0, 255, 0), 1)
+                _draw_landmarks(last, e.iris_landmarks, [], (0, 0, 255), 2)
+                cx, cy = _px(e.iris_landmarks[0], w, h)
+                L = 0.25 * w
+                cv2.arrowedLine(last, (cx, cy), (int(cx + L * e.gaze.x), int(cy + L * e.gaze.y)), (255, 0, 255), 2)
+            _target_label(last, [lm for e in eyes for lm in e.eye_landmarks], _who(i, tid), (255, 0, 255))
+            _label(last, f"{_who(i, tid)}: gaze yaw {gaze.yaw:.0f} pitch {gaze.pitch:.0f}  "
+                         f"head yaw {head.yaw:.0f} pitch {head.pitch:.0f} roll {head.roll:.0f}",
+                   (5, 15 + 16 * i), (255, 0, 255))
+        summary = f"{len(faces)} face(s), {sum(len(f[1]) for f in faces)} eye(s)" + "".join(
+            f"; {_who(i, tid)}: gaze yaw {gaze.yaw:.1f} pitch {gaze.pitch:.1f}"
+            for i, (tid, _, gaze, _) in enumerate(faces))
     elif task == "holistic":
-        if r.face.landmarks:
-            draw_mesh(last, r.face)
-        if r.pose.landmarks:
-            draw_pose(last, r.pose)
-        for hd in r.hands:
-            draw_hand(last, hd)
-        summary = f"face {len(r.face.landmarks)}, pose {len(r.pose.landmarks)}, hands {len(r.hands)}"
+        people = holistic_people(r)
+        for i, (tid, pose, face, hands_) in enumerate(people):
+            if face.landmarks:
+                draw_mesh(last, face)
+            if pose.landmarks:
+                draw_pose(last, pose)
+                _target_label(last, pose.landmarks, _who(i, tid), (0, 255, 255))
+            for hd in hands_:
+                draw_hand(last, hd)
+        summary = f"{len(people)} person(s)" + "".join(
+            f"; {_who(i, tid)}: face {len(face.landmarks)}, pose {len(pose.landmarks)}, hands {len(hands_)}"
+            for i, (tid, pose, face, hands_) in enumerate(people))
     elif task == "segment":
         mask = np.frombuffer(r.mask, np.uint8).reshape(r.height, r.width)
         if mask.shape != (h, w):   # a mask scaled down to fit the client's message limit

@@ -1,7 +1,9 @@
 """`run.py call` verbs against the real service, the CLI run as a subprocess: video verbs answer every
 frame and say so, unload prints the measured figure (never '-0'), segment --effect cutout keeps the alpha
-channel, infer takes an image; plus the CLI's own checks (a frame without an answer is an error) with a
-stub that drops frames, and the '-0' clean-up of an older service's unload message."""
+channel, infer takes an image, pose and holistic report and draw both people of a two-person photo; plus
+the CLI's own checks (a frame without an answer is an error) with a stub that drops frames, iris and
+holistic drawing every face / person a stub answers, and the '-0' clean-up of an older service's unload
+message."""
 from __future__ import annotations
 
 import os
@@ -65,6 +67,32 @@ def test_video_verb_max_frames_counts_what_was_sent(svc, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "mesh: 30 frames sent, 30 answered; 1 face mesh(es)" in r.stdout, r.stdout
     assert "--max-frames" in r.stdout  # says the video was cut
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("task, count", [("pose", "2 pose(s)"), ("holistic", "2 person(s)")])
+def test_every_person_of_a_two_person_photo(svc, tmp_path, task, count):
+    """tests/test_vision_multiperson.py's side-by-side photo (messi5 + basketball1's left man): the summary
+    counts both people and gives each one's figures; both are drawn."""
+    from tests.test_vision_multiperson import side_by_side
+    rgb, regions = side_by_side()
+    photo = tmp_path / "two_people.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / f"{task}.png"
+    r = cli(svc, "vision", task, str(photo), "-o", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{task}: 1 frame sent, 1 answered; {count}; " in r.stdout, r.stdout
+    first, second = ("1", "2") if task == "pose" else ("#1", "#2")   # DetectPose: places; streams: track ids
+    assert f"; {first}: " in r.stdout and f"; {second}: " in r.stdout and "; 3: " not in r.stdout, r.stdout
+    if task == "pose":   # each person's joint angles
+        assert r.stdout.count("left_elbow") == 2, r.stdout
+    else:
+        assert r.stdout.count("pose 33") == 2, r.stdout
+    drawn = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    changed = np.any(drawn != rgb, axis=2)
+    for body, _ in regions.values():     # skeleton lines on both people
+        x0, y0, x1, y1 = body
+        assert changed[y0:y1, x0:x1].mean() > 0.005, (task, body)
 
 
 @pytest.mark.integration
@@ -166,6 +194,67 @@ def test_missing_answers_fail_loudly(monkeypatch, tmp_path, capsys, task):
     assert f"error: {task}: 10 frames sent, 5 answered; no answer for frame(s) 1, 3, 5, 7, 9" in cap.err, cap.err
     assert "the service dropped 5" in cap.err
     assert not out.exists() and "wrote" not in cap.out
+
+
+def _landmarks(pb, cx, cy, n, spread=0.05):
+    return [pb.Landmark(x=cx + spread * np.cos(k), y=cy + spread * np.sin(k), visibility=1.0) for k in range(n)]
+
+
+class _TwoTargetsStub:
+    """StreamIrisTracking / StreamHolisticTracking answering two faces / two people, at x = 0.25 and 0.75."""
+
+    def __init__(self, channel):
+        from protos import ml_inference_pb2 as pb
+        self.pb = pb
+
+    def _eyes(self, cx):
+        pb = self.pb
+        return [pb.IrisTracking(eye=e, iris_landmarks=_landmarks(pb, cx + dx, 0.4, 5, 0.01),
+                                eye_landmarks=_landmarks(pb, cx + dx, 0.4, 16, 0.03)) for e, dx in (("right", -0.05),
+                                                                                                    ("left", 0.05))]
+
+    def StreamIrisTracking(self, requests, timeout=None, metadata=None):
+        pb = self.pb
+        out = []
+        for f in requests:
+            r = pb.IrisTrackingResponse(frame_number=f.frame_number, track_id=1, eyes=self._eyes(0.25),
+                                        combined_gaze=pb.GazeDirection(yaw=10), head_pose=pb.Pose3D(yaw=5))
+            r.more_faces.add(track_id=3, eyes=self._eyes(0.75), combined_gaze=pb.GazeDirection(yaw=-20))
+            out.append(r)
+        return _Responses(out, dropped=0)
+
+    def StreamHolisticTracking(self, requests, timeout=None, metadata=None):
+        pb = self.pb
+        out = []
+        for f in requests:
+            r = pb.HolisticTrackingResponse(frame_number=f.frame_number)
+            for tid, cx in ((1, 0.25), (2, 0.75)):
+                pose = pb.PoseDetection(landmarks=_landmarks(pb, cx, 0.5, 33, 0.15), track_id=tid)
+                face = pb.FaceMesh(landmarks=_landmarks(pb, cx, 0.25, 478, 0.05), track_id=tid)
+                hand = pb.HandDetection(landmarks=_landmarks(pb, cx + 0.1, 0.7, 21, 0.03), handedness="Left")
+                r.people.add(track_id=tid, pose=pose, face=face, hands=[hand] if tid == 1 else [])
+            r.pose.CopyFrom(r.people[0].pose)
+            r.face.CopyFrom(r.people[0].face)
+            r.hands.extend(r.people[0].hands)
+            out.append(r)
+        return _Responses(out, dropped=0)
+
+
+@pytest.mark.parametrize("task, summary", [
+    ("iris", "iris: 1 frame sent, 1 answered; 2 face(s), 4 eye(s); #1: gaze yaw 10.0 pitch 0.0; "
+             "#3: gaze yaw -20.0 pitch 0.0"),
+    ("holistic", "holistic: 1 frame sent, 1 answered; 2 person(s); #1: face 478, pose 33, hands 1; "
+                 "#2: face 478, pose 33, hands 0")])
+def test_iris_and_holistic_draw_every_face_and_person(monkeypatch, tmp_path, capsys, task, summary):
+    from client import verbs_vision
+    monkeypatch.setattr("protos.ml_inference_pb2_grpc.MediapipeServiceStub", _TwoTargetsStub)
+    photo = tmp_path / "grey.png"
+    cv2.imwrite(str(photo), np.full((200, 400, 3), 128, np.uint8))
+    out = tmp_path / "x.png"
+    assert verbs_vision.run(_vision_args(task, str(photo), out), channel=None) == 0
+    assert summary in capsys.readouterr().out
+    changed = np.any(cv2.imread(str(out)) != 128, axis=2)
+    assert changed[:, 60:140].any() and changed[:, 260:340].any(), "both targets drawn"
 
 
 def test_unload_cleans_negative_zero(monkeypatch, capsys):
