@@ -147,7 +147,7 @@ def test_unload_gives_memory_back(tmp_path):
                                ML.LoadModelRequest(model_id=ALIAS).SerializeToString())
     r = ML.LoadModelResponse.FromString(w.load_model(ctx))
     assert r.success and r.ram_allocated_mb >= 100, r           # int8 weights alone are 135 MB
-    assert "CPU backend" in r.message
+    assert "CPU backend" in r.message or r.message.endswith("; GPU backend")   # which one ran, said (no GPU here)
     assert list((tmp_path / "litertlm").glob("*.xnnpack_cache"))   # the engine's cache: the private folder
     ctx, _ = make_test_context("ml.ModelManagementService/UnloadModel",
                                ML.UnloadModelRequest(model_id=ALIAS).SerializeToString())
