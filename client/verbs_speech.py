@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+from client.options import key_values
 from protos import pythonml_pb2 as X
 from protos import pythonml_pb2_grpc as XG
 
@@ -23,14 +24,7 @@ AUDIO_EXT = {".wav", ".pcm", ".raw"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def _options(pairs) -> dict:
-    out = {}
-    for kv in pairs or []:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--option expects key=value, got {kv!r}")
-        out[k] = v
-    return out
+_options = key_values   # repeated --option key=value
 
 
 def cmd_transcribe(args, channel) -> int:

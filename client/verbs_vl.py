@@ -12,18 +12,12 @@ from __future__ import annotations
 import sys
 import time
 
+from client.options import key_values
 from protos import pythonml_pb2 as X
 from protos import pythonml_pb2_grpc as XG
 
 
-def _options(pairs) -> dict:
-    out = {}
-    for kv in pairs or []:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--option expects key=value, got {kv!r}")
-        out[k] = v
-    return out
+_options = key_values   # repeated --option key=value
 
 
 def _image(path: str) -> X.PipelineInput:

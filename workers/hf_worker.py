@@ -341,8 +341,8 @@ class HFWorker(Worker):
                 text, templated = chatmod.render(tok, messages), chatmod.has_template(tok)
             return encode_within_context(lambda t: chatmod.encode(tok, t, templated), text, context_limit(lm.model))
 
-    def _stream(self, ctx: RequestContext, lm: LoadedModel, prompt_ids: list[int], params):
-        from workers.hf.generation import stream_generate
+    def _in_generation_slot(self, ctx: RequestContext, run):
+        """Pieces of `run(should_stop)` once a generation slot is free (waiting stays cancellable)."""
         should_stop = self._stopper(ctx)
         while not self.gen_slots.acquire(timeout=0.05):
             reason = should_stop()
@@ -350,25 +350,22 @@ class HFWorker(Worker):
                 yield from ()
                 self._raise_for(reason, ctx)
         try:
-            yield from stream_generate(lm.model, lm.tokenizer, prompt_ids, params, should_stop, self.device)
+            yield from run(should_stop)
         finally:
             self.gen_slots.release()
+
+    def _stream(self, ctx: RequestContext, lm: LoadedModel, prompt_ids: list[int], params):
+        from workers.hf.generation import stream_generate
+        return self._in_generation_slot(ctx, lambda should_stop: stream_generate(
+            lm.model, lm.tokenizer, prompt_ids, params, should_stop, self.device))
 
     def _litert_stream(self, ctx: RequestContext, lm: LoadedModel, messages: list[dict], raw_text: Optional[str],
                        params):
         """_stream for a LiteRT-LM engine: the same generation slots and cancel checks."""
         from workers.hf.pipelines import litert_lm
-        should_stop = self._stopper(ctx)
-        while not self.gen_slots.acquire(timeout=0.05):
-            reason = should_stop()
-            if reason:
-                yield from ()
-                self._raise_for(reason, ctx)
-        try:
-            yield from litert_lm.stream(lm.handle, messages, raw_text, params.max_new_tokens, params.temperature,
-                                        params.top_p, params.top_k, should_stop)
-        finally:
-            self.gen_slots.release()
+        return self._in_generation_slot(ctx, lambda should_stop: litert_lm.stream(
+            lm.handle, messages, raw_text, params.max_new_tokens, params.temperature, params.top_p, params.top_k,
+            should_stop))
 
     def generate_text(self, ctx: RequestContext) -> bytes:
         from workers.hf.generation import validate_params
