@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
            "'authorization: Bearer <token>' (health stays open)")
     a("--metrics-port", type=int, default=env_default("metrics_port", 0, int),
       help="Prometheus text endpoint port on --host (0 = off)")
+    a("--http-port", type=int, default=env_default("http_port", 0, int),
+      help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
+           "/v1/audio/transcriptions, /v1/models) on --host (0 = off, the default); the shared token is its API key")
     a("--shm-slots", type=int, default=env_default("shm_slots", 32, int), help="frames in flight through shared memory")
     a("--shm-slot-mb", type=int, default=env_default("shm_slot_mb", 8, int), help="largest frame through shared memory (MiB)")
     a("--max-message-mb", type=int, default=env_default("max_message_mb", 64, int),
@@ -262,6 +265,7 @@ class Service:
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
                 "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
                 "--max-response-mb", str(a.max_response_mb),
+                "--http-port", str(a.http_port),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--cwd-models", "0" if a.no_working_dir_models else "1",
                 "--log-level", a.log_level, "--log-format", a.log_format]

@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--grace-s", type=float, default=10.0)
     ap.add_argument("--model-dirs", default="")
     ap.add_argument("--cwd-models", default="1", help="1: the working directory's models/ is a model folder")
+    ap.add_argument("--http-port", type=int, default=0,
+                    help="OpenAI-compatible HTTP API port on --host (facade/openai_http.py); 0 = off")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     return ap.parse_args(argv)
@@ -128,6 +130,16 @@ async def serve(args: argparse.Namespace) -> int:
     await health_tracker.start()
     loop = asyncio.get_running_loop()
     client.on_pools.append(lambda p: loop.create_task(health_tracker.update(p)))
+    http = None
+    if args.http_port:
+        from facade.openai_http import OpenAIHTTP
+        http = OpenAIHTTP(client, passthrough.budget, token, max_bytes)
+        try:
+            http_port = await http.start(args.host, args.http_port)
+        except OSError as exc:
+            log.critical("cannot listen for HTTP on %s:%d: %s", args.host, args.http_port, exc)
+            return 2
+        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1", args.host, http_port)
     await client.start({"port": port, "pid": os.getpid()})
     log.info("listening on %s:%d", args.host, port)
 
@@ -147,6 +159,8 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("draining for up to %.1fs (%d requests in flight)", args.grace_s, client.inflight())
     for service in list(health_tracker.current):
         await health_tracker.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if http is not None:
+        await http.stop()
     await server.stop(args.grace_s)
     return 0
 

@@ -1,0 +1,152 @@
+"""The OpenAI-compatible HTTP API (--http-port, facade/openai_http.py) against the real service, raw HTTP."""
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests.service import free_port, start_service
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-http-token"
+
+
+def _req(port, path, body=None, *, method=None, headers=None, raw=None, timeout=300):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    h = {"Content-Type": "application/json"} if data is not None else {}
+    h.update(headers or {})
+    r = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=h, method=method)
+    try:
+        with urllib.request.urlopen(r, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _error(status_body):
+    err = json.loads(status_body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+@pytest.fixture(scope="module")
+def svc():
+    port = free_port()
+    s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port), "--max-message-mb", "1"],
+                      wait_service="ml.TransformersService", timeout=180)
+    s.http_port = port
+    yield s
+    s.stop()
+
+
+def test_models_lists_builtins(svc):
+    status, _, body = _req(svc.http_port, "/v1/models")
+    assert status == 200
+    out = json.loads(body)
+    ids = {m["id"]: m for m in out["data"]}
+    assert out["object"] == "list"
+    assert "SmolLM2-135M-Instruct" in ids and "all-MiniLM-L6-v2" in ids and "whisper-tiny.en" in ids
+    assert all(isinstance(m["loaded"], bool) for m in out["data"])
+
+
+def test_chat_non_streamed(svc):
+    status, _, body = _req(svc.http_port, "/v1/chat/completions", {
+        "model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 8,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert status == 200, body
+    out = json.loads(body)
+    assert out["object"] == "chat.completion"
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert out["usage"]["completion_tokens"] >= 1
+
+
+def test_chat_streamed_sse(svc):
+    status, headers, body = _req(svc.http_port, "/v1/chat/completions", {
+        "model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 8, "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Say hello."}]})
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_completions_stop_cuts(svc):
+    status, _, body = _req(svc.http_port, "/v1/completions", {
+        "model": "SmolLM2-135M-Instruct", "prompt": "Count: 1, 2, 3, 4, 5, 6, 7", "temperature": 0,
+        "max_tokens": 30, "stop": [","]})
+    assert status == 200, body
+    out = json.loads(body)
+    assert "," not in out["choices"][0]["text"] and out["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("fmt", ["float", "base64"])
+def test_embeddings(svc, fmt):
+    status, _, body = _req(svc.http_port, "/v1/embeddings", {
+        "model": "all-MiniLM-L6-v2", "input": ["A man plays a guitar.", "Stocks fell."], "encoding_format": fmt})
+    assert status == 200, body
+    out = json.loads(body)
+    assert [d["index"] for d in out["data"]] == [0, 1]
+    for d in out["data"]:
+        v = (np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") if fmt == "base64"
+             else np.array(d["embedding"]))
+        assert v.shape == (384,)
+
+
+def test_embeddings_single_string(svc):
+    status, _, body = _req(svc.http_port, "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hello"})
+    assert status == 200 and len(json.loads(body)["data"][0]["embedding"]) == 384
+
+
+def test_unknown_model_404(svc):
+    status, _, body = _req(svc.http_port, "/v1/chat/completions", {
+        "model": "no-such-org/no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 404, body
+    assert _error(body)["type"] == "not_found_error"
+
+
+def test_bad_json_400(svc):
+    status, _, body = _req(svc.http_port, "/v1/chat/completions", raw=b"{not json")
+    assert status == 400 and _error(body)["type"] == "invalid_request_error"
+
+
+def test_bad_parameter_400(svc):
+    status, _, body = _req(svc.http_port, "/v1/chat/completions", {
+        "model": "SmolLM2-135M-Instruct", "n": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 400 and _error(body)["param"] == "n"
+
+
+def test_too_large_413(svc):
+    big = {"model": "all-MiniLM-L6-v2", "input": "x" * (2 * 2**20)}
+    status, _, body = _req(svc.http_port, "/v1/embeddings", big)
+    assert status == 413 and _error(body)["type"] == "invalid_request_error"
+
+
+def test_wrong_key_401():
+    port = free_port()
+    s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port)],
+                      env={"PYTHONML_TOKEN": TOKEN}, wait_service=None)
+    try:
+        msg = {"model": "all-MiniLM-L6-v2", "input": "hi"}
+        status, headers, body = _req(port, "/v1/embeddings", msg)
+        assert status == 401 and _error(body)["type"] == "authentication_error"
+        status, _, body = _req(port, "/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert status == 401 and _error(body)["code"] == "invalid_api_key"
+        status, _, body = _req(port, "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and json.loads(body)["object"] == "list"
+    finally:
+        s.stop()
