@@ -19,9 +19,9 @@ string, the worker stream is cancelled (CANCEL, as on a gRPC cancel) and finish_
 while streaming, the last len(longest stop)-1 characters are held back until they cannot start one.
 `seed` is accepted only with temperature 0 (greedy decoding is deterministic already); a seed with
 sampling is refused (400, param "seed"): the workers take no seed. Only n=1. usage.completion_tokens is the
-worker's tokens_generated (GenerateText); ChatCompletion replies carry no token count, so chat usage
-reports completion_tokens as the number of streamed pieces only when the worker reports nothing else
-(see `_chat_tokens`); prompt_tokens is 0 (the workers report no prompt token count).
+worker's tokens_generated (TextResponse / ChatResponse); prompt_tokens is 0 (the workers report no prompt
+token count), as are the embeddings' token counts. /v1/completions goes through GenerateText, which renders
+the prompt with the model's chat template when it has one (as on gRPC). No deadline unless the worker's own.
 A client that disconnects cancels its handler (handler_cancellation=True), which cancels the broker
 call: the worker stops within one generation step. The shared token, when set, is the API key.
 Errors: facade/openai_errors.py.
@@ -335,7 +335,7 @@ class OpenAIHTTP:
         kind = "chat.completion" if chat else "text_completion"
         reply_cls = ML.ChatResponse if chat else ML.TextResponse
         cutter = StopCutter(stops)
-        state = {"tokens": 0, "pieces": 0, "finish": None}
+        state = {"tokens": 0, "finish": None}
 
         def chunk(text: Optional[str], finish: Optional[str], first: bool = False) -> dict:
             if chat:
@@ -354,7 +354,7 @@ class OpenAIHTTP:
             return out
 
         def usage() -> dict:
-            n = state["tokens"] if state["tokens"] else (state["pieces"] if chat else 0)
+            n = state["tokens"]
             return {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
 
         async def pieces():
@@ -363,10 +363,7 @@ class OpenAIHTTP:
                 async for raw in parts:
                     r = reply_cls.FromString(raw)
                     text = r.content if chat else r.text
-                    if not chat:
-                        state["tokens"] = r.tokens_generated
-                    if text:
-                        state["pieces"] += 1
+                    state["tokens"] = max(state["tokens"], r.tokens_generated)
                     out = cutter.feed(text)
                     if cutter.stopped:
                         state["finish"] = "stop"

@@ -165,14 +165,16 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("content", "done", "finish_reason")
+    __slots__ = ("content", "done", "finish_reason", "tokens_generated")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     content: str
     done: bool
     finish_reason: str
-    def __init__(self, content: _Optional[str] = ..., done: bool = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    tokens_generated: int
+    def __init__(self, content: _Optional[str] = ..., done: bool = ..., finish_reason: _Optional[str] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
 
 class ImageRequest(_message.Message):
     __slots__ = ("image_data", "format", "width", "height", "metadata")

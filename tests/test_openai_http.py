@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.service import free_port, start_service
+from tests.service import ROOT, free_port, start_service
+from tests.test_hf_fixtures import build_tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +38,12 @@ def _error(status_body):
 
 
 @pytest.fixture(scope="module")
-def svc():
+def svc(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    build_tiny_llama(models / "tiny-llama")
     port = free_port()
-    s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port), "--max-message-mb", "1"],
+    s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port), "--max-message-mb", "1",
+                            "--model-dir", str(models)],
                       wait_service="ml.TransformersService", timeout=180)
     s.http_port = port
     yield s
@@ -64,7 +70,7 @@ def test_chat_non_streamed(svc):
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["finish_reason"] in ("stop", "length")
-    assert out["usage"]["completion_tokens"] >= 1
+    assert 1 <= out["usage"]["completion_tokens"] <= 8
 
 
 def test_chat_streamed_sse(svc):
@@ -92,6 +98,43 @@ def test_completions_stop_cuts(svc):
     assert status == 200, body
     out = json.loads(body)
     assert "," not in out["choices"][0]["text"] and out["choices"][0]["finish_reason"] == "stop"
+
+
+def test_client_disconnect_cancels_generation(svc):
+    body = json.dumps({"model": "tiny-llama", "prompt": "the quick brown fox", "max_tokens": 60000,
+                       "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", svc.http_port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while got.count(b"data: ") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200")
+    # the worker is free again straight away: a short request completes quickly
+    t0 = time.time()
+    status, _, out = _req(svc.http_port, "/v1/completions", {"model": "tiny-llama", "prompt": "to be",
+                                                             "max_tokens": 4}, timeout=30)
+    assert status == 200, out
+    assert json.loads(out)["usage"]["completion_tokens"] == 4 and time.time() - t0 < 10
+
+
+def test_transcriptions_verbose_json(svc):
+    audio = open(f"{ROOT}/tests/assets/audio/kitchen_lights.wav", "rb").read()
+    boundary = "pmlboundary7d2f"
+    parts = []
+    for name, value in (("model", "whisper-1"), ("response_format", "verbose_json")):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                 f'Content-Type: audio/wav\r\n\r\n'.encode() + audio + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    status, _, out = _req(svc.http_port, "/v1/audio/transcriptions", raw=b"".join(parts),
+                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, out
+    r = json.loads(out)
+    assert "kitchen" in r["text"].lower() and r["segments"]
+    assert all(s["end"] >= s["start"] >= 0 for s in r["segments"])
 
 
 @pytest.mark.parametrize("fmt", ["float", "base64"])

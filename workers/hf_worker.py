@@ -416,11 +416,12 @@ class HFWorker(Worker):
             pieces = self._stream(ctx, lm, self._prompt_ids(lm, messages), params)
         for piece in pieces:
             if piece.finish_reason is None:
-                ctx.send_partial(ML.ChatResponse(content=piece.text).SerializeToString())
+                ctx.send_partial(ML.ChatResponse(content=piece.text, tokens_generated=piece.tokens).SerializeToString())
                 continue
             if piece.finish_reason in ("cancelled", "deadline"):
                 self._raise_for(piece.finish_reason, ctx, piece.tokens)
-            return ML.ChatResponse(content=piece.text, done=True, finish_reason=piece.finish_reason).SerializeToString()
+            return ML.ChatResponse(content=piece.text, done=True, finish_reason=piece.finish_reason,
+                                   tokens_generated=piece.tokens).SerializeToString()
         return ML.ChatResponse(done=True, finish_reason="stop").SerializeToString()
 
     # ---- embeddings --------------------------------------------------------------------------------
