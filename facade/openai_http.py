@@ -21,7 +21,8 @@ while streaming, the last len(longest stop)-1 characters are held back until the
 sampling is refused (400, param "seed"): the workers take no seed. Only n=1. usage.completion_tokens is the
 worker's tokens_generated (TextResponse / ChatResponse); prompt_tokens is 0 (the workers report no prompt
 token count), as are the embeddings' token counts. /v1/completions goes through GenerateText, which renders
-the prompt with the model's chat template when it has one (as on gRPC). No deadline unless the worker's own.
+the prompt with the model's chat template when it has one (as on gRPC). A deadline, as gRPC's: request header
+`X-Request-Timeout: <seconds>` (else none); past it the worker stops and the answer is 504.
 A client that disconnects cancels its handler (handler_cancellation=True), which cancels the broker
 call: the worker stops within one generation step. The shared token, when set, is the API key.
 Errors: facade/openai_errors.py.
@@ -58,6 +59,19 @@ MAX_STOP = 4                 # OpenAI's limit on stop strings
 MAX_STOP_CHARS = 256
 WHISPER_ALIASES = ("whisper-1",)   # OpenAI's name: the worker's default speech model
 OPEN_PATHS = ("/health",)
+
+
+def _timeout(request) -> Optional[float]:
+    raw = request.headers.get("X-Request-Timeout")
+    if raw is None:
+        return None
+    try:
+        t = float(raw)
+    except ValueError:
+        t = -1.0
+    if not 0 < t < 1e7:
+        raise bad_request(f"header X-Request-Timeout must be a positive number of seconds, got {raw[:40]!r}")
+    return t
 
 
 def _display_name(repo: str) -> str:
@@ -210,6 +224,7 @@ class OpenAIHTTP:
                                   "request_too_large")
             peer = request.transport.get_extra_info("peername") if request.transport else None
             CALLER.set(f"http:{peer[0]}:{peer[1]}" if peer else "http")
+            request["timeout"] = _timeout(request)
             return await handler(request)
         except OpenAIError as err:
             return response(err)
@@ -236,11 +251,12 @@ class OpenAIHTTP:
             raise bad_request("the body must be a JSON object")
         return body
 
-    async def _call(self, method: str, msg, model: str, nbytes: int, frame=None) -> bytes:
+    async def _call(self, request, method: str, msg, model: str, nbytes: int, frame=None) -> bytes:
         if not self.budget.admit(nbytes):
             raise OpenAIError(429, self.budget.refusal(method, nbytes), "rate_limit_error", None, "resource_exhausted")
         try:
-            return await self.client.unary(method, "hf", msg.SerializeToString(), model=model, frame=frame)
+            return await self.client.unary(method, "hf", msg.SerializeToString(), model=model, frame=frame,
+                                           timeout=request["timeout"])
         finally:
             self.budget.release(nbytes)
 
@@ -359,7 +375,8 @@ class OpenAIHTTP:
 
         async def pieces():
             """Text pieces after the stop cut; sets state['finish']."""
-            async with aclosing(self.client.stream(method, "hf", req.SerializeToString(), model=model)) as parts:
+            async with aclosing(self.client.stream(method, "hf", req.SerializeToString(), model=model,
+                                                        timeout=request["timeout"])) as parts:
                 async for raw in parts:
                     r = reply_cls.FromString(raw)
                     text = r.content if chat else r.text
@@ -444,7 +461,7 @@ class OpenAIHTTP:
         if body.get("dimensions") is not None:
             raise bad_request("'dimensions' is not supported", "dimensions")
         req = ML.GenerateEmbeddingsRequest(texts=texts, model=model)
-        raw = await self._call(EMBED, req, model, request.content_length or len(req.SerializeToString()))
+        raw = await self._call(request, EMBED, req, model, request.content_length or len(req.SerializeToString()))
         out = ML.GeneratedEmbeddingsResponse.FromString(raw)
         data = []
         for i, e in enumerate(out.embeddings):
@@ -474,7 +491,7 @@ class OpenAIHTTP:
             req.options["initial_prompt"] = str(form.get("prompt"))
         if form.get("temperature") not in (None, ""):
             req.options["temperature"] = str(form.get("temperature"))
-        raw = await self._call(TRANSCRIBE, req, req.model, len(audio), frame=audio)
+        raw = await self._call(request, TRANSCRIBE, req, req.model, len(audio), frame=audio)
         out = X.TranscribeResponse.FromString(raw)
         if fmt == "text":
             return web.Response(text=out.text)

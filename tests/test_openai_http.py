@@ -120,6 +120,13 @@ def test_client_disconnect_cancels_generation(svc):
     assert json.loads(out)["usage"]["completion_tokens"] == 4 and time.time() - t0 < 10
 
 
+def test_deadline_504(svc):
+    status, _, out = _req(svc.http_port, "/v1/completions", {"model": "tiny-llama", "prompt": "the quick",
+                                                             "max_tokens": 60000},
+                          headers={"X-Request-Timeout": "1.0"}, timeout=30)
+    assert status == 504 and _error(out)["type"] == "timeout_error"
+
+
 def test_transcriptions_verbose_json(svc):
     audio = open(f"{ROOT}/tests/assets/audio/kitchen_lights.wav", "rb").read()
     boundary = "pmlboundary7d2f"
