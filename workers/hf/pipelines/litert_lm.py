@@ -296,14 +296,8 @@ def _decode(h, litert_lm, callback_type, prompt: str, budget: int, sampler, shou
         while True:
             try:
                 err, data, final = q.get(timeout=POLL_S)
-            except queue.Empty:
-                reason = should_stop()
-                if reason:
-                    session.cancel_process()
-                    started = not _drain(q)
-                    yield Piece(utf8.decode(b"", final=True), n, reason)
-                    return
-                continue
+            except queue.Empty:   # nothing yet: only the cancel check below
+                err, data, final = None, None, False
             text = ""
             if data is not None:
                 n += 1
@@ -314,8 +308,9 @@ def _decode(h, litert_lm, callback_type, prompt: str, budget: int, sampler, shou
                 msg = err.decode("utf-8", "replace") if err else ""
                 if err and "CANCELLED" not in msg and "Max number of tokens" not in msg:
                     raise WorkerError("INTERNAL", f"LiteRT-LM decoding failed for model '{h.model_id}': {msg}")
-                text += utf8.decode(b"", final=True)
-                pieces.append(text)
+                tail = utf8.decode(b"", final=True)
+                text += tail
+                pieces.append(tail)   # `text`'s decoded part is in `pieces` already
                 used = generated_tokens(h, "".join(pieces), n)
                 if used >= budget or "Max number of tokens" in msg:
                     yield Piece(text, max(used, n), "length")
