@@ -82,7 +82,6 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
                                                     f"are limited to {MAX_MODEL_BYTES} bytes")
         mb = ModelBytes(bytes(frame), f"{len(frame)} uploaded bytes")
     elif opts.get("path"):
-        check_no_parent_segments(opts["path"], model_id, "path")
         mb = _read(opts["path"], model_id, "file", roots)
     else:
         check_no_parent_segments(model_id, model_id, "the model id")
