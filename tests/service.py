@@ -122,3 +122,20 @@ def start_service(args=(), env: Optional[dict] = None, wait_service: Optional[st
             svc.stop(signal.SIGKILL)
             raise
     return svc
+
+
+def stats(channel, metadata=None):
+    """pythonml.v1.Stats of the service behind `channel`."""
+    from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
+    return XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=5, metadata=metadata)
+
+
+def wait_for(cond, timeout: float = 30.0, interval: float = 0.05):
+    """cond()'s first truthy value, polled every `interval` s; AssertionError after `timeout` s."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

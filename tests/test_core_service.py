@@ -4,6 +4,7 @@ Every test drives the real process tree (run.py -> facade -> broker -> fake work
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -17,7 +18,7 @@ from broker import protocol as P
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.broker_peer import Peer, run_dir_of
-from tests.service import start_service
+from tests.service import start_service, stats, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +29,7 @@ def echo(stub, timeout=10.0, **fields):
     return list(stub.Echo(X.EchoRequest(**fields), timeout=timeout))
 
 
-def stats(channel):
-    return XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=5)
-
-
-def wait_for(cond, timeout=15.0, interval=0.05):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+wait_for = functools.partial(wait_for, timeout=15.0)
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker import protocol as P
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.broker_peer import run_dir_of
-from tests.service import free_port, start_service
+from tests.service import free_port, start_service, stats
 
 pytestmark = pytest.mark.integration
 
 
 def echo(channel, metadata=None, timeout=20, **fields):
     return list(XG.DiagnosticsStub(channel).Echo(X.EchoRequest(**fields), timeout=timeout, metadata=metadata))
-
-
-def stats(channel, metadata=None):
-    return XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=5, metadata=metadata)
 
 
 def test_binds_loopback_by_default_and_socket_folder_is_private():

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.service import start_service
+from tests.service import start_service, stats, wait_for
 
 SLEEP_MS = 20          # the duration of one fake request
 FLOOD = 100            # caller A's requests always in flight
@@ -26,18 +26,6 @@ def echo(channel, timeout=30.0, **fields):
     return list(XG.DiagnosticsStub(channel).Echo(X.EchoRequest(**fields), timeout=timeout))
 
 
-def stats(channel):
-    return XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=5)
-
-
-def wait_for(cond, timeout=30.0, interval=0.05):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 class Flood(threading.Thread):
