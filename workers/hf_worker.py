@@ -250,7 +250,7 @@ class HFWorker(Worker):
                                       threads=int(self.options.get("threads") or 0), log=self.log)
             with self._load_serial:   # one load at a time: transformers' from_pretrained is not thread-safe
                 if reuse_same:        # the same model under another string finished loading meanwhile
-                    same = self._same_model(model_id)
+                    same = self._loaded_copy_of(resolved)
                     if same is not None:
                         return same, False
                 before = memory.snapshot(self.device)
@@ -287,8 +287,10 @@ class HFWorker(Worker):
             res = self.resolver.local(model_id)
         except WorkerError:
             return None
-        if res is None:
-            return None
+        return self._loaded_copy_of(res) if res is not None else None
+
+    def _loaded_copy_of(self, res: Resolved) -> Optional[LoadedModel]:
+        """The loaded model at the location `res` names (the same built-in, or the same folder), if any."""
         with self._lock:
             for lm in self._loaded.values():
                 r = lm.resolved
