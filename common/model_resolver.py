@@ -143,14 +143,20 @@ def piper_voice_dir() -> Optional[Path]:
 def persistent_cache_root() -> Optional[Path]:
     """Where converted built-in models are kept across runs ($PYTHONML_MODEL_CACHE or ~/.cache/pythonml)."""
     root = Path(persistent_cache_dir())
+    if str(root) in _writable_roots:   # probed once per process (resolution calls this on every lookup)
+        return root
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        return root
     except OSError:
         return None
+    _writable_roots.add(str(root))
+    return root
+
+
+_writable_roots: set = set()
 
 
 _content_keys: dict = {}
