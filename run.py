@@ -237,7 +237,7 @@ class Service:
         again after each restart, so a recycled or crashed worker comes back warm."""
         if not self.args.preload:
             return {}
-        from common.pools import parse_preload, pool_for_load
+        from common.placement import parse_preload, pool_for_load
         from protos import ml_inference_pb2 as ML
         plan: dict = {}
         for spec in self.args.preload:

@@ -1,6 +1,6 @@
 """What the facade's server interceptors share: which callable of a gRPC method handler runs the call, and
 an interceptor base that wraps each method's handler once (cached by method and handler identity), not on
-every call. Interceptors built on it: facade/caller.py, facade/decoding.py, facade/response_limit.py.
+every call. Interceptors built on it: facade/caller.py, facade/parse_errors.py, facade/response_limit.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Which pool serves each gRPC method, where its frame bytes and model name live, and its shape.
 
 Adding a pass-through method is one entry here. Methods that the facade answers itself (health,
-stats, model listing, KServe server metadata, model files) live in facade/local.py and facade/kserve.py.
+stats, model listing, KServe server metadata, model files) live in facade/own_methods.py and facade/kserve.py.
 """
 from __future__ import annotations
 

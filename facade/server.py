@@ -21,9 +21,9 @@ from facade.auth import TokenInterceptor
 from facade.caller import CallerInterceptor
 from facade.broker_client import BrokerClient
 from facade.budget import DEFAULT_BUFFER_MB, ByteBudget
-from facade.decoding import DecodeErrorInterceptor
+from facade.parse_errors import DecodeErrorInterceptor
 from facade.health import HealthTracker
-from facade.local import Diagnostics, ModelManagement, Stats
+from facade.own_methods import Diagnostics, ModelManagement, Stats
 from facade.passthrough import PassThrough
 from facade.routes import ROUTES
 from facade.response_limit import DEFAULT_MAX_RESPONSE_MB, ResponseLimitInterceptor

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from common.model_resolver import LITERT, LITERT_LM, TRANSFORMERS, LocalResolver, match_builtin, repo_id_of
-from common.pools import pool_for_load
+from common.placement import pool_for_load
 from common.status import StatusError
 from protos import ml_inference_pb2 as ML
 from workers.context import make_test_context

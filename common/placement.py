@@ -1,4 +1,4 @@
-"""Which pool loads a model (shared by the facade's LoadModel and run.py's --preload); no heavy imports."""
+"""Model placement: which pool loads a model (the facade's LoadModel, run.py's --preload); no heavy imports."""
 from __future__ import annotations
 
 from common.model_resolver import LITERT, family_of_file

@@ -12,7 +12,7 @@ import grpc
 from facade.broker_client import BrokerClient
 from facade.errors import BrokerError
 from facade.passthrough import _identity, timeout_of
-from common.pools import pool_for_load
+from common.placement import pool_for_load
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 
