@@ -78,7 +78,8 @@ def build_tiny_bert(out: Path) -> Path:
 
 
 def make_worker(**options):
-    """An HFWorker in this process (no broker): call handlers directly with make_test_context."""
+    """The HFService of an HFWorker set up in this process (no broker): call its handlers directly with
+    make_test_context."""
     from workers.base import worker_arg_parser
     from workers.hf_worker import HFWorker
     device = options.pop("device", "cpu")
@@ -87,7 +88,7 @@ def make_worker(**options):
                                                "--device", device, "--options-json", json.dumps(options)])
     w = HFWorker(args)
     w.setup()
-    return w
+    return w.service
 
 
 class FakeFileService:

@@ -192,13 +192,13 @@ def test_embeddings_plain_encoder_normalized_and_ordered(worker):
 def test_embeddings_batch_across_concurrent_requests(worker):
     emb(worker, ["warm"])
     lm = worker._loaded["tiny-bert"]
-    b0, t0 = lm.batcher.batches, lm.batcher.batched_texts
+    b0, t0, wait = lm.batcher.batches, lm.batcher.batched_texts, lm.batcher.max_wait_s
     texts = [f"{w} fox" for w in ["the", "quick", "brown", "lazy", "dog", "gold", "rome", "paris"] * 2]
     lm.batcher.max_wait_s = 0.05
     try:
         out, errs = run_threads([lambda t=t: emb(worker, [t]) for t in texts])
     finally:
-        lm.batcher.max_wait_s = worker.embed_max_wait_s
+        lm.batcher.max_wait_s = wait
     assert errs == [None] * len(texts)
     assert lm.batcher.batched_texts - t0 == len(texts)
     assert lm.batcher.batches - b0 < len(texts) / 2          # requests really shared forward passes

@@ -1,0 +1,55 @@
+"""ml.TransformersService/GenerateEmbeddings: bounded, then batched across requests (workers/hf/embeddings.py).
+
+`EmbeddingHandlers` is a mixin of workers/hf/service.py's HFService.
+"""
+from __future__ import annotations
+
+from protos import ml_inference_pb2 as ML
+from workers.context import RequestContext, WorkerError
+from workers.hf import limits
+from workers.hf.handlers import stop
+
+
+class EmbeddingHandlers:
+    """Mixin: GenerateEmbeddings."""
+
+    def _check_embed(self, payload: bytes) -> "ML.GenerateEmbeddingsRequest":
+        """Bounds first: request bytes, then the number of texts, then each text's and all texts' length."""
+        limits.check_payload(payload, limits.max_request_bytes(self.embed_max_total_chars, self.max_embed_texts),
+                             "GenerateEmbeddings", f"{self.max_embed_texts} texts, {self.embed_max_total_chars} characters")
+        req = ML.GenerateEmbeddingsRequest.FromString(payload)
+        texts = req.texts
+        if not texts:
+            raise WorkerError("INVALID_ARGUMENT", "texts is empty: send at least one text to embed")
+        limits.check_count(len(texts), self.max_embed_texts, "GenerateEmbeddings: texts", "max_embed_texts",
+                           "split the texts over several requests")
+        total = 0
+        for i, t in enumerate(texts):
+            limits.check_chars(len(t), self.embed_max_text_chars, f"GenerateEmbeddings: texts[{i}]",
+                               "embed_max_text_chars", "split it into passages (the model reads only its start)")
+            total += len(t)
+        limits.check_chars(total, self.embed_max_total_chars, "GenerateEmbeddings: the texts together",
+                           "embed_max_total_chars", "split the texts over several requests")
+        return req
+
+    def generate_embeddings(self, ctx: RequestContext) -> bytes:
+        from workers.hf.embeddings import Stopped
+        req = self._check_embed(ctx.payload)
+        texts = list(req.texts)
+        lm = self._acquire(req.model or self.default_emb_model, "embed")
+        batcher = lm.batcher
+        if batcher is None:
+            raise WorkerError("UNAVAILABLE", f"model '{lm.model_id}' was unloaded while this request waited; retry")
+        try:
+            vecs = batcher.embed(texts, stop.stopper(ctx))
+        except Stopped as exc:
+            stop.raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
+                                                       "or send fewer texts per request")
+        except RuntimeError as exc:
+            if "unloaded" in str(exc):
+                raise WorkerError("UNAVAILABLE", f"model '{lm.model_id}' was unloaded while this request waited; retry") from None
+            raise
+        resp = ML.GeneratedEmbeddingsResponse()
+        for v in vecs:
+            resp.embeddings.add().values.extend(v.tolist())
+        return resp.SerializeToString()
