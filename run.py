@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PythonML entry point: supervisor + broker in this process; facade and workers as children.
+"""PythonML entry point: argument parsing and wiring. The process manager (broker/process_manager.py) runs
+in this process and owns the facade and every worker as children; the router (broker/router.py) beside it.
 
 `python run.py [--port 50051] ...` starts the service; `python run.py call VERB ...` is the client CLI.
 Every flag can also be given as an environment variable PML_<FLAG> (e.g. PML_PORT=50052).
@@ -7,7 +8,6 @@ Every flag can also be given as an environment variable PML_<FLAG> (e.g. PML_POR
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -31,10 +31,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from common import logs, proc  # noqa: E402
+from common.families import default_pools, family_of  # noqa: E402
 
 log = logging.getLogger("main")
 
-DEFAULT_POOLS = "vision,hf,litert"
 MAX_RESPONSE_MB = 2047   # gRPC message sizes are 32-bit signed
 
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = ap.add_argument
     a("--host", default=env_default("host", "127.0.0.1"), help="gRPC bind address (default 127.0.0.1)")
     a("--port", type=int, default=env_default("port", 50051, int), help="gRPC port (default 50051; 0 = any free port)")
-    a("--pools", default=env_default("pools", DEFAULT_POOLS),
+    a("--pools", default=env_default("pools", default_pools()),
       help="comma list of pool[@device][*count], e.g. 'vision,hf,hf@cuda:0,litert' (default: vision,hf,litert "
            "on cpu plus hf on every CUDA device)")
     a("--cuda", choices=["auto", "off"], default=env_default("cuda", "auto"),
@@ -154,9 +154,12 @@ def parse_pools(spec: str, cuda: str) -> list:
             count = int(n)
         pool, _, device = item.partition("@")
         out.append((pool, device or "cpu", count))
+    for pool, _, _ in out:
+        family_of(pool)   # an unknown pool is refused here, before anything starts
     explicit_cuda = any(d.startswith("cuda") for _, d, _ in out)
-    if cuda == "auto" and not explicit_cuda and any(p == "hf" for p, _, _ in out):
-        out += [("hf", dev, 1) for dev in detect_cuda_devices()]
+    if cuda == "auto" and not explicit_cuda:
+        wanted = [p for p in dict.fromkeys(p for p, _, _ in out) if family_of(p).per_cuda_device]
+        out += [(p, dev, 1) for p in wanted for dev in detect_cuda_devices()]
     return out
 
 
@@ -169,6 +172,11 @@ def main(argv=None) -> int:
     if not 0 < args.max_response_mb <= MAX_RESPONSE_MB:
         sys.stderr.write(f"PythonML cannot start: --max-response-mb {args.max_response_mb:g} is outside (0, "
                          f"{MAX_RESPONSE_MB}]; the orchestrator's client reads 4 MiB messages (the default)\n")
+        return 2
+    try:
+        parse_pools(args.pools, "off")
+    except ValueError as exc:
+        sys.stderr.write(f"PythonML cannot start: --pools {args.pools!r}: {exc}\n")
         return 2
     missing = [m for m in ("zmq", "msgpack", "grpc", "google.protobuf", "psutil") if not _importable(m)]
     if missing:
@@ -190,53 +198,22 @@ def _importable(module: str) -> bool:
 
 
 class Service:
+    """Wiring: the run's resources (run folder, shared-memory pool, sockets, keys), the process manager
+    with the facade and every pool's workers, the metrics endpoint, signals. The manager does the rest."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.stop_requested = False
-        self.ready_printed = False
-        self.exit_code = 0
-
-    def _worker_options(self, pool: str, device: str) -> dict:
-        ncpu = os.cpu_count() or 1
-        threads = self.args.worker_threads or (ncpu if pool == "hf" else max(1, ncpu // 2))
-        return {"auto_load": not self.args.no_auto_load, "model_file_service": self.args.model_file_service,
-                "model_dirs": list(self.args.model_dir), "cwd_models": not self.args.no_working_dir_models, "cache_dir": os.path.join(self.run_dir, "cache", f"{pool}-{device}"),
-                "threads": threads, "max_frame_bytes": self.args.max_frame_mb * 2**20,
-                "xnnpack": not self.args.litert_no_xnnpack, "gpu_delegate": self.args.litert_gpu,
-                "gpu_delegate_library": self.args.litert_gpu_delegate_library,
-                "file_timeout_s": self.args.model_file_timeout_s, "file_retries": self.args.model_file_retries,
-                "max_rss_mb": self.args.max_worker_rss_mb, "max_requests": self.args.max_worker_requests,
-                "max_response_bytes": int(self.args.max_response_mb * 2**20)}
-
-    def _worker_child(self, pool: str, device: str):
-        from broker.supervisor import Child, module_for_pool
-
-        def make(worker_id: str) -> Child:
-            opts = self._worker_options(pool, device)
-            t = str(opts["threads"])
-            env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
-                   "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            argv = [sys.executable, "-m", "common.child", str(int(signal.SIGKILL)), module_for_pool(pool), "--pool", pool,
-                    "--device", device, "--connect", self.backend_connect, "--worker-id", worker_id,
-                    "--shm-fd", str(self.shm_fd), "--shm-slots", str(self.args.shm_slots),
-                    "--shm-slot-size", str(self.args.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
-                    "--heartbeat-interval", str(self.args.heartbeat_interval_s), "--drain-seconds", str(self.args.drain_s),
-                    "--max-message-bytes", str((self.args.max_message_mb + 16) * 2**20),
-                    "--log-level", self.args.log_level, "--log-format", self.args.log_format]
-            if self.curve_server_public:
-                # "=" form: a Z85 key may begin with "-", which argparse would take for an option
-                argv += [f"--curve-server-key={self.curve_server_public.decode()}"]
-            return Child(name=worker_id, argv=argv, env=env, pass_fds=(self.shm_fd,))
-        return make
+        self.port = args.port
 
     def _preload_plan(self) -> dict:
         """--preload specs -> {(pool, device): {model_id: (method, LoadModelRequest bytes)}}.
 
-        Preloads ride on the broker's replay of acknowledged loads: sent when the worker is READY and
-        again after each restart, so a recycled or crashed worker comes back warm."""
+        Preloads ride on the process manager's replay of acknowledged loads: sent when the worker is READY
+        and again after each restart, so a recycled or crashed worker comes back warm."""
         if not self.args.preload:
             return {}
+        from common.methods import LOAD_MODEL
         from common.placement import parse_preload, pool_for_load
         from protos import ml_inference_pb2 as ML
         plan: dict = {}
@@ -252,58 +229,27 @@ class Service:
             if device not in devices:
                 raise SystemExit(f"--preload {spec!r}: no {pool} worker on {device} (have {', '.join(devices)})")
             req = ML.LoadModelRequest(model_id=model_id, options={"device": device} if pool == "hf" else {})
-            plan.setdefault((pool, device), {})[model_id] = ("ml.ModelManagementService/LoadModel",
-                                                             req.SerializeToString())
+            plan.setdefault((pool, device), {})[model_id] = (LOAD_MODEL, req.SerializeToString())
         return plan
 
-    def _facade_child(self):
-        from broker.supervisor import Child
-        a = self.args
-        pools = ",".join(sorted({p for p, _, _ in self.pools}))
-        argv = [sys.executable, "-m", "common.child", str(int(signal.SIGTERM)), "facade.server", "--host", a.host, "--port", str(self.port), "--broker", self.frontend,
-                "--pools", pools, "--shm-fd", str(self.shm_fd), "--shm-slots", str(a.shm_slots),
-                "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
-                "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
-                "--max-response-mb", str(a.max_response_mb),
-                "--http-port", str(a.http_port),
-                "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
-                "--cwd-models", "0" if a.no_working_dir_models else "1",
-                "--log-level", a.log_level, "--log-format", a.log_format]
-        return Child(name="facade", argv=argv, env={}, pass_fds=(self.shm_fd,))
-
-    def _on_hello(self, header: dict) -> None:
+    def _on_facade_ready(self, header: dict) -> None:
         port = int(header.get("port") or 0)
-        if port and not self.ready_printed:
+        if port:
             self.port = port  # a restarted facade binds the same port
-            logs.write_nonblocking(1, f"READY port={port} pid={os.getpid()}\n".encode())
-            self.ready_printed = True
-            log.info("listening on %s:%d (ready in %.2fs)", self.args.host, port, time.time() - self.t0)
+        logs.write_nonblocking(1, f"READY port={self.port} pid={os.getpid()}\n".encode())
+        log.info("listening on %s:%d (ready in %.2fs)", self.args.host, self.port, time.time() - self.t0)
 
-    def _on_facade_exit(self, pidfd: int) -> None:
-        from broker.supervisor import describe_exit
-        child = self.sup.reap(pidfd)
-        code = child.exit_code if child else None
-        if self.stop_requested:
-            self.facade_done = True
-            return
-        if not self.ready_printed:
-            log.critical("the gRPC facade failed to start (%s); see the log above", describe_exit(code))
-            self.exit_code = 1
-            self.stop_requested = True
-            self.facade_done = True
-            return
-        log.error("the gRPC facade died (%s); restarting it", describe_exit(code))
-        if child is not None:
-            dropped = self.broker.forget_facade(f"facade-{child.pid}".encode())
-            if dropped:
-                log.warning("cancelled %d requests of the dead facade", dropped)
-        self.facade_restarts += 1
-        time.sleep(min(2.0, 0.1 * self.facade_restarts))
-        self._start_facade()
-
-    def _start_facade(self) -> None:
-        self.facade = self.sup.spawn(self._facade_child())
-        self.broker.extra_pidfd_handlers[self.facade.pidfd] = self._on_facade_exit
+    def _worker_socket(self, run_dir: str) -> tuple:
+        """(bind endpoint, connect endpoint, CurveZMQ server public key, secret key) of the workers' socket."""
+        a = self.args
+        if not a.worker_endpoint:
+            endpoint = f"ipc://{run_dir}/backend.sock"
+            return endpoint, endpoint, None, None
+        import zmq
+        public, secret = zmq.curve_keypair()
+        wpub, wsec = zmq.curve_keypair()
+        os.environ["PML_CURVE_PUBLIC"], os.environ["PML_CURVE_SECRET"] = wpub.decode(), wsec.decode()
+        return a.worker_endpoint, a.worker_endpoint.replace("*", "127.0.0.1"), public, secret
 
     def run(self) -> int:
         self.t0 = time.time()
@@ -311,93 +257,74 @@ class Service:
         proc.set_pdeathsig(signal.SIGTERM)  # the orchestrator died: shut down
         logs.configure(a.log_level, a.log_format, process_name="main", nonblocking=True)
         logs.set_nonblocking(1)
-        from broker.router import Broker, BrokerConfig
-        from broker.supervisor import Supervisor
+        from broker import launch
+        from broker.process_manager import ManagerConfig, ProcessManager
+        from broker.router import RouterConfig
         from shm.pool import create_pool_fd
 
         self.pools = parse_pools(a.pools, a.cuda)
-        self.port = a.port
-        self.run_dir = proc.make_run_dir()
-        self.facade_done = False
-        self.facade_restarts = 0
-        self.curve_server_public = None
+        run_dir = proc.make_run_dir()
+        manager = None
+        exit_code = 0
         try:
-            self.shm_fd = create_pool_fd(a.shm_slots, a.shm_slot_mb * 2**20)
-            self.frontend = f"ipc://{self.run_dir}/frontend.sock"
-            if a.worker_endpoint:
-                import zmq
-                self.curve_server_public, secret = zmq.curve_keypair()
-                cfg_backend, self.backend_connect = a.worker_endpoint, a.worker_endpoint.replace("*", "127.0.0.1")
-                wpub, wsec = zmq.curve_keypair()
-                os.environ["PML_CURVE_PUBLIC"], os.environ["PML_CURVE_SECRET"] = wpub.decode(), wsec.decode()
-            else:
-                secret = None
-                cfg_backend = self.backend_connect = f"ipc://{self.run_dir}/backend.sock"
-            self.sup = Supervisor()
-            self.broker = Broker(BrokerConfig(frontend=self.frontend, backend=cfg_backend, queue_limit=a.queue_limit,
-                                              queue_timeout_s=a.queue_timeout_s, heartbeat_timeout_s=a.heartbeat_timeout_s,
-                                              caller_queue_limit=a.caller_queue_limit, stall_timeout_s=a.stall_timeout_s,
-                                              startup_timeout_s=a.startup_timeout_s,
-                                              max_message_bytes=(a.max_message_mb + 16) * 2**20,
-                                              curve_secret=secret, curve_public=self.curve_server_public), self.sup)
-            if secret:
-                self._start_curve_auth(os.environ["PML_CURVE_PUBLIC"].encode())
-            self.broker.on_hello = self._on_hello
+            shm_fd = create_pool_fd(a.shm_slots, a.shm_slot_mb * 2**20)
+            backend, backend_connect, curve_public, curve_secret = self._worker_socket(run_dir)
+            res = launch.RunResources(run_dir, shm_fd, f"ipc://{run_dir}/frontend.sock", backend_connect, curve_public)
+            manager = ProcessManager(
+                ManagerConfig(heartbeat_timeout_s=a.heartbeat_timeout_s, startup_timeout_s=a.startup_timeout_s,
+                              stall_timeout_s=a.stall_timeout_s),
+                RouterConfig(frontend=res.frontend, backend=backend, queue_limit=a.queue_limit,
+                             caller_queue_limit=a.caller_queue_limit, queue_timeout_s=a.queue_timeout_s,
+                             max_message_bytes=(a.max_message_mb + 16) * 2**20,
+                             curve_secret=curve_secret, curve_public=curve_public))
+            if curve_secret:
+                self._start_curve_auth(run_dir, os.environ["PML_CURVE_PUBLIC"].encode())
             preload = self._preload_plan()
-            self._start_facade()
+            manager.start_facade(launch.facade_factory(a, res, self.pools, lambda: self.port), self._on_facade_ready)
             for pool, device, count in self.pools:
                 for _ in range(count):
-                    slot = self.broker.add_slot(pool, device, self._worker_child(pool, device))
-                    slot.replay.update(preload.get((pool, device), {}))
+                    manager.add_worker(pool, device, launch.worker_factory(a, res, pool, device),
+                                       replay=preload.get((pool, device), {}))
             if a.metrics_port:
                 from broker.metrics import start_metrics
                 token = os.environ.get(a.auth_token_env, "") if a.auth_token_env else ""
-                start_metrics(a.host, a.metrics_port, lambda: self.broker.snapshot, token=token)
+                start_metrics(a.host, a.metrics_port, lambda: manager.snapshot, token=token)
+
+            def on_signal(signum, frame) -> None:
+                if not self.stop_requested:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                self.stop_requested = True
+                manager.request_stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, self._on_signal)
+                signal.signal(sig, on_signal)
             proc.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
-            while not self.stop_requested:
-                self.broker.poll_once(50)
-            self._shutdown()
+            manager.run(lambda: self.stop_requested)
+            exit_code = 1 if manager.failed else 0
+            manager.shutdown(a.drain_s)
+            log.info("stopped (exit %d)", exit_code)
         except Exception:
             log.critical("fatal error: %s", sys.exc_info()[1], exc_info=True)
-            self.exit_code = self.exit_code or 1
+            exit_code = 1
         finally:
-            try:
-                self.sup.kill_all()
-            except Exception:
-                pass
-            proc.remove_run_dir(self.run_dir)
-        return self.exit_code
+            if manager is not None:
+                try:
+                    manager.kill_all()
+                except Exception:
+                    pass
+            proc.remove_run_dir(run_dir)
+        return exit_code
 
-    def _start_curve_auth(self, allowed_public: bytes) -> None:
+    def _start_curve_auth(self, run_dir: str, allowed_public: bytes) -> None:
         """Only workers holding our generated client key may join the tcp worker socket."""
         import zmq
         from zmq.auth.thread import ThreadAuthenticator
         self.auth = ThreadAuthenticator(zmq.Context.instance())
         self.auth.start()
-        keys_dir = os.path.join(self.run_dir, "curve")
+        keys_dir = os.path.join(run_dir, "curve")
         os.makedirs(keys_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(keys_dir, "worker.key"), "w") as f:
             f.write(f'metadata\ncurve\n    public-key = "{allowed_public.decode()}"\n')
         self.auth.configure_curve(domain="*", location=keys_dir)
-
-    def _on_signal(self, signum, frame) -> None:
-        if not self.stop_requested:
-            log.info("received %s: draining", signal.Signals(signum).name)
-        self.stop_requested = True
-        self.broker.stopping = True  # no restarts from now on
-
-    def _shutdown(self) -> None:
-        a = self.args
-        if self.exit_code == 0:
-            self.sup.kill(self.facade, signal.SIGTERM)
-            end = time.time() + a.drain_s + 3
-            while not self.facade_done and time.time() < end:
-                self.broker.poll_once(50)
-        self.broker.stop_workers(timeout_s=min(a.drain_s, 10))
-        self.broker.close()
-        log.info("stopped (exit %d)", self.exit_code)
 
 
 if __name__ == "__main__":

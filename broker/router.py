@@ -1,31 +1,33 @@
-"""The broker: one owner of every queue, credit and routing decision (DESIGN §2).
+"""The router: queues, credits and dispatch (DESIGN §2). It never touches a process.
 
-Frontend ROUTER (the facade's DEALER) and backend ROUTER (each worker's DEALER), one poll loop.
-Requests are routed by pool and device, then by model affinity; a stream stays pinned to the worker
-that served its first frame. Each worker announces a capacity and gets at most that many requests at
-once; the rest wait in a bounded queue per pool with one sub-queue per caller (client connection),
-served round robin (broker/fair_queue.py): a full queue, or a caller beyond its share of it, answers
-RESOURCE_EXHAUSTED at once, a request whose deadline passes in the queue answers DEADLINE_EXCEEDED
-without reaching a worker. Every request gets exactly one terminal reply (FINAL or ERROR): the facade
-relies on it to release shared-memory slots. Worker death is noticed through pidfds, a hang through
-missed heartbeats, handlers that are all stuck by the progress watchdog (broker/watchdog.py); the
-worker is restarted with capped back-off and the model loads it had acknowledged are replayed.
+Frontend ROUTER (the facade's DEALER) and backend ROUTER (each worker's DEALER). Requests are routed by
+pool and device, then by model affinity; a stream stays pinned to the worker that served its first
+frame. Each worker announces a capacity and gets at most that many requests at once; the rest wait in a
+bounded queue per pool with one sub-queue per caller (client connection), served round robin
+(broker/fair_queue.py): a full queue, or a caller beyond its share of it, answers RESOURCE_EXHAUSTED at
+once, a request whose deadline passes in the queue answers DEADLINE_EXCEEDED without reaching a worker.
+Every request gets exactly one terminal reply (FINAL or ERROR): the facade relies on it to release
+shared-memory slots.
+
+Births and deaths of workers come from the process manager (broker/process_manager.py) as events
+(`worker_started`, `worker_exited`); what the router learns that the manager needs (a worker is READY,
+a model was loaded or unloaded, the facade said HELLO, a view was asked for) goes back through
+`RouterEvents`. Liveness fields of a worker (`last_seen`, `last_reply`, its in-flight requests) are
+kept here, where messages arrive, and read by the manager's timers.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import zmq
 
 from broker import protocol as P
 from broker.fair_queue import FairQueue
-from broker.supervisor import Backoff, Child, Supervisor, describe_exit
-from broker.watchdog import stall_reason
+from common.methods import LOAD_MODEL
 
 log = logging.getLogger("broker")
 
@@ -50,29 +52,14 @@ class Request:
 
 
 @dataclass
-class WorkerSlot:
-    """A place in a pool that always holds one worker process (restarted when it dies)."""
+class WorkerState:
+    """The router's view of one worker process: what it can take, what it holds, what it last said."""
+    worker_id: str
     pool: str
     device: str
-    index: int
-    make_child: Callable[[str], Child]
-    backoff: Backoff = field(default_factory=Backoff)
-    generation: int = 0
-    restarts: int = 0
-    replay: dict = field(default_factory=dict)   # model_id -> (method, payload)
-    restart_at: Optional[float] = None
-    worker: Optional["WorkerState"] = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.pool}@{self.device}#{self.index}"
-
-
-@dataclass
-class WorkerState:
-    worker_id: str
-    slot: WorkerSlot
-    child: Child
+    index: int                       # its place in the pool (ties in load go to the lowest)
+    pid: int = 0
+    started_at: float = field(default_factory=time.time)
     state: str = "starting"          # starting | ready | draining | dead
     capacity: int = 1
     inflight: dict = field(default_factory=dict)   # request id -> Request
@@ -84,50 +71,49 @@ class WorkerState:
     last_reply: float = field(default_factory=time.time)   # last PARTIAL/FINAL/ERROR (progress watchdog)
     served: int = 0
     stop_sent: bool = False
-    kill_reason: Optional[str] = None   # set when the broker kills it for lack of progress
+    kill_reason: Optional[str] = None   # set by the process manager when it kills it for lack of progress
 
     def free(self) -> int:
         return self.capacity - len(self.inflight) if self.state == "ready" else 0
 
 
+class RouterEvents(Protocol):
+    """What the router tells its owner (the process manager)."""
+    def worker_ready(self, ws: WorkerState) -> None: ...
+    def model_loaded(self, ws: WorkerState, model_id: str, method: str, payload: bytes) -> None: ...
+    def model_unloaded(self, ws: WorkerState, model_id: str) -> None: ...
+    def facade_hello(self, header: dict) -> None: ...
+    def view(self, name: str) -> dict: ...
+
+
 @dataclass
-class BrokerConfig:
+class RouterConfig:
     frontend: str
     backend: str
     queue_limit: int = 256
     caller_queue_limit: int = 0      # queued requests per caller and pool (0 = only the fair share)
     queue_timeout_s: float = 30.0
-    stall_timeout_s: float = 300.0   # progress watchdog: longest silence of a request without deadline (0 = off)
-    heartbeat_timeout_s: float = 5.0
-    startup_timeout_s: float = 300.0
     max_message_bytes: int = 256 * 2**20
     curve_secret: Optional[bytes] = None
     curve_public: Optional[bytes] = None
 
 
-class Broker:
-    def __init__(self, config: BrokerConfig, supervisor: Supervisor):
+class Router:
+    def __init__(self, config: RouterConfig, events: RouterEvents):
         self.cfg = config
-        self.sup = supervisor
+        self.events = events
         self.zctx = zmq.Context.instance()
         self.frontend = self._router(config.frontend)
         self.backend = self._router(config.backend, curve=True)
-        self.slots: list[WorkerSlot] = []
+        self.configured: dict[str, dict[str, int]] = {}      # pool -> device -> workers configured
         self.workers: dict[str, WorkerState] = {}          # worker_id -> state
-        self.by_pidfd: dict[int, WorkerState] = {}
         self.queues: dict[str, FairQueue] = {}
         self.requests: dict[str, Request] = {}              # every request not yet answered
         self.streams: dict[str, str] = {}                    # stream id -> worker id
         self.dead_streams: dict[str, str] = {}               # stream id -> reason (worker died)
         self.facades: set = set()
-        self.counters = {"malformed": 0, "rejected": {}, "expired": {}, "crashes": 0, "hangs": 0,
-                         "stalls": 0, "unroutable_replies": 0}
-        self.started = time.time()
-        self.snapshot: dict = {}
+        self.counters = {"malformed": 0, "rejected": {}, "expired": {}, "unroutable_replies": 0}
         self._ids = itertools.count()
-        self.stopping = False
-        self.on_hello: Optional[Callable[[dict], None]] = None   # the facade announced its port
-        self.extra_pidfd_handlers: dict[int, Callable[[int], None]] = {}
         self._last_pools: dict = {}
 
     def _router(self, endpoint: str, curve: bool = False) -> zmq.Socket:
@@ -146,46 +132,71 @@ class Broker:
         s.bind(endpoint)
         return s
 
-    # ---------------------------------------------------------------- pools and workers
-    def add_slot(self, pool: str, device: str, make_child: Callable[[str], Child]) -> WorkerSlot:
-        slot = WorkerSlot(pool, device, sum(1 for s in self.slots if s.pool == pool and s.device == device),
-                          make_child)
-        self.slots.append(slot)
+    # ---------------------------------------------------------------- topology (from the process manager)
+    def add_pool_slot(self, pool: str, device: str) -> int:
+        """One more worker place in (pool, device); returns its index there."""
+        devices = self.configured.setdefault(pool, {})
+        devices[device] = devices.get(device, 0) + 1
         self.queues.setdefault(pool, FairQueue(pool, self.cfg.queue_limit, self.cfg.caller_queue_limit))
         self.counters["rejected"].setdefault(pool, 0)
         self.counters["expired"].setdefault(pool, 0)
-        self._start(slot)
-        return slot
+        return devices[device] - 1
 
-    def _start(self, slot: WorkerSlot) -> None:
-        slot.generation += 1
-        slot.restart_at = None
-        worker_id = f"{slot.key}.{slot.generation}"
-        child = self.sup.spawn(slot.make_child(worker_id))
-        ws = WorkerState(worker_id=worker_id, slot=slot, child=child)
-        slot.worker = ws
-        self.workers[worker_id] = ws
-        self.by_pidfd[child.pidfd] = ws
-        log.info("started %s pid=%d", worker_id, child.pid)
+    def worker_started(self, ws: WorkerState) -> None:
+        self.workers[ws.worker_id] = ws
+
+    def worker_exited(self, ws: WorkerState, requests_message: str, streams_message: str) -> None:
+        """A worker process is gone: every request it held fails UNAVAILABLE with `requests_message`, its
+        streams are closed with `streams_message` (their state died with it)."""
+        ws.state = "dead"
+        self.workers.pop(ws.worker_id, None)
+        for req in list(ws.inflight.values()):
+            self._error(req, "UNAVAILABLE", requests_message)
+        ws.inflight.clear()
+        for stream, wid in list(self.streams.items()):
+            if wid == ws.worker_id:
+                del self.streams[stream]
+                self.dead_streams[stream] = streams_message
+        self.pools_changed()
 
     def pools(self) -> dict:
         out: dict = {}
-        for slot in self.slots:
-            p = out.setdefault(slot.pool, {"live": 0, "configured": 0, "devices": {}})
-            p["configured"] += 1
-            live = slot.worker is not None and slot.worker.state in ("ready", "draining")
-            p["live"] += int(live)
-            d = p["devices"].setdefault(slot.device, 0)
-            p["devices"][slot.device] = d + int(live)
+        live: dict = {}
+        for ws in self.workers.values():
+            if ws.state in ("ready", "draining"):
+                live[(ws.pool, ws.device)] = live.get((ws.pool, ws.device), 0) + 1
+        for pool, devices in self.configured.items():
+            p = out.setdefault(pool, {"live": 0, "configured": 0, "devices": {}})
+            for device, n in devices.items():
+                up = live.get((pool, device), 0)
+                p["configured"] += n
+                p["live"] += up
+                p["devices"][device] = up
         return out
 
-    def _pools_changed(self) -> None:
+    def pools_changed(self) -> None:
         pools = self.pools()
         if pools == self._last_pools:
             return
         self._last_pools = pools
         for facade in list(self.facades):
             self._send_facade(facade, P.POOLS, {"pools": pools})
+
+    def submit_internal(self, ws: WorkerState, method: str, model: str, payload: bytes) -> None:
+        """A request of the broker's own (a replayed load) straight to `ws`; its reply is only logged."""
+        rid = f"replay-{next(self._ids)}"
+        req = Request(id=rid, facade=b"", header={"id": rid, "method": method, "pool": ws.pool,
+                                                   "device": ws.device, "model": model, "replay": True},
+                      frames=[payload], pool=ws.pool, device=ws.device, model=model, stream=None,
+                      deadline=None, enqueued_at=time.time(), internal=True, worker_id=ws.worker_id,
+                      last_activity=time.time())
+        self.requests[rid] = req
+        ws.inflight[rid] = req
+        self._send_worker(ws, P.REQUEST, req.header, req.frames)
+
+    def send_stop(self, ws: WorkerState) -> None:
+        ws.stop_sent = True
+        self._send_worker(ws, P.STOP, {})
 
     # ---------------------------------------------------------------- sending
     def _send_facade(self, facade: bytes, command: bytes, header, frames=()) -> None:
@@ -239,8 +250,7 @@ class Broker:
         elif command == P.STREAM_CLOSE:
             self._on_stream_close(str(header.get("stream", "")))
         elif command == P.HELLO:
-            if self.on_hello is not None:
-                self.on_hello(header)
+            self.events.facade_hello(header)
             self._send_facade(facade, P.POOLS, {"pools": self.pools()})
 
     def _on_request(self, facade: bytes, header: dict, frames: list, raw_header: Optional[bytes] = None) -> None:
@@ -252,11 +262,9 @@ class Broker:
         if rid in self.requests:
             self._send_facade(facade, P.ERROR, P.error_header(rid, "ALREADY_EXISTS", f"request id {rid} is in use"))
             return
-        if method == P.BROKER_QUERY_MODELS:
-            self._send_facade(facade, P.FINAL, {"id": rid, "msgpack": True}, [P.pack_header(self.models_view())])
-            return
-        if method == P.BROKER_QUERY_STATS:
-            self._send_facade(facade, P.FINAL, {"id": rid, "msgpack": True}, [P.pack_header(self.stats_view())])
+        if method in (P.BROKER_QUERY_MODELS, P.BROKER_QUERY_STATS):
+            view = self.events.view(method)
+            self._send_facade(facade, P.FINAL, {"id": rid, "msgpack": True}, [P.pack_header(view)])
             return
         pool = str(header.get("pool") or "")
         deadline = header.get("deadline")
@@ -273,8 +281,8 @@ class Broker:
             self._error(req, "UNIMPLEMENTED", f"pool '{pool}' is not running in this service (pools: {configured}); "
                                                f"start run.py with --pools including it")
             return
-        if req.device and not any(s.pool == pool and s.device == req.device for s in self.slots):
-            devices = sorted({s.device for s in self.slots if s.pool == pool})
+        if req.device and req.device not in self.configured[pool]:
+            devices = sorted(self.configured[pool])
             self._error(req, "INVALID_ARGUMENT", f"device '{req.device}' has no {pool} worker (available: {', '.join(devices)})")
             return
         if req.stream is not None and req.stream in self.dead_streams:
@@ -340,15 +348,8 @@ class Broker:
         if req.stream is not None and req.stream in self.streams:
             ws = self.workers.get(self.streams[req.stream])
             return [ws] if ws is not None else []
-        out = []
-        for slot in self.slots:
-            ws = slot.worker
-            if ws is None or slot.pool != req.pool or ws.state != "ready":
-                continue
-            if req.device and slot.device != req.device:
-                continue
-            out.append(ws)
-        return out
+        return [ws for ws in self.workers.values() if ws.pool == req.pool and ws.state == "ready"
+                and (not req.device or ws.device == req.device)]
 
     def _pick(self, req: Request) -> Optional[WorkerState]:
         cands = self._candidates(req)
@@ -359,13 +360,13 @@ class Broker:
             if with_model:
                 cands = with_model
             elif any(req.model in w.models for w in self.workers.values()
-                     if w.slot.pool == req.pool and w.state in ("starting", "ready", "draining")
-                     and (not req.device or w.slot.device == req.device)):
+                     if w.pool == req.pool and w.state in ("starting", "ready", "draining")
+                     and (not req.device or w.device == req.device)):
                 return None  # wait for the worker that has the model rather than loading it twice
         free = [w for w in cands if w.free() > 0]
         if not free:
             return None
-        return min(free, key=lambda w: (len(w.inflight) / max(1, w.capacity), w.slot.index))
+        return min(free, key=lambda w: (len(w.inflight) / max(1, w.capacity), w.index))
 
     def _try_dispatch(self, req: Request) -> bool:
         ws = self._pick(req)
@@ -387,7 +388,7 @@ class Broker:
         return True
 
     def _has_credit(self, pool: str) -> bool:
-        return any(slot.worker is not None and slot.pool == pool and slot.worker.free() > 0 for slot in self.slots)
+        return any(ws.pool == pool and ws.free() > 0 for ws in self.workers.values())
 
     def _dispatch_queued(self, sweep: bool = False) -> None:
         """Hand free credit to queued requests, round robin between callers (FairQueue.serve). With
@@ -459,7 +460,7 @@ class Broker:
             else:
                 self._finish(req, command, header, frames, raw_header=parts[3])
             self._maybe_stop_draining(ws)
-            if self.queues.get(ws.slot.pool):
+            if self.queues.get(ws.pool):
                 self._dispatch_queued()
         elif command == P.HEARTBEAT:
             self._absorb_status(ws, header)
@@ -469,9 +470,9 @@ class Broker:
             ws.state = "ready"
             ws.ready_at = ws.last_reply = time.time()
             log.info("%s ready (pid %s, capacity %d) in %.2fs", wid, header.get("pid"), ws.capacity,
-                     ws.ready_at - ws.child.started_at)
-            self._replay(ws)
-            self._pools_changed()
+                     ws.ready_at - ws.started_at)
+            self.events.worker_ready(ws)
+            self.pools_changed()
             self._dispatch_queued()
         elif command == P.LOADED:
             ws.models_version = max(ws.models_version, int(header.get("version") or 0))
@@ -479,13 +480,13 @@ class Broker:
             mid = str(model.get("model_id") or "")
             if mid:
                 ws.models[mid] = model
-                ws.slot.replay[mid] = (str(header.get("method") or "ml.ModelManagementService/LoadModel"),
-                                       bytes(frames[0]) if frames else b"")
+                self.events.model_loaded(ws, mid, str(header.get("method") or LOAD_MODEL),
+                                         bytes(frames[0]) if frames else b"")
         elif command == P.UNLOADED:
             ws.models_version = max(ws.models_version, int(header.get("version") or 0))
             mid = str(header.get("model_id") or "")
             ws.models.pop(mid, None)
-            ws.slot.replay.pop(mid, None)
+            self.events.model_unloaded(ws, mid)
         elif command == P.DISCONNECT:
             ws.state = "draining"
 
@@ -499,26 +500,13 @@ class Broker:
         if header.get("recycle") and ws.state == "ready":
             log.warning("recycling %s: %s", ws.worker_id, header["recycle"])
             ws.state = "draining"
-            self._pools_changed()
+            self.pools_changed()
             self._maybe_stop_draining(ws)
 
     def _maybe_stop_draining(self, ws: WorkerState) -> None:
+        """A draining worker (recycled, or it said DISCONNECT) is told to STOP once it holds nothing."""
         if ws.state == "draining" and not ws.inflight and not ws.stop_sent:
-            ws.stop_sent = True
-            self._send_worker(ws, P.STOP, {})
-
-    def _replay(self, ws: WorkerState) -> None:
-        for mid, (method, payload) in list(ws.slot.replay.items()):
-            rid = f"replay-{next(self._ids)}"
-            req = Request(id=rid, facade=b"", header={"id": rid, "method": method, "pool": ws.slot.pool,
-                                                       "device": ws.slot.device, "model": mid, "replay": True},
-                          frames=[payload], pool=ws.slot.pool, device=ws.slot.device, model=mid, stream=None,
-                          deadline=None, enqueued_at=time.time(), internal=True, worker_id=ws.worker_id,
-                          last_activity=time.time())
-            self.requests[rid] = req
-            ws.inflight[rid] = req
-            log.info("replaying load of %s on %s", mid, ws.worker_id)
-            self._send_worker(ws, P.REQUEST, req.header, req.frames)
+            self.send_stop(ws)
 
     def _on_internal_reply(self, req: Request, command: bytes, header: dict) -> None:
         if command == P.ERROR:
@@ -526,155 +514,12 @@ class Broker:
         else:
             log.info("replayed load of %s", req.model)
 
-    # ---------------------------------------------------------------- liveness
-    def on_worker_exit(self, ws: WorkerState) -> None:
-        child = ws.child
-        reason = describe_exit(child.exit_code)
-        expected = ws.stop_sent or self.stopping
-        if not expected and ws.kill_reason is None:
-            self.counters["crashes"] += 1
-            log.error("%s (pid %d) died: %s; %d in-flight requests fail", ws.worker_id, child.pid, reason, len(ws.inflight))
-        ws.state = "dead"
-        self.workers.pop(ws.worker_id, None)
-        for req in list(ws.inflight.values()):
-            if ws.kill_reason is not None and not expected:
-                message = (f"the {ws.slot.pool} worker on {ws.slot.device} (pid {child.pid}) was killed: "
-                           f"{ws.kill_reason}; it is being restarted, retry the request")
-            else:
-                message = (f"the {ws.slot.pool} worker on {ws.slot.device} (pid {child.pid}) "
-                           f"{'stopped' if expected else 'crashed'} while processing this request ({reason}); "
-                           f"it is being restarted, retry the request")
-            self._error(req, "UNAVAILABLE", message)
-        ws.inflight.clear()
-        for stream, wid in list(self.streams.items()):
-            if wid == ws.worker_id:
-                del self.streams[stream]
-                self.dead_streams[stream] = (f"the {ws.slot.pool} worker serving this stream (pid {child.pid}) died "
-                                             f"({reason}); its tracking state is lost: open a new stream")
-        slot = ws.slot
-        slot.worker = None
-        if self.stopping:
-            self._pools_changed()
-            return
-        lived = time.time() - child.started_at
-        delay = 0.0 if expected else slot.backoff.next_delay(lived)
-        slot.restarts += 1
-        slot.restart_at = time.time() + delay
-        log.info("restarting %s in %.2fs (restart #%d)", slot.key, delay, slot.restarts)
-        self._pools_changed()
-
-    def _check_timers(self) -> None:
-        now = time.time()
-        for slot in self.slots:
-            if slot.worker is None and slot.restart_at is not None and now >= slot.restart_at and not self.stopping:
-                self._start(slot)
-            ws = slot.worker
-            if ws is None or ws.state == "dead" or ws.kill_reason is not None:
-                continue
-            if ws.state == "starting":
-                if now - ws.child.started_at > self.cfg.startup_timeout_s:
-                    log.error("%s did not become ready in %.0fs; killing it", ws.worker_id, self.cfg.startup_timeout_s)
-                    self.sup.kill(ws.child)
-            elif now - ws.last_seen > self.cfg.heartbeat_timeout_s:
-                self.counters["hangs"] += 1
-                log.error("%s (pid %d) missed heartbeats for %.1fs: killing it as hung", ws.worker_id,
-                          ws.child.pid, now - ws.last_seen)
-                ws.last_seen = now  # do not re-kill every tick
-                self.sup.kill(ws.child, signal.SIGKILL)
-            else:
-                self._check_progress(ws, now)
-
-    def _check_progress(self, ws: WorkerState, now: float) -> None:
-        """Progress watchdog (broker/watchdog.py): kill a worker whose credits are all held by stuck requests."""
-        grace = max(5.0, self.cfg.heartbeat_timeout_s)
-        reason = stall_reason(ws, now, grace, self.cfg.stall_timeout_s)
-        if reason is None:
-            return
-        ws.kill_reason = reason
-        self.counters["hangs"] += 1
-        self.counters["stalls"] += 1
-        log.error("%s (pid %d): killing it as stuck (its heartbeat goes on, its handlers do not)", reason, ws.child.pid)
-        self.sup.kill(ws.child, signal.SIGKILL)
-
-    # ---------------------------------------------------------------- views
-    def models_view(self) -> dict:
-        out = []
-        for ws in self.workers.values():
-            if ws.state == "dead":
-                continue
-            for m in ws.models.values():
-                out.append({**m, "pool": ws.slot.pool, "device": ws.slot.device, "worker_id": ws.worker_id})
-        return {"models": out}
-
-    def stats_view(self) -> dict:
-        now = time.time()
-        workers = []
-        for slot in self.slots:
-            ws = slot.worker
-            st = ws.status if ws else {}
-            mem = st.get("memory") or {}
-            workers.append({
-                "worker_id": ws.worker_id if ws else f"{slot.key}.restarting",
-                "pid": ws.child.pid if ws else 0, "pool": slot.pool, "device": slot.device,
-                "state": ws.state if ws else "restarting", "capacity": ws.capacity if ws else 0,
-                "inflight": len(ws.inflight) if ws else 0,
-                "queue_depth": len(self.queues.get(slot.pool, ())),
-                "restarts": slot.restarts, "uptime_s": (now - ws.child.started_at) if ws else 0.0,
-                "requests_served": ws.served if ws else 0,
-                "rss_mb": mem.get("rss_mb", 0.0), "uss_mb": mem.get("uss_mb", 0.0), "pss_mb": mem.get("pss_mb", 0.0),
-                "cuda_allocated_mb": mem.get("cuda_allocated_mb", 0.0),
-                "cuda_reserved_mb": mem.get("cuda_reserved_mb", 0.0),
-                "models": list(ws.models.values()) if ws else [],
-            })
-        pools = []
-        summary = self.pools()
-        for pool, info in summary.items():
-            for device, live in info["devices"].items():
-                pools.append({"pool": pool, "device": device, "live_workers": live,
-                              "queue_depth": len(self.queues.get(pool, ())), "queue_limit": self.cfg.queue_limit,
-                              "rejected": self.counters["rejected"].get(pool, 0),
-                              "expired": self.counters["expired"].get(pool, 0)})
-        return {"workers": workers, "pools": pools, "uptime_s": now - self.started,
-                "malformed_frames": self.counters["malformed"], "crashes": self.counters["crashes"],
-                "hangs": self.counters["hangs"], "stalls": self.counters["stalls"],
-                "callers": {pool: q.callers() for pool, q in self.queues.items()}}
-
-    # ---------------------------------------------------------------- loop
-    def _poller(self) -> zmq.Poller:
-        fds = tuple(self.by_pidfd.keys()) + tuple(self.extra_pidfd_handlers.keys())
-        if getattr(self, "_poller_fds", None) != fds:
-            poller = zmq.Poller()
-            poller.register(self.backend, zmq.POLLIN)
-            poller.register(self.frontend, zmq.POLLIN)
-            for fd in fds:
-                poller.register(fd, zmq.POLLIN)
-            self._poller_obj, self._poller_fds = poller, fds
-        return self._poller_obj
-
-    def poll_once(self, timeout_ms: int = 50) -> None:
-        events = dict(self._poller().poll(timeout_ms))
-        if self.backend in events:
+    # ---------------------------------------------------------------- polling (the process manager's loop)
+    def on_readable(self, sockets) -> None:
+        if self.backend in sockets:
             self._drain(self.backend, self._on_backend)
-        if self.frontend in events:
+        if self.frontend in sockets:
             self._drain(self.frontend, self._on_frontend)
-        if len(events) > (self.backend in events) + (self.frontend in events):
-            for fd in list(events):
-                if isinstance(fd, int):
-                    if fd in self.by_pidfd:
-                        ws = self.by_pidfd.pop(fd)
-                        self.sup.reap(fd)
-                        self.on_worker_exit(ws)
-                    elif fd in self.extra_pidfd_handlers:
-                        self.extra_pidfd_handlers.pop(fd)(fd)
-        now = time.time()
-        if now - getattr(self, "_last_timers", 0.0) >= 0.02:
-            self._last_timers = now
-            self._check_timers()
-            if any(self.queues.values()):
-                self._dispatch_queued(sweep=True)
-        if now - getattr(self, "_last_snapshot", 0.0) >= 0.5:
-            self._last_snapshot = now
-            self.snapshot = self.stats_view()
 
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], None], budget: int = 1000) -> None:
         for _ in range(budget):
@@ -688,23 +533,13 @@ class Broker:
                 self.counters["malformed"] += 1
                 log.exception("error while handling a message; dropped")
 
+    def sweep(self) -> None:
+        """The 20 ms timer: queued requests that expired, lost their stream or waited too long are answered."""
+        if any(self.queues.values()):
+            self._dispatch_queued(sweep=True)
+
     def busy(self) -> bool:
         return bool(self.requests)
-
-    def stop_workers(self, timeout_s: float) -> None:
-        """Graceful: STOP every worker, wait for them to exit, then kill what is left."""
-        self.stopping = True
-        for ws in list(self.workers.values()):
-            ws.stop_sent = True
-            self._send_worker(ws, P.STOP, {})
-        end = time.time() + timeout_s
-        while self.by_pidfd and time.time() < end:
-            self.poll_once(50)
-        for ws in list(self.by_pidfd.values()):
-            self.sup.kill(ws.child)
-        end = time.time() + 5
-        while self.by_pidfd and time.time() < end:
-            self.poll_once(50)
 
     def close(self) -> None:
         self.frontend.close(0)

@@ -2,7 +2,7 @@
 
 The orchestrator pipes our stdout/stderr and never reads them. The main process writes its log lines
 with non-blocking writes and drops what does not fit (counting the drops); children write into pipes
-that the main process drains (see broker/supervisor.py), so no process can stall on logging.
+that the main process drains (see broker/children.py), so no process can stall on logging.
 """
 from __future__ import annotations
 

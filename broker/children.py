@@ -1,9 +1,10 @@
-"""Child-process lifecycle: spawn, notice exit at once (pidfd), restart with capped back-off.
+"""Process primitives: spawn a child with a pidfd (its exit is noticed at once by polling it), reap it,
+kill it, and pump its stdout/stderr; the capped back-off between restarts.
 
-The supervisor owns every child process (facade and workers) and the pipes of their stdout/stderr,
-which one pump thread drains into our own (non-blocking) stderr so that no child ever blocks on a
-pipe the orchestrator never reads. Routing decisions live in broker/router.py; this module only
-knows processes.
+Policy (which child to start, when to restart, timeouts, replay) lives in broker/process_manager.py,
+the one owner of every child; routing lives in broker/router.py, which never touches a process. One
+pump thread drains every child's output pipe into our own (non-blocking) stderr so that no child ever
+blocks on a pipe the orchestrator never reads.
 """
 from __future__ import annotations
 
@@ -20,15 +21,7 @@ from typing import Optional
 
 from common import logs
 
-log = logging.getLogger("supervisor")
-
-POOL_MODULES = {
-    "vision": "workers.vision_worker",
-    "hf": "workers.hf_worker",
-    "litert": "workers.litert_worker",
-    "fake": "workers.fake_worker",
-}
-
+log = logging.getLogger("children")
 
 @dataclass
 class Backoff:
@@ -108,7 +101,9 @@ class LogPump:
                 logs.write_nonblocking(2, data)
 
 
-class Supervisor:
+class Children:
+    """The live child processes by pidfd: spawn, reap, kill."""
+
     def __init__(self, python: str = sys.executable, cwd: Optional[str] = None):
         self.python = python
         self.cwd = cwd or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,13 +162,6 @@ class Supervisor:
             except Exception:
                 pass
             self.reap(pidfd)
-
-
-def module_for_pool(pool: str) -> str:
-    """Worker module of a pool; any pool named fake* runs the fake worker (tests)."""
-    if pool.startswith("fake"):
-        return POOL_MODULES["fake"]
-    return POOL_MODULES.get(pool, f"workers.{pool}_worker")
 
 
 def describe_exit(code: Optional[int]) -> str:

@@ -1,0 +1,86 @@
+"""How each child is started: its command line, environment and inherited descriptors, from run.py's
+flags and the run's resources (run folder, shared-memory fd, sockets, CurveZMQ key). The process manager
+calls these factories on every (re)start; nothing here starts a process itself."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from broker.children import Child
+from common.families import family_of
+
+# libraries must never reach a hub, and stay quiet: set in every worker's environment
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+              "TOKENIZERS_PARALLELISM": "false", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@dataclass
+class RunResources:
+    """What every child of one run shares."""
+    run_dir: str
+    shm_fd: int
+    frontend: str                        # the facade's broker socket
+    backend_connect: str                 # the workers' broker socket
+    curve_server_public: Optional[bytes] = None
+
+
+def child_argv(sig: int, module: str, args: list) -> list:
+    """`python -m common.child SIG MODULE ARGS...`: the bootstrap arms the parent-death signal first."""
+    return [sys.executable, "-m", "common.child", str(int(sig)), module, *args]
+
+
+def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: str) -> dict:
+    ncpu = os.cpu_count() or 1
+    threads = a.worker_threads or (ncpu if pool == "hf" else max(1, ncpu // 2))
+    return {"auto_load": not a.no_auto_load, "model_file_service": a.model_file_service,
+            "model_dirs": list(a.model_dir), "cwd_models": not a.no_working_dir_models,
+            "cache_dir": os.path.join(res.run_dir, "cache", f"{pool}-{device}"),
+            "threads": threads, "max_frame_bytes": a.max_frame_mb * 2**20,
+            "xnnpack": not a.litert_no_xnnpack, "gpu_delegate": a.litert_gpu,
+            "gpu_delegate_library": a.litert_gpu_delegate_library,
+            "file_timeout_s": a.model_file_timeout_s, "file_retries": a.model_file_retries,
+            "max_rss_mb": a.max_worker_rss_mb, "max_requests": a.max_worker_requests,
+            "max_response_bytes": int(a.max_response_mb * 2**20)}
+
+
+def worker_factory(a: argparse.Namespace, res: RunResources, pool: str, device: str) -> Callable[[str], Child]:
+    module = family_of(pool).module
+
+    def make(worker_id: str) -> Child:
+        opts = worker_options(a, res, pool, device)
+        t = str(opts["threads"])
+        env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, **WORKER_ENV}
+        args = ["--pool", pool, "--device", device, "--connect", res.backend_connect, "--worker-id", worker_id,
+                "--shm-fd", str(res.shm_fd), "--shm-slots", str(a.shm_slots),
+                "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
+                "--heartbeat-interval", str(a.heartbeat_interval_s), "--drain-seconds", str(a.drain_s),
+                "--max-message-bytes", str((a.max_message_mb + 16) * 2**20),
+                "--log-level", a.log_level, "--log-format", a.log_format]
+        if res.curve_server_public:
+            # "=" form: a Z85 key may begin with "-", which argparse would take for an option
+            args.append(f"--curve-server-key={res.curve_server_public.decode()}")
+        return Child(name=worker_id, argv=child_argv(signal.SIGKILL, module, args), env=env, pass_fds=(res.shm_fd,))
+    return make
+
+
+def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: Callable[[], int]) -> Callable[[], Child]:
+    """The facade; `port()` is read at each start, so a restarted facade binds the port its first one got."""
+    names = ",".join(sorted({p for p, _, _ in pools}))
+
+    def make() -> Child:
+        args = ["--host", a.host, "--port", str(port()), "--broker", res.frontend, "--pools", names,
+                "--shm-fd", str(res.shm_fd), "--shm-slots", str(a.shm_slots),
+                "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--token-env", a.auth_token_env,
+                "--max-message-mb", str(a.max_message_mb), "--buffer-mb", str(a.facade_buffer_mb),
+                "--max-response-mb", str(a.max_response_mb), "--http-port", str(a.http_port),
+                "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
+                "--cwd-models", "0" if a.no_working_dir_models else "1",
+                "--log-level", a.log_level, "--log-format", a.log_format]
+        return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env={},
+                     pass_fds=(res.shm_fd,))
+    return make
