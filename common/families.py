@@ -8,6 +8,7 @@ fake worker of the tests). No heavy imports: the facade, the broker and the clie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from common import methods as M
 
@@ -46,6 +47,7 @@ def default_pools() -> str:
     return ",".join(name for name, f in FAMILIES.items() if f.default)
 
 
+@lru_cache(maxsize=None)
 def pool_serving(service: str) -> str:
     """The one pool of the requests of a gRPC service (ModelManagement is placed per model: common/placement.py)."""
     pools = [f.name for f in FAMILIES.values() if service in f.services]

@@ -1,6 +1,7 @@
 """Which pool serves each gRPC method, where its frame bytes and model name live, and its shape.
 
-Adding a pass-through method is one entry here. Methods that the facade answers itself (health,
+Adding a pass-through method is one entry here; its pool is the family that serves its gRPC service
+(common/families.py). Methods that the facade answers itself (health,
 stats, model listing, KServe server metadata, model files) live in facade/own_methods.py and facade/kserve.py.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Optional
 
 from google.protobuf import message_factory
 
+from common.families import pool_serving, service_pools
+from common.methods import MEDIAPIPE as MP, PIPELINES as PL, SPEECH as SP, TRANSFORMERS as TF
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 
@@ -20,7 +23,6 @@ UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI = "U", "S", "C", "B"
 class Route:
     service: str
     method: str
-    pool: str
     frame_field: Optional[str] = None   # bytes field moved into shared memory
     model_field: Optional[str] = None   # field naming the model (affinity, auto-load)
     # bidi only: whether a client may choose the LIVE_STREAM running mode (drop the oldest waiting
@@ -38,6 +40,10 @@ class Route:
     @property
     def path(self) -> str:
         return f"{self.service}/{self.method}"
+
+    @property
+    def pool(self) -> str:
+        return pool_serving(self.service)
 
 
 def method_descriptor(service: str, method: str):
@@ -62,39 +68,26 @@ def message_class(descriptor):
     return message_factory.GetMessageClass(descriptor)
 
 
-MP = "ml.MediapipeService"
-TF = "ml.TransformersService"
-SP = "pythonml.v1.Speech"
-PL = "pythonml.v1.Pipelines"
-
 ROUTES: list[Route] = [
-    Route(MP, "DetectFaces", "vision", frame_field="image_data"),
-    Route(MP, "DetectHands", "vision", frame_field="image_data"),
-    Route(MP, "DetectPose", "vision", frame_field="image_data"),
-    *[Route(MP, m, "vision", frame_field="frame_data") for m in (
+    Route(MP, "DetectFaces", frame_field="image_data"),
+    Route(MP, "DetectHands", frame_field="image_data"),
+    Route(MP, "DetectPose", frame_field="image_data"),
+    *[Route(MP, m, frame_field="frame_data") for m in (
         "StreamFaceDetection", "StreamHandTracking", "StreamPoseTracking", "StreamHolisticTracking",
         "StreamFaceMesh", "StreamIrisTracking", "StreamObjectDetection", "StreamObjectTracking",
         "StreamObjectDetection3D", "StreamSelfieSegmentation", "StreamHairSegmentation",
         "StreamTemplateMatching", "StreamAutoFlip", "ProcessMediaSequence")],
-    Route(TF, "GenerateText", "hf", model_field="model"),
-    Route(TF, "GenerateEmbeddings", "hf", model_field="model"),
-    Route(TF, "ChatCompletion", "hf", model_field="model"),
-    Route(SP, "Transcribe", "hf", frame_field="audio", model_field="model"),
-    Route(SP, "StreamTranscribe", "hf", frame_field="pcm", model_field="model", live_stream=False,
+    Route(TF, "GenerateText", model_field="model"),
+    Route(TF, "GenerateEmbeddings", model_field="model"),
+    Route(TF, "ChatCompletion", model_field="model"),
+    Route(SP, "Transcribe", frame_field="audio", model_field="model"),
+    Route(SP, "StreamTranscribe", frame_field="pcm", model_field="model", live_stream=False,
           close_field="end"),
-    Route(PL, "Run", "hf", model_field="model", packed_field="inputs"),
-    Route(PL, "RunStream", "hf", model_field="model", packed_field="inputs"),
+    Route(PL, "Run", model_field="model", packed_field="inputs"),
+    Route(PL, "RunStream", model_field="model", packed_field="inputs"),
 ]
 
 ROUTES_BY_PATH = {r.path: r for r in ROUTES}
 
 # gRPC service -> pools whose liveness decides its health status
-SERVICE_POOLS = {
-    "ml.MediapipeService": ("vision",),
-    "ml.TransformersService": ("hf",),
-    "ml.ModelManagementService": ("hf", "litert"),
-    "inference.GRPCInferenceService": ("litert",),
-    "pythonml.v1.Diagnostics": ("vision", "hf", "litert", "fake"),
-    "pythonml.v1.Speech": ("hf",),
-    "pythonml.v1.Pipelines": ("hf",),
-}
+SERVICE_POOLS = service_pools()
