@@ -157,27 +157,63 @@ def _facade_process(svc):
     return None
 
 
-def run(quick: bool = True, address: str | None = None, frames_per_pass: int | None = None) -> list:
-    """`frames_per_pass` (tests) overrides the frame count of each pass: rows with the same shape, fast,
-    numbers too noisy to judge by. With `address` (a running service) the facade's CPU is not measured."""
+def _fps_row(name: str, fmt: str, kind: str, n: int, fps: float, fps_base: float, via: str, note: str) -> dict:
+    ratio = fps / fps_base
+    goal = GOALS[kind] if fmt in FORMAT_GOALS and via == "service" else None
+    return {"bench": "vision", "metric": f"{name} FPS via {via} vs in-process ({fmt})",
+            "value": round(fps, 1), "baseline": round(fps_base, 1), "ratio": round(ratio, 3),
+            "goal": f">= {goal}" if goal else "", "unit": "fps",
+            "note": (("met; " if ratio >= goal else "NOT met; ") if goal else "") + note}
+
+
+def _latency_rows(name: str, via: str, rtt: list, base: list) -> list:
+    rows = []
+    for q in (50, 99):
+        added = _pct(rtt, q) - _pct(base, q)
+        rows.append({"bench": "vision", "metric": f"{name} added latency p{q} ({via} round trip - in-process)",
+                     "value": round(added, 3), "baseline": round(_pct(base, q), 3), "ratio": None,
+                     "goal": "", "unit": "ms", "note": f"rgb, round trip p{q} {_pct(rtt, q):.2f} ms, 1 frame in flight"})
+    return rows
+
+
+def _stub(address: str):
     import grpc
     from protos import ml_inference_pb2_grpc as pbg
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 2**20),
+                                                      ("grpc.max_receive_message_length", 64 * 2**20)])
+    return channel, pbg.MediapipeServiceStub(channel)
+
+
+def run(quick: bool = True, address: str | None = None, frames_per_pass: int | None = None,
+        peer: bool | None = None) -> list:
+    """`frames_per_pass` (tests) overrides the frame count of each pass: rows with the same shape, fast,
+    numbers too noisy to judge by. With `address` (a running service) the facade's CPU is not measured.
+    `peer` (default: when this run starts the service) also measures the single-process peer
+    (bench/peers/single_process.py) on the same frames: its rows say "via single-process peer"."""
     frames = load_frames()
     n, warmup = (120, 20) if quick else (600, 50)
     if frames_per_pass:
         n, warmup = frames_per_pass, min(warmup, frames_per_pass)
     data = {fmt: payloads(fmt, frames, n + warmup) for fmt in FORMATS}
-    svc = None
+    if peer is None:
+        peer = address is None
+    svc = other = None
     if address is None:
         from tests.service import start_service
         svc = start_service(args=["--pools", "vision", "--worker-threads", "2"], wait_service="ml.MediapipeService")
         address = svc.address
     facade = _facade_process(svc)
     rows = []
+    channels = []
     try:
-        channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 2**20),
-                                                          ("grpc.max_receive_message_length", 64 * 2**20)])
-        stub = pbg.MediapipeServiceStub(channel)
+        channel, stub = _stub(address)
+        channels.append(channel)
+        peer_stub = None
+        if peer:
+            from bench.peers.launch import start_peer
+            other = start_peer("vision")
+            channel, peer_stub = _stub(other.address)
+            channels.append(channel)
         raw_bytes = W * H * 3
         for fmt in FORMATS:
             size = float(np.mean([len(d) for d in data[fmt][warmup:]]))
@@ -190,18 +226,23 @@ def run(quick: bool = True, address: str | None = None, frames_per_pass: int | N
             cpu_rgb = None
             for fmt in FORMATS:
                 through_service(stub, kind, fmt, data[fmt][:warmup], 1)          # warm the worker
+                if peer_stub is not None:
+                    through_service(peer_stub, kind, fmt, data[fmt][:warmup], 1)
                 base = in_process(kind, fmt, data[fmt], warmup)
                 fps_svc, _, cpu = through_service(stub, kind, fmt, data[fmt][:n], IN_FLIGHT, facade)
                 fps_base = 1.0 / float(np.mean(base))
-                ratio = fps_svc / fps_base
-                goal = GOALS[kind] if fmt in FORMAT_GOALS else None
                 note = (f"{METHODS[kind]} 640x480 {fmt}, n={n}, {IN_FLIGHT} in flight; in-process = "
                         + ("the same stream handler on this thread (multi-person path)" if kind == "pose" else
                            f"{'model' if fmt == 'rgb' else fmt + ' decode + model'}"))
-                rows.append({"bench": "vision", "metric": f"{name} FPS via service vs in-process ({fmt})",
-                             "value": round(fps_svc, 1), "baseline": round(fps_base, 1), "ratio": round(ratio, 3),
-                             "goal": f">= {goal}" if goal else "", "unit": "fps",
-                             "note": (("met; " if ratio >= goal else "NOT met; ") if goal else "") + note})
+                fps_peer = None
+                if peer_stub is not None:
+                    fps_peer, _, _ = through_service(peer_stub, kind, fmt, data[fmt][:n], IN_FLIGHT)
+                    note += f"; single-process peer {fps_peer / fps_base:.3f}"
+                rows.append(_fps_row(name, fmt, kind, n, fps_svc, fps_base, "service", note))
+                if fps_peer is not None:
+                    rows.append(_fps_row(name, fmt, kind, n, fps_peer, fps_base, "single-process peer",
+                                         f"{METHODS[kind]} 640x480 {fmt}, n={n}, {IN_FLIGHT} in flight; one grpc.aio "
+                                         f"process, the worker's handlers on a thread pool; ours {fps_svc / fps_base:.3f}"))
                 if cpu == cpu:   # measured (a service started here)
                     cpu_rgb = cpu if fmt == "rgb" else cpu_rgb
                     rows.append({"bench": "vision", "metric": f"{name} facade CPU per frame ({fmt})",
@@ -212,15 +253,15 @@ def run(quick: bool = True, address: str | None = None, frames_per_pass: int | N
                                                        "baseline: the same for raw rgb"})
                 if fmt == "rgb":
                     _, rtt, _ = through_service(stub, kind, fmt, data[fmt][:n], 1)
-                    for q in (50, 99):
-                        added = _pct(rtt, q) - _pct(base, q)
-                        rows.append({"bench": "vision",
-                                     "metric": f"{name} added latency p{q} (service round trip - in-process)",
-                                     "value": round(added, 3), "baseline": round(_pct(base, q), 3), "ratio": None,
-                                     "goal": "", "unit": "ms",
-                                     "note": f"rgb, round trip p{q} {_pct(rtt, q):.2f} ms, 1 frame in flight"})
-        channel.close()
+                    rows += _latency_rows(name, "service", rtt, base)
+                    if peer_stub is not None:
+                        _, rtt, _ = through_service(peer_stub, kind, fmt, data[fmt][:n], 1)
+                        rows += _latency_rows(name, "single-process peer", rtt, base)
     finally:
+        for channel in channels:
+            channel.close()
+        if other is not None:
+            other.stop()
         if svc is not None:
             svc.stop()
     return rows

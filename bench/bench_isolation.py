@@ -1,0 +1,174 @@
+"""Isolation: does a busy LLM slow a camera stream down, and a camera stream the LLM? Ours vs the
+single-process peer, in one run.
+
+For each server, ours (run.py --pools vision,hf, default thread budgets) and the single-process peer
+(bench/peers/single_process.py: one grpc.aio process, the same vision and hf handlers on thread pools):
+- pose alone: a StreamPoseTracking stream of 640x480 rgb frames (the gesture clip, cycled): frames per
+  second with IN_FLIGHT frames in flight, then the per-frame round trip p99 with one frame in flight;
+- pose while an LLM streams: the same while another client keeps greedy GenerateText streams going
+  (SmolLM2-135M-Instruct, one after another);
+- LLM alone: tokens/s of one greedy GenerateText stream (request to last token);
+- LLM while pose streams: the same while another client keeps a pose stream going (IN_FLIGHT in flight).
+Rows: value = under load, baseline = alone, ratio = under load / alone, per server; goals (issue 16):
+pose p99 <= 1.1x, pose fps >= 0.95x, LLM tokens/s >= 0.6x.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench.common import pct, row  # noqa: E402
+
+IN_FLIGHT = 3
+MODEL = "SmolLM2-135M-Instruct"
+PROMPT = "Write a detailed story about a dragon who learns to cook."
+
+
+class Background:
+    """A load on another thread (its own channel) until stop(); `started` is set once it answered once."""
+
+    def __init__(self, target):
+        self.stop_event = threading.Event()
+        self.started = threading.Event()
+        self.error: list = []
+        self._thread = threading.Thread(target=self._run, args=(target,), daemon=True)
+
+    def _run(self, target) -> None:
+        try:
+            target(self.stop_event, self.started)
+        except Exception as exc:  # noqa: BLE001 - reported by stop()
+            self.error.append(exc)
+            self.started.set()
+
+    def __enter__(self) -> "Background":
+        self._thread.start()
+        if not self.started.wait(300):
+            raise TimeoutError("the background load never answered")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self._thread.join(60)
+        if self.error:
+            raise RuntimeError(f"background load failed: {self.error[0]}")
+
+
+def _channel(address: str):
+    import grpc
+    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 2**20),
+                                                   ("grpc.max_receive_message_length", 64 * 2**20)])
+
+
+def llm_stream(address: str, max_new: int, stop: threading.Event | None = None,
+               started: threading.Event | None = None) -> tuple[int, float]:
+    """(tokens, seconds) of one greedy GenerateText stream; cancelled early once `stop` is set."""
+    from protos import ml_inference_pb2 as ML
+    from protos import ml_inference_pb2_grpc as MLG
+    with _channel(address) as ch:
+        req = ML.TextRequest(prompt=PROMPT, model=MODEL, max_length=max_new, temperature=0.0)
+        t0 = time.perf_counter()
+        call = MLG.TransformersServiceStub(ch).GenerateText(req, timeout=600)
+        tokens = 0
+        for piece in call:
+            tokens = piece.tokens_generated
+            if started is not None:
+                started.set()
+            if stop is not None and stop.is_set():
+                call.cancel()
+                break
+        return tokens, time.perf_counter() - t0
+
+
+def llm_load(address: str, max_new: int):
+    def target(stop: threading.Event, started: threading.Event) -> None:
+        while not stop.is_set():
+            llm_stream(address, max_new, stop, started)
+    return target
+
+
+def pose_load(address: str, data: list):
+    """A pose stream that goes on (the clip cycled, IN_FLIGHT frames in flight) until stopped."""
+    def target(stop: threading.Event, started: threading.Event) -> None:
+        from protos import ml_inference_pb2 as pb
+        from protos import ml_inference_pb2_grpc as pbg
+        from bench.bench_vision import H, W
+        window = threading.Semaphore(IN_FLIGHT)
+
+        def frames():
+            i = 0
+            while not stop.is_set():
+                window.acquire()
+                yield pb.VideoFrame(frame_data=data[i % len(data)], format="rgb", width=W, height=H,
+                                    frame_number=i, timestamp_ms=33 * i)
+                i += 1
+        with _channel(address) as ch:
+            for _ in pbg.MediapipeServiceStub(ch).StreamPoseTracking(frames(), timeout=3600):
+                started.set()
+                window.release()
+    return target
+
+
+def pose_pass(address: str, data: list) -> tuple[float, float]:
+    """(fps with IN_FLIGHT in flight, round trip p99 in ms with one in flight) of two pose streams."""
+    from bench.bench_vision import through_service
+    from protos import ml_inference_pb2_grpc as pbg
+    with _channel(address) as ch:
+        stub = pbg.MediapipeServiceStub(ch)
+        fps, _, _ = through_service(stub, "pose", "rgb", data, IN_FLIGHT)
+        _, rtt, _ = through_service(stub, "pose", "rgb", data, 1)
+    return fps, pct([1000 * t for t in rtt], 99)
+
+
+def measure(address: str, data: list, max_new: int) -> dict:
+    """The four measurements against one server (warmed first)."""
+    pose_pass(address, data[:10])
+    llm_stream(address, 8)
+    out = {}
+    out["pose_fps"], out["pose_p99"] = pose_pass(address, data)
+    with Background(llm_load(address, 1024)):
+        out["pose_fps_llm"], out["pose_p99_llm"] = pose_pass(address, data)
+    n, dt = llm_stream(address, max_new)
+    out["tok_s"] = n / dt
+    with Background(pose_load(address, data)):
+        n, dt = llm_stream(address, max_new)
+    out["tok_s_pose"] = n / dt
+    return out
+
+
+def _rows(who: str, m: dict, note: str) -> list:
+    return [
+        row("isolation", f"pose p99 while an LLM streams / alone ({who})", m["pose_p99_llm"], m["pose_p99"],
+            goal="<= 1.1" if who == "ours" else "", unit="ms", note=f"1 frame in flight; {note}"),
+        row("isolation", f"pose fps while an LLM streams / alone ({who})", m["pose_fps_llm"], m["pose_fps"],
+            goal=">= 0.95" if who == "ours" else "", unit="fps", note=f"{IN_FLIGHT} frames in flight; {note}"),
+        row("isolation", f"LLM tokens/s while pose streams / alone ({who})", m["tok_s_pose"], m["tok_s"],
+            goal=">= 0.6" if who == "ours" else "", unit="tokens/s", note=f"{MODEL} greedy; {note}"),
+    ]
+
+
+def run(quick: bool = True, peer: bool = True) -> list:
+    from bench.bench_vision import load_frames, payloads
+    from tests.service import start_service
+    n, max_new = (100, 128) if quick else (400, 256)
+    data = payloads("rgb", load_frames(), n)
+    with start_service(args=["--pools", "vision,hf", "--cuda", "off"], wait_service="ml.MediapipeService") as svc:
+        ours = measure(svc.address, data, max_new)
+    rows = _rows("ours", ours, f"run.py --pools vision,hf, default thread budgets; n={n}, {max_new} tokens")
+    if peer:
+        from bench.peers.launch import start_peer
+        with start_peer("vision,hf") as other:
+            theirs = measure(other.address, data, max_new)
+        rows += _rows("single-process peer", theirs,
+                      f"one grpc.aio process, the same handlers on thread pools; n={n}, {max_new} tokens")
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick="--full" not in sys.argv):
+        print(r)
