@@ -111,14 +111,16 @@ class TextRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., max_length: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class TextResponse(_message.Message):
-    __slots__ = ("text", "done", "tokens_generated")
+    __slots__ = ("text", "done", "tokens_generated", "prompt_tokens")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     text: str
     done: bool
     tokens_generated: int
-    def __init__(self, text: _Optional[str] = ..., done: bool = ..., tokens_generated: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    def __init__(self, text: _Optional[str] = ..., done: bool = ..., tokens_generated: _Optional[int] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateEmbeddingsRequest(_message.Message):
     __slots__ = ("texts", "model")
@@ -129,10 +131,12 @@ class GenerateEmbeddingsRequest(_message.Message):
     def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GeneratedEmbeddingsResponse(_message.Message):
-    __slots__ = ("embeddings",)
+    __slots__ = ("embeddings", "prompt_tokens")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[GeneratedEmbedding]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[GeneratedEmbedding, _Mapping]]] = ...) -> None: ...
+    prompt_tokens: int
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[GeneratedEmbedding, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GeneratedEmbedding(_message.Message):
     __slots__ = ("values",)
@@ -165,16 +169,18 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("content", "done", "finish_reason", "tokens_generated")
+    __slots__ = ("content", "done", "finish_reason", "tokens_generated", "prompt_tokens")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     content: str
     done: bool
     finish_reason: str
     tokens_generated: int
-    def __init__(self, content: _Optional[str] = ..., done: bool = ..., finish_reason: _Optional[str] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    def __init__(self, content: _Optional[str] = ..., done: bool = ..., finish_reason: _Optional[str] = ..., tokens_generated: _Optional[int] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class ImageRequest(_message.Message):
     __slots__ = ("image_data", "format", "width", "height", "metadata")
