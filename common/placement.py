@@ -1,18 +1,20 @@
 """Model placement: which pool loads a model (the facade's LoadModel, run.py's --preload); no heavy imports."""
 from __future__ import annotations
 
-from common.model_resolver import LITERT, family_of_file
-
-# LoadModel pipeline types served by the litert pool; everything else goes to hf
-LITERT_PIPELINES = {"tflite", "litert", "tensor", "kserve"}
+from common.families import FAMILIES
+from common.model_resolver import family_of_file
 
 
 def pool_for_load(pipeline_type: str, model_id: str, options) -> str:
+    """The pool that loads a model: the `pool` option when given, else the family that claims its pipeline
+    type or its file's kind (common/families.py), else the family that loads the rest."""
     if options.get("pool"):
         return options["pool"]
-    if (pipeline_type or "").lower() in LITERT_PIPELINES or family_of_file(model_id) == LITERT:
-        return "litert"
-    return "hf"
+    kind, ptype = family_of_file(model_id), (pipeline_type or "").lower()
+    for f in FAMILIES.values():
+        if ptype in f.load_pipelines or (kind is not None and kind in f.load_file_kinds):
+            return f.name
+    return next(f.name for f in FAMILIES.values() if f.loads_the_rest)
 
 
 def parse_preload(spec: str) -> tuple:
