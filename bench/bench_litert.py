@@ -28,7 +28,7 @@ def _pct(samples, q) -> float:
 
 def in_process(x: np.ndarray, n: int, warmup: int) -> list:
     from ai_edge_litert.interpreter import Interpreter
-    from workers.litert import registry
+    from common import litert_catalogue as registry
     it = Interpreter(model_path=registry.resolve(MODEL), num_threads=1)
     it.allocate_tensors()
     inp = it.get_input_details()[0]["index"]

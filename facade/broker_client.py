@@ -26,6 +26,7 @@ from typing import AsyncIterator, Callable, Optional
 import zmq
 
 from broker import protocol as P
+from common import payload as codec
 from facade.caller import CALLER
 from facade.errors import BrokerError
 from shm.pool import SlotAllocator, SlotRef
@@ -130,14 +131,10 @@ class BrokerClient:
         if extra:
             header.update(extra)
         frames = [payload]
-        if frame is not None:
-            ref = self.allocator.put(frame) if self.allocator is not None else None
+        if frame is not None:  # the side buffer (common/payload.py): one shm slot, else inline
+            ref = codec.attach(header, frames, frame, self.allocator.put if self.allocator is not None else None)
             if ref is not None:
-                header["shm"] = ref.to_wire()
                 self._slots[rid] = ref
-            else:
-                header["frame_inline"] = True
-                frames.append(bytes(frame))
         self._waiters[rid] = waiter
         self._send(P.encode(P.REQUEST, header, frames))
         return rid

@@ -2,6 +2,8 @@
 
 - ServerLive / ServerReady / ServerMetadata are answered here (ready = the litert pool has a live worker).
 - ModelInfer / ModelMetadata / ModelReady go to the litert pool, routed by model name (affinity).
+  ModelInfer is a pass-through (make_model_infer_handler, registered ahead of the servicer): big
+  raw_input_contents travel beside the request through the payload codec (common/payload.py, pieces).
 - The repository extension uses the broker's single model registry: RepositoryIndex lists what the
   litert pool has loaded (whichever API loaded it: this one or ml.ModelManagementService) plus the
   built-in aliases that a load would find; RepositoryModelLoad / Unload become ml LoadModel /
@@ -16,21 +18,20 @@ import logging
 
 import grpc
 
+from common import families, litert_catalogue, methods
+from common import payload as codec
 from facade.errors import BrokerError
-from facade.passthrough import timeout_of
+from facade.passthrough import _identity, timeout_of
 from protos import ml_inference_pb2 as ML
 from protos.kserve import grpc_service_pb2 as K
 from protos.kserve import grpc_service_pb2_grpc as KG
 
 log = logging.getLogger("facade.kserve")
 
-POOL = "litert"
+POOL = families.pool_serving(methods.KSERVE)
 SERVER_NAME = "pythonml"
 SERVER_VERSION = "1.0.0"
 EXTENSIONS = ["model_repository", "parameters"]
-LOAD = "ml.ModelManagementService/LoadModel"
-UNLOAD = "ml.ModelManagementService/UnloadModel"
-PREFIX = "inference.GRPCInferenceService/"
 # raw input tensors at least this big travel through the shared-memory frame pool (one copy in the
 # facade, zero-copy view in the worker) instead of inside the ZeroMQ message through the broker
 SHM_MIN_BYTES = 16 * 1024
@@ -68,29 +69,6 @@ def load_request(request: K.RepositoryModelLoadRequest) -> tuple:
     return ML.LoadModelRequest(model_id=request.model_name, pipeline_type="tflite", options=options), upload
 
 
-def split_raw_inputs(request: K.ModelInferRequest) -> tuple:
-    """(frame, extra header) moving big raw_input_contents out of `request` (cleared in place), or (None, None).
-
-    The worker finds the tensors in its frame, cut by the header's ``raw_lengths`` (one per input, in order).
-    """
-    raws = request.raw_input_contents
-    total = sum(len(r) for r in raws)
-    if not raws or total < SHM_MIN_BYTES:
-        return None, None
-    lengths = [len(r) for r in raws]
-    frame = raws[0] if len(raws) == 1 else b"".join(raws)
-    del request.raw_input_contents[:]
-    return frame, {"raw_lengths": lengths}
-
-
-def builtin_aliases() -> list:
-    try:
-        from workers.litert import registry  # importlib spec lookups only: no model runtime import
-        return registry.short_names()
-    except Exception:  # the facade must answer even without the litert package
-        return []
-
-
 def make_kserve_servicer(client):
     """A grpc.aio GRPCInferenceServiceServicer backed by the broker `client` (facade.broker_client)."""
 
@@ -115,12 +93,13 @@ def make_kserve_servicer(client):
         async def ServerMetadata(self, request, context):
             return K.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
-        async def _forward(self, method: str, request, model: str, context, response_cls, frame=None, extra=None):
+        async def _forward(self, method: str, request, model: str, context, response_cls):
             if not model:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the model name is empty")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"{methods.method_name(method)}: the model name is empty")
             try:
-                raw = await client.unary(PREFIX + method, POOL, request.SerializeToString(), model=model,
-                                         timeout=timeout_of(context), frame=frame, extra=extra)
+                raw = await client.unary(method, POOL, request.SerializeToString(), model=model,
+                                         timeout=timeout_of(context))
             except BrokerError as exc:
                 await self._abort(context, exc)
             return response_cls.FromString(raw)
@@ -131,15 +110,11 @@ def make_kserve_servicer(client):
             models = (await client.query("models")).get("models", [])
             if not any(m.get("model_id") == request.name and m.get("pool") == POOL for m in models):
                 return K.ModelReadyResponse(ready=False)
-            return await self._forward("ModelReady", request, request.name, context, K.ModelReadyResponse)
+            return await self._forward(methods.KSERVE_MODEL_READY, request, request.name, context, K.ModelReadyResponse)
 
         async def ModelMetadata(self, request, context):
-            return await self._forward("ModelMetadata", request, request.name, context, K.ModelMetadataResponse)
-
-        async def ModelInfer(self, request, context):
-            frame, extra = split_raw_inputs(request)
-            return await self._forward("ModelInfer", request, request.model_name, context, K.ModelInferResponse,
-                                       frame=frame, extra=extra)
+            return await self._forward(methods.KSERVE_MODEL_METADATA, request, request.name, context,
+                                       K.ModelMetadataResponse)
 
         async def RepositoryIndex(self, request, context):
             try:
@@ -154,7 +129,7 @@ def make_kserve_servicer(client):
                 seen.add(m["model_id"])
                 out.models.add(name=m["model_id"], version="", state="READY", reason="")
             if not request.ready:
-                for alias in builtin_aliases():
+                for alias in litert_catalogue.short_names():
                     if alias not in seen:
                         out.models.add(name=alias, version="", state="UNAVAILABLE", reason="unloaded")
             return out
@@ -167,7 +142,7 @@ def make_kserve_servicer(client):
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RepositoryModelLoad: {exc}")
             try:
-                raw = await client.unary(LOAD, POOL, load.SerializeToString(), model=request.model_name,
+                raw = await client.unary(methods.LOAD_MODEL, POOL, load.SerializeToString(), model=request.model_name,
                                          timeout=timeout_of(context), frame=upload)
             except BrokerError as exc:
                 await self._abort(context, exc)
@@ -189,7 +164,7 @@ def make_kserve_servicer(client):
             payload = ML.UnloadModelRequest(model_id=request.model_name).SerializeToString()
             try:
                 for m in where:
-                    await client.unary(UNLOAD, POOL, payload, model=request.model_name,
+                    await client.unary(methods.UNLOAD_MODEL, POOL, payload, model=request.model_name,
                                        device=m.get("device", ""), timeout=timeout_of(context))
             except BrokerError as exc:
                 await self._abort(context, exc)
@@ -201,18 +176,18 @@ def make_kserve_servicer(client):
 def make_model_infer_handler(client):
     """ModelInfer as a pass-through: the worker's serialized ModelInferResponse goes to the client
     untouched (identity serializer) instead of being parsed and re-serialized in the facade. Registered
-    ahead of the servicer, which keeps answering every other method."""
-    from facade.passthrough import _identity
+    ahead of the servicer (the first handler registered for a method answers it), which keeps answering
+    every other method."""
 
     async def model_infer(request, context):
         if not request.model_name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelInfer: the model name is empty")
-        frame, extra = split_raw_inputs(request)
+        packed = codec.pack(request, pieces="raw_input_contents", min_bytes=SHM_MIN_BYTES)
         try:
-            return await client.unary(PREFIX + "ModelInfer", POOL, request.SerializeToString(),
-                                      model=request.model_name, timeout=timeout_of(context), frame=frame, extra=extra)
+            return await client.unary(methods.KSERVE_MODEL_INFER, POOL, packed.payload, model=request.model_name,
+                                      timeout=timeout_of(context), frame=packed.side, extra=packed.header)
         except BrokerError as exc:
             await context.abort(exc.status, exc.message)
 
-    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+    return grpc.method_handlers_generic_handler(methods.KSERVE, {
         "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, K.ModelInferRequest.FromString, _identity)})

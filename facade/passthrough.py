@@ -10,7 +10,9 @@ serializer). Bidi streams have a running mode (MediaPipe Tasks' names; docs/visi
   first message's metadata map): beyond `max_pending` the OLDEST waiting frame is dropped, so a slow model
   never builds latency; drops are counted (Stats `dropped_stream_frames`, trailing metadata
   `dropped-frames`). Routes with live_stream=False (audio) refuse it: they never drop.
-Routes with packed_field move several bytes fields of a repeated message into one shm blob.
+Every route's side bytes (its frame_field, or the packed_field's blobs) travel through the one payload codec,
+common/payload.py: a one-field route's frame is cut out of the wire bytes as they arrive (the rest of the
+message is parsed once, the frame is never copied into a protobuf), then goes to one shm slot.
 Request bytes held by the facade are bounded by a ByteBudget (facade/budget.py): per stream and in total.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional
 
 import grpc
 
+from common import payload as codec
 from facade.broker_client import BrokerClient
 from facade.budget import DEFAULT_BUFFER_MB, STREAM_BYTES, ByteBudget
 from facade.errors import BrokerError
@@ -44,34 +47,22 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-def _sized(req_cls):
-    """Deserializer giving (message, wire size): the size is what the budget charges (ByteSize() would
-    serialize the message again)."""
+def _sized(req_cls, route: Route):
+    """Deserializer giving (message, wire size, side bytes or None): the size is what the budget charges
+    (ByteSize() would serialize the message again); a one-field route's frame is already cut out of the
+    message (common/payload.field_parser), other routes pack theirs when sent."""
+    if route.frame_field and not route.packed_field:
+        parse_cut = codec.field_parser(req_cls, route.frame_field)
+
+        def deserialize_cut(raw: bytes):
+            msg, side = parse_cut(raw)
+            return msg, len(raw), side
+        return deserialize_cut
     parse = req_cls.FromString
 
     def deserialize(raw: bytes):
-        return parse(raw), len(raw)
+        return parse(raw), len(raw), None
     return deserialize
-
-
-def pack_blobs(msg, field: str) -> Optional[bytes]:
-    """Move the bytes fields of every element of repeated `field` that have a `<name>_ref` BlobRef
-    sibling into one blob (sent through shared memory); each element keeps (offset, length)."""
-    parts: list = []
-    offset = 0
-    for item in getattr(msg, field):
-        for fd in item.DESCRIPTOR.fields:
-            if fd.type != fd.TYPE_BYTES or f"{fd.name}_ref" not in item.DESCRIPTOR.fields_by_name:
-                continue
-            data = getattr(item, fd.name)
-            if not data:
-                continue
-            ref = getattr(item, f"{fd.name}_ref")
-            ref.offset, ref.length = offset, len(data)
-            parts.append(data)
-            offset += len(data)
-            item.ClearField(fd.name)
-    return b"".join(parts) if parts else None
 
 
 # compressed video formats (workers/vision/frames.py): a frame decodes only after the frames before it
@@ -150,18 +141,11 @@ class PassThrough:
         self.budget = budget or ByteBudget(DEFAULT_BUFFER_MB * 2**20)
         self.dropped_frames = 0
 
-    def _split(self, route: Route, msg) -> tuple[bytes, Optional[bytes], str]:
-        frame = None
-        if route.packed_field:
-            frame = pack_blobs(msg, route.packed_field)
-        elif route.frame_field:
-            frame = getattr(msg, route.frame_field)
-            if frame:
-                msg.ClearField(route.frame_field)
-            else:
-                frame = None
+    @staticmethod
+    def _split(route: Route, msg, side=None) -> tuple[bytes, Optional[bytes], str]:
+        packed = codec.pack(msg, field=route.frame_field, refs=route.packed_field, side=side)
         model = getattr(msg, route.model_field) if route.model_field else ""
-        return msg.SerializeToString(), frame, model
+        return packed.payload, packed.side, model
 
     def handler(self, route: Route):
         md = method_descriptor(route.service, route.method)
@@ -169,15 +153,15 @@ class PassThrough:
         shape = shape_of(md)
         client = self.client
         budget = self.budget
-        deserialize = _sized(req_cls)
+        deserialize = _sized(req_cls, route)
 
         if shape == UNARY:
             async def unary(request, context):
-                request, nbytes = request
+                request, nbytes, side = request
                 if not budget.admit(nbytes):
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(route.path, nbytes))
                 try:
-                    payload, frame, model = self._split(route, request)
+                    payload, frame, model = self._split(route, request, side)
                     return await client.unary(route.path, route.pool, payload, model=model,
                                               timeout=timeout_of(context), frame=frame)
                 except BrokerError as exc:
@@ -188,11 +172,11 @@ class PassThrough:
 
         if shape == SERVER_STREAM:
             async def server_stream(request, context):
-                request, nbytes = request
+                request, nbytes, side = request
                 if not budget.admit(nbytes):
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(route.path, nbytes))
                 try:
-                    payload, frame, model = self._split(route, request)
+                    payload, frame, model = self._split(route, request, side)
                     async for part in client.stream(route.path, route.pool, payload, model=model,
                                                     timeout=timeout_of(context), frame=frame):
                         yield part
@@ -206,15 +190,15 @@ class PassThrough:
             async def client_stream(request_iterator, context):
                 stream_id = uuid.uuid4().hex
                 try:
-                    async for msg, nbytes in request_iterator:
+                    async for msg, nbytes, side in request_iterator:
                         budget.charge(nbytes)
                         try:
-                            payload, frame, model = self._split(route, msg)
+                            payload, frame, model = self._split(route, msg, side)
                             await client.unary(route.path, route.pool, payload, model=model, frame=frame,
                                                timeout=timeout_of(context), stream=stream_id, extra={"end": False})
                         finally:
                             budget.release(nbytes)
-                        del msg, payload, frame
+                        del msg, side, payload, frame
                         await budget.room()  # past the budget, stop pulling: flow control pushes back
                     return await client.unary(route.path, route.pool, b"", timeout=timeout_of(context),
                                               stream=stream_id, extra={"end": True})
@@ -232,7 +216,7 @@ class PassThrough:
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{route.path}: {exc}")
             stream_id = uuid.uuid4().hex
-            pending: deque = deque()      # (message, size) received, not yet sent to the worker
+            pending: deque = deque()      # (message, size, side) received, not yet sent to the worker
             outstanding: deque = deque()  # (task, size) sent, reply not yet yielded (in order)
             # bytes: size of `pending`; held: bytes this stream has charged to the budget (pending,
             # outstanding, the message in the reader's hands), all released when the stream ends
@@ -257,7 +241,7 @@ class PassThrough:
 
             async def reader():
                 try:
-                    async for msg, nbytes in request_iterator:
+                    async for msg, nbytes, side in request_iterator:
                         state["held"] += nbytes
                         budget.charge(nbytes)
                         if state["mode"] is None:  # the first message: settle the running mode
@@ -283,9 +267,9 @@ class PassThrough:
                                 await room.wait()
                         if route.close_field and getattr(msg, route.close_field, False):
                             state["closed_by_client"] = True
-                        pending.append((msg, nbytes))
+                        pending.append((msg, nbytes, side))
                         state["bytes"] += nbytes
-                        del msg
+                        del msg, side
                         while state["mode"] == LIVE_STREAM and len(pending) > 1 and over_stream_budget():
                             dropped = pending.popleft()[1]  # drop the OLDEST waiting frame: bounded latency
                             state["bytes"] -= dropped
@@ -304,9 +288,9 @@ class PassThrough:
                     state["done"] = True
                     wake.set()
 
-            def send(msg):
+            def send(msg, side=None):
                 state["sent"] += 1
-                payload, frame, model = self._split(route, msg)
+                payload, frame, model = self._split(route, msg, side)
                 return loop.create_task(client.unary(route.path, route.pool, payload, model=model, frame=frame,
                                                      timeout=timeout_of(context), stream=stream_id))
 
@@ -315,10 +299,10 @@ class PassThrough:
                 while True:
                     # keep up to `depth` frames in flight so the worker never waits on the transport
                     while pending and len(outstanding) < state["depth"]:
-                        msg, nbytes = pending.popleft()
+                        msg, nbytes, side = pending.popleft()
                         state["bytes"] -= nbytes
-                        outstanding.append((send(msg), nbytes))
-                        del msg
+                        outstanding.append((send(msg, side), nbytes))
+                        del msg, side
                         room.set()
                     if outstanding:
                         head, nbytes = outstanding[0]

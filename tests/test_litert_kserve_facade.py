@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from facade.errors import BrokerError
-from facade.kserve import make_kserve_servicer
+from facade.kserve import make_kserve_servicer, make_model_infer_handler
 from protos import ml_inference_pb2 as ML
 from protos.kserve import grpc_service_pb2 as K
 from protos.kserve import grpc_service_pb2_grpc as KG
@@ -47,6 +47,7 @@ class FakeClient:
 def run_with_server(client, body):
     async def main():
         server = grpc.aio.server()
+        server.add_generic_rpc_handlers((make_model_infer_handler(client),))  # as facade/server.py: first
         KG.add_GRPCInferenceServiceServicer_to_server(make_kserve_servicer(client), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

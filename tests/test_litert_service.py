@@ -31,7 +31,7 @@ def probe(service):
     import importlib.util
     if importlib.util.find_spec("tritonclient") is None:  # do not import it here: its protos clash with ours
         pytest.skip("tritonclient[grpc] is not installed")
-    from workers.litert import registry
+    from common import litert_catalogue as registry
     proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "litert_triton_probe.py"), service.address,
                            registry.resolve("okay_nabu")], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:] + "\n--- service log ---\n" + service.log()[-4000:]

@@ -17,7 +17,7 @@ from protos import ml_inference_pb2_grpc as MLG
 from protos.kserve import grpc_service_pb2 as K
 from tests.litert_inputs import ASSETS, FACE_MODEL, WAKEWORD_MODEL, best_face_score, face_input, wakeword_windows
 from workers.context import WorkerError, make_test_context
-from workers.litert import registry
+from common import litert_catalogue as registry
 from workers.litert.service import LiteRTService
 from workers.litert.tensors import encode_bytes_raw, TensorSpec, decode_input
 

@@ -29,7 +29,7 @@ def orchestrator(tmp_path_factory):
     home = tmp_path_factory.mktemp("orchestrator")
     build_tiny_llama(home / "models" / "acme" / "tiny-lm", eos=True)
     build_tiny_bert(home / "models" / "acme" / "tiny-encoder")
-    from workers.litert import registry
+    from common import litert_catalogue as registry
     lite = home / "models" / "google" / "gemma-3n-litert"
     lite.mkdir(parents=True)
     shutil.copy(registry.resolve("face_detection_short_range"), lite / "model.tflite")

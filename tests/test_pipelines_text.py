@@ -424,11 +424,11 @@ class WorkerChannel:
         self.worker = worker
 
     def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
-        from facade.passthrough import pack_blobs
+        from common.payload import pack_refs
 
         def call(req, timeout=None, **kw):
             assert method == "/pythonml.v1.Pipelines/Run"
-            blob = pack_blobs(req, "inputs")
+            blob = pack_refs(req, "inputs")
             ctx, _ = make_test_context("pythonml.v1.Pipelines/Run", req.SerializeToString(), frame=blob)
             return response_deserializer(self.worker.run_pipeline(ctx))
         return call

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tests.test_pipelines_vision_language_fixtures as V
-from facade.passthrough import pack_blobs
+from common.payload import pack_refs
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 from tests.test_hf_fixtures import make_worker
@@ -63,7 +63,7 @@ def request(model, pipeline_type, inputs, options=None) -> X.PipelineRequest:
 
 def run(worker, model, pipeline_type, inputs, options=None):
     req = request(model, pipeline_type, inputs, options)
-    ctx, _ = make_test_context("pythonml.v1.Pipelines/Run", req.SerializeToString(), frame=pack_blobs(req, "inputs"))
+    ctx, _ = make_test_context("pythonml.v1.Pipelines/Run", req.SerializeToString(), frame=pack_refs(req, "inputs"))
     return X.PipelineResponse.FromString(worker.run_pipeline(ctx))
 
 
@@ -71,7 +71,7 @@ def run_stream(worker, model, pipeline_type, inputs, options=None):
     """(last message, the partial messages before it) of Pipelines/RunStream."""
     req = request(model, pipeline_type, inputs, options)
     ctx, parts = make_test_context("pythonml.v1.Pipelines/RunStream", req.SerializeToString(),
-                                   frame=pack_blobs(req, "inputs"))
+                                   frame=pack_refs(req, "inputs"))
     last = X.PipelineResponse.FromString(worker.run_pipeline_stream(ctx))
     return last, [X.PipelineResponse.FromString(p) for p in parts]
 
@@ -227,7 +227,7 @@ def test_vl_chat_cancel_stops_generation(worker, models):
     req = request(models["llava"], "image-text-to-text", [X.PipelineInput(image=IMG), X.PipelineInput(text="go on")],
                   {"max_new_tokens": "64"})
     ctx, parts = make_test_context("pythonml.v1.Pipelines/RunStream", req.SerializeToString(),
-                                   frame=pack_blobs(req, "inputs"))
+                                   frame=pack_refs(req, "inputs"))
 
     def cancel_after_first(payload):
         parts.append(payload)

@@ -1,7 +1,7 @@
 """Every pipeline type of the registry through the hf worker's real load path (LoadModel with a local
 path) and Pipelines/Run, each with a tiny random-weight model built by the test
 (tests/test_pipelines_fixtures.py); tokenization also with the packaged all-MiniLM-L6-v2.
-Inputs' bytes are packed exactly as the facade packs them (facade.passthrough.pack_blobs)."""
+Inputs' bytes are packed exactly as the facade packs them (common.payload.pack_refs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tests.test_pipelines_fixtures as F
-from facade.passthrough import pack_blobs
+from common.payload import pack_refs
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 from tests.test_hf_fixtures import make_worker
@@ -52,7 +52,7 @@ def load(worker, model_id, pipeline_type, **options):
 def run(worker, model, pipeline_type, inputs, options=None, labels=()):
     req = X.PipelineRequest(model=model, pipeline_type=pipeline_type, inputs=inputs, options=options or {},
                             candidate_labels=list(labels))
-    blob = pack_blobs(req, "inputs")
+    blob = pack_refs(req, "inputs")
     ctx, _ = make_test_context("pythonml.v1.Pipelines/Run", req.SerializeToString(), frame=blob)
     return X.PipelineResponse.FromString(worker.run_pipeline(ctx))
 

@@ -23,7 +23,7 @@ from protos.kserve import grpc_service_pb2_grpc as KG
 from tests.service import start_service
 from workers.context import make_test_context
 from workers.hf.resolve import ModelResolver
-from workers.litert import registry
+from common import litert_catalogue as registry
 from workers.litert.service import LiteRTService
 
 FACE = "face_detection_short_range"

@@ -79,7 +79,7 @@ class Source:
         while self.pulled < self.limit:
             await asyncio.sleep(0)
             self.pulled += 1
-            yield self.make(), self.nbytes  # what the sized deserializer hands the handler
+            yield self.make(), self.nbytes, None  # what the sized deserializer hands the handler (frame inside)
 
 
 async def settle(*sources, steps: int = 300):

@@ -85,7 +85,7 @@ class Source:
             await asyncio.sleep(0)
             msg = self.make(self.pulled)
             self.pulled += 1
-            yield msg, msg.ByteSize()
+            yield msg, msg.ByteSize(), None  # the sized deserializer's (message, size, side): frame still inside
 
 
 async def settle(src: Source, steps: int = 300):

@@ -1,6 +1,7 @@
 """Per-request context handed to worker handlers, and the error type handlers raise.
 
-A handler is `fn(ctx: RequestContext) -> bytes | None`; see docs/ARCHITECTURE.md.
+A handler is `fn(ctx: RequestContext) -> bytes | None`; see docs/ARCHITECTURE.md. The bytes the facade
+moved beside the request (common/payload.py) are read through one accessor, `ctx.side`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from common.payload import Side
 from common.status import StatusError as WorkerError  # one error class for every layer
 
 
@@ -32,6 +34,7 @@ class RequestContext:
     _send_partial: Optional[Callable[[bytes], None]] = None
     # set by the worker base: zero-copy view of this request's shared-memory frame, or None
     _frame_view: Optional[Callable[[], Optional[memoryview]]] = None
+    _side: Optional[Side] = None
 
     @property
     def model(self) -> str:
@@ -71,6 +74,14 @@ class RequestContext:
             return self._frame_view()
         raw = self.header.get("_inline_frame")
         return memoryview(raw) if raw is not None else None
+
+    @property
+    def side(self) -> Side:
+        """The request's side buffer by shape: `side.field(msg, name)` (the shm frame, else the message's own
+        field), `side.ref(element, name, where)` (a BlobRef slice), `side.pieces(msg, name, where)` (KServe raw)."""
+        if self._side is None:
+            self._side = Side(self.frame_bytes, self.header)
+        return self._side
 
     def frame_array(self) -> Optional[np.ndarray]:
         mv = self.frame_bytes()

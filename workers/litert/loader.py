@@ -4,7 +4,7 @@
 1. ``options["content"] == "frame"``: bytes uploaded with the request (KServe RepositoryModelLoad
    ``file:...`` parameter, carried in the request's frame);
 2. ``options["path"]``: a .tflite file inside the model folders;
-3. ``options["alias"]`` or the model id itself as a built-in alias (registry.py);
+3. ``options["alias"]`` or the model id itself as a built-in alias (common/litert_catalogue.py);
 4. the model id as a local path (absolute, or relative to one of the worker's ``model_dirs`` or ./models,
    with or without ``.tflite``, or ``<dir>/<id>/model.tflite``);
 5. the operator's file service (``--model-file-service``), file ``options["file_path"]`` (default
@@ -19,9 +19,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from common import litert_catalogue
 from common.model_access import ModelRoots, cwd_models_dir, read_regular_file, working_dir
 from workers.context import WorkerError
-from workers.litert import registry
 from workers.litert.file_client import MAX_MODEL_BYTES, fetch_model_file, fetch_to_cache
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -86,7 +86,7 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
     else:
         check_no_parent_segments(model_id, model_id, "the model id")
         alias = opts.get("alias") or model_id
-        path = registry.resolve(alias)
+        path = litert_catalogue.resolve(alias)
         if path is not None:
             mb = _read(path, model_id, f"built-in alias {alias}:", roots)
         else:
@@ -117,7 +117,7 @@ def resolve(model_id: str, options: dict, frame: Optional[bytes], worker_options
                     raise WorkerError(
                         "NOT_FOUND",
                         f"LiteRT model '{model_id}' not found: not a built-in alias (e.g. "
-                        f"{', '.join(registry.short_names()[:6])}, ...), not a file in the model folders ({tried}), "
+                        f"{', '.join(litert_catalogue.short_names()[:6])}, ...), not a file in the model folders ({tried}), "
                         f"and no model file service is configured; pass options alias=NAME or path=FILE inside a "
                         f"--model-dir, or start the service with --model-file-service")
     check_tflite(mb.content, model_id, mb.source, show_head=opts.get("content") == "frame")

@@ -23,7 +23,7 @@ from common.load_options import check_load_options, thread_budget
 from protos import ml_inference_pb2 as ML
 from protos.kserve import grpc_service_pb2 as K
 from workers.context import RequestContext, WorkerError
-from workers.litert import loader, registry
+from workers.litert import loader
 from workers.litert.interpreter import ModelInstance, RuntimeOptions, Signature
 from workers.litert.tensors import datatype_of, decode_input, output_bytes, quant_parameters
 
@@ -201,24 +201,6 @@ class LiteRTService:
     def _list(specs) -> str:
         return "; ".join(s.describe() for s in specs) or "(none)"
 
-    @staticmethod
-    def _raw_inputs(req, ctx: RequestContext):
-        """The request's raw input tensors: in the message, or (big ones) in the shared-memory frame."""
-        lengths = ctx.header.get("raw_lengths")
-        if lengths is None:
-            return req.raw_input_contents
-        if req.raw_input_contents:
-            raise WorkerError("INVALID_ARGUMENT", "raw inputs both in the message and in the frame")
-        view = ctx.frame_bytes()
-        if view is None or sum(lengths) != len(view):
-            raise WorkerError("INTERNAL", f"raw input frame holds {0 if view is None else len(view)} bytes, "
-                                          f"expected {sum(lengths)}")
-        out, pos = [], 0
-        for n in lengths:
-            out.append(view[pos:pos + n])
-            pos += n
-        return out
-
     def _feeds(self, req, inst: ModelInstance, sig: Signature, raws) -> dict:
         if raws and len(raws) != len(req.inputs):
             raise WorkerError("INVALID_ARGUMENT", f"{len(raws)} raw_input_contents for {len(req.inputs)} inputs; "
@@ -244,7 +226,8 @@ class LiteRTService:
         inst = self._get(req.model_name, self.auto_load)
         signature = param_value(req.parameters, "signature")
         sig = inst.signature(req.model_version or (str(signature) if signature else ""))
-        feeds = self._feeds(req, inst, sig, self._raw_inputs(req, ctx))
+        # raw input tensors: in the message, or (big ones) beside it in shared memory (common/payload.py)
+        feeds = self._feeds(req, inst, sig, ctx.side.pieces(req, "raw_input_contents", "raw_input_contents"))
         if req.outputs:
             wanted = []
             for o in req.outputs:
@@ -290,8 +273,8 @@ class LiteRTService:
                                                   f"'{req.pipeline_type}'")
         opts = dict(req.options)
         frame = None
-        if opts.get("content") == "frame":
-            view = ctx.frame_bytes()
+        if opts.get("content") == "frame":   # the uploaded .tflite travels beside the request
+            view = ctx.side.buffer()
             frame = bytes(view) if view is not None else None
         inst, ram_mb, load_s = self._load(model_id, opts, frame, ctx.payload)
         sigs = "; ".join(
@@ -319,7 +302,3 @@ class LiteRTService:
             models, self._models = list(self._models.values()), {}
         for inst in models:
             inst.close()
-
-
-def builtin_aliases() -> list:
-    return registry.short_names()

@@ -1,9 +1,13 @@
 """The `ml.MediapipeService` handlers: parse the request, decode the frame, run, serialise the response.
 
-`VisionService(options).handlers()` maps each method path to `fn(ctx) -> bytes`. It does not depend
-on the worker base, so the handlers are unit-tested with `workers.context.make_test_context`.
-Frames come from `ctx.frame_bytes()` (shared memory); if the facade left them in the message
-(no shared memory), the message's own bytes field is used.
+`VisionService(options).handlers()` maps each method path (common/methods.py) to `fn(ctx) -> bytes`. It
+does not depend on the worker base, so the handlers are unit-tested with `workers.context.make_test_context`.
+Frames come from `ctx.side.field(req, "frame_data")` (common/payload.py): the shared-memory frame, or the
+message's own bytes field when the facade left them there.
+
+Every VideoFrame stream is one skeleton (`_video_stream`): the stream's state, the frame parsed and decoded
+once, an answer stamped with the frame's timestamp and number, filled by the method's own step
+`step(ctx, state, req, rgb, what, answer)`.
 
 Compressed frames (h264, hevc, vp8, vp9) go through the stream's own decoder (frames.decode_in_stream,
 kept in the stream state); a frame that holds no picture (parameter sets only) gets an empty answer
@@ -22,52 +26,26 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from common import methods as M
 from protos import ml_inference_pb2 as pb
 from workers.context import RequestContext, WorkerError
 from workers.vision import (autoflip, face_landmarks, face_search, faces, fit, frames, hands, holistic, iris_gaze, mesh,
                             multipose, person_detector, pose, pose_landmarker, segmentation, sequence, solutions,
                             template, tracking)
 
-SVC = "ml.MediapipeService/"
-
 UNIMPLEMENTED = {
-    "StreamHairSegmentation": "hair segmentation needs MediaPipe's hair_segmentation.tflite model, which the "
+    M.STREAM_HAIR_SEGMENTATION: "hair segmentation needs MediaPipe's hair_segmentation.tflite model, which the "
                               "mediapipe 0.10.21 wheel does not ship and this service cannot download; "
                               "use StreamSelfieSegmentation for a person mask",
-    "StreamObjectDetection": "object detection needs an object detector model (e.g. MediaPipe's "
+    M.STREAM_OBJECT_DETECTION: "object detection needs an object detector model (e.g. MediaPipe's "
                              "efficientdet_lite0.tflite / ssd_mobilenet), which is not shipped offline with "
                              "mediapipe 0.10.21; use StreamObjectTracking for faces and people",
-    "StreamObjectDetection3D": "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite "
+    M.STREAM_OBJECT_DETECTION3D: "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite "
                                "models, which the mediapipe 0.10.21 wheel does not ship (only the graph)",
 }
 
 
-class _NoPicture(Exception):
-    """The frame decoded to no picture (a compressed frame with parameter sets only): answer it empty."""
-
-    def __init__(self, req):
-        super().__init__("no picture")
-        self.req = req
-
-
-# the answer of each VideoFrame stream, for a frame without a picture
-STREAM_ANSWERS = {"StreamFaceDetection": pb.FaceDetectionResponse, "StreamHandTracking": pb.HandDetectionResponse,
-                  "StreamPoseTracking": pb.PoseDetectionResponse, "StreamHolisticTracking": pb.HolisticTrackingResponse,
-                  "StreamFaceMesh": pb.FaceMeshResponse, "StreamIrisTracking": pb.IrisTrackingResponse,
-                  "StreamSelfieSegmentation": pb.SegmentationResponse,
-                  "StreamObjectTracking": pb.ObjectTrackingResponse, "StreamAutoFlip": pb.VideoFrame}
-
-
-def _empty_without_picture(answer_cls, fn: Callable[[RequestContext], bytes]) -> Callable[[RequestContext], bytes]:
-    def handler(ctx: RequestContext) -> bytes:
-        try:
-            return fn(ctx)
-        except _NoPicture as e:
-            out = answer_cls(timestamp_ms=e.req.timestamp_ms, frame_number=e.req.frame_number)
-            if answer_cls is pb.VideoFrame:
-                out.metadata["no_picture"] = "this compressed frame holds no picture (parameter sets only)"
-            return out.SerializeToString()
-    return handler
+NO_PICTURE = "this compressed frame holds no picture (parameter sets only)"
 
 
 def _meta(req) -> dict:
@@ -150,51 +128,56 @@ class VisionService:
         self._people()
 
     def handlers(self) -> dict[str, Callable[[RequestContext], bytes]]:
+        stream = self._video_stream
         h = {
-            "DetectFaces": self.detect_faces,
-            "DetectHands": self.detect_hands,
-            "DetectPose": self.detect_pose,
-            "StreamFaceDetection": self.stream_face_detection,
-            "StreamHandTracking": self.stream_hand_tracking,
-            "StreamPoseTracking": self.stream_pose_tracking,
-            "StreamHolisticTracking": self.stream_holistic,
-            "StreamFaceMesh": self.stream_face_mesh,
-            "StreamIrisTracking": self.stream_iris,
-            "StreamSelfieSegmentation": self.stream_segmentation,
-            "StreamTemplateMatching": self.stream_template_matching,
-            "StreamObjectTracking": self.stream_object_tracking,
-            "StreamAutoFlip": self.stream_autoflip,
-            "ProcessMediaSequence": self.process_media_sequence,
+            M.DETECT_FACES: self.detect_faces,
+            M.DETECT_HANDS: self.detect_hands,
+            M.DETECT_POSE: self.detect_pose,
+            M.STREAM_FACE_DETECTION: stream(pb.FaceDetectionResponse, self._face_detection_step),
+            M.STREAM_HAND_TRACKING: stream(pb.HandDetectionResponse, self._hand_tracking_step),
+            M.STREAM_POSE_TRACKING: stream(pb.PoseDetectionResponse, self._pose_tracking_step),
+            M.STREAM_HOLISTIC_TRACKING: stream(pb.HolisticTrackingResponse, self._holistic_step),
+            M.STREAM_FACE_MESH: stream(pb.FaceMeshResponse, self._face_mesh_step),
+            M.STREAM_IRIS_TRACKING: stream(pb.IrisTrackingResponse, self._iris_step),
+            M.STREAM_SELFIE_SEGMENTATION: stream(pb.SegmentationResponse, self._segmentation_step),
+            M.STREAM_OBJECT_TRACKING: stream(pb.ObjectTrackingResponse, self._object_tracking_step),
+            M.STREAM_AUTO_FLIP: stream(pb.VideoFrame, self._autoflip_step),
+            M.STREAM_TEMPLATE_MATCHING: self.stream_template_matching,
+            M.PROCESS_MEDIA_SEQUENCE: self.process_media_sequence,
         }
-        for name, answer_cls in STREAM_ANSWERS.items():
-            h[name] = _empty_without_picture(answer_cls, h[name])
-        for name, why in UNIMPLEMENTED.items():
-            h[name] = self._unimplemented(name, why)
-        return {SVC + k: v for k, v in h.items()}
+        for path, why in UNIMPLEMENTED.items():
+            h[path] = self._unimplemented(M.method_name(path), why)
+        return h
 
     # ---------------------------------------------------------------- input
     def _image(self, ctx: RequestContext) -> tuple[pb.ImageRequest, np.ndarray]:
         req = pb.ImageRequest.FromString(ctx.payload)
-        data = ctx.frame_bytes()
-        if data is None or len(data) == 0:
-            data = req.image_data
-        fmt = req.format or ""
-        rgb = frames.decode(data, fmt, req.width, req.height, what="image", max_bytes=self.max_bytes)
+        rgb = frames.decode(ctx.side.field(req, "image_data"), req.format or "", req.width, req.height, what="image",
+                            max_bytes=self.max_bytes)
         return req, rgb
 
-    def _frame(self, ctx: RequestContext, state: dict) -> tuple[pb.VideoFrame, np.ndarray, str]:
-        req = pb.VideoFrame.FromString(ctx.payload)
-        n = state.get("_frames", 0)
-        state["_frames"] = n + 1
-        what = f"frame {req.frame_number}" if req.frame_number or n == 0 else f"frame #{n} of the stream"
-        data = ctx.frame_bytes()
-        if data is None or len(data) == 0:
-            data = req.frame_data
-        rgb = frames.decode_in_stream(state, data, req.format, req.width, req.height, what=what,
-                                      max_bytes=self.max_bytes, threads=self.codec_threads)
-        if rgb is None:
-            raise _NoPicture(req)
-        return req, rgb, what
+    def _video_stream(self, answer_cls, step: Callable) -> Callable[[RequestContext], bytes]:
+        """The handler of one VideoFrame stream: under the stream's state, parse the frame and decode its
+        picture once (compressed video through the stream's decoder), then `step(ctx, state, req, rgb,
+        what, answer)` fills `answer` (an `answer_cls` with the frame's timestamp and number). A compressed
+        frame without a picture gets that answer empty."""
+        def handler(ctx: RequestContext) -> bytes:
+            with _CallState(ctx) as st:
+                req = pb.VideoFrame.FromString(ctx.payload)
+                n = st.get("_frames", 0)
+                st["_frames"] = n + 1
+                what = f"frame {req.frame_number}" if req.frame_number or n == 0 else f"frame #{n} of the stream"
+                rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width,
+                                              req.height, what=what, max_bytes=self.max_bytes,
+                                              threads=self.codec_threads)
+                answer = answer_cls(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+                if rgb is None:
+                    if answer_cls is pb.VideoFrame:
+                        answer.metadata["no_picture"] = NO_PICTURE
+                else:
+                    step(ctx, st, req, rgb, what, answer)
+                return answer.SerializeToString()
+        return handler
 
     @staticmethod
     def _unimplemented(name: str, why: str):
@@ -238,26 +221,19 @@ class VisionService:
         resp.poses.extend(pose.to_proto(pp.pose) for pp in found)      # left to right
         return resp.SerializeToString()
 
-    def stream_face_detection(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            kinds = _face_models(req.metadata, "short", what)
-            if len(kinds) == 1:     # one pass of one model per frame (the stream's own instance)
-                found = faces.detect(solutions.stream_solution(st, kinds[0]), rgb)
-            else:                   # face_model=both: the DetectFaces search on this stream's instances
-                found = face_search.search(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)),
-                                           rgb, kinds, check=ctx.check_cancelled)
-            resp = pb.FaceDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.faces.extend(faces.to_proto(f) for f in found)
-            return resp.SerializeToString()
+    # ---------------------------------------------------------------- stream steps (see _video_stream)
+    def _face_detection_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        kinds = _face_models(req.metadata, "short", what)
+        if len(kinds) == 1:     # one pass of one model per frame (the stream's own instance)
+            found = faces.detect(solutions.stream_solution(st, kinds[0]), rgb)
+        else:                   # face_model=both: the DetectFaces search on this stream's instances
+            found = face_search.search(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)),
+                                       rgb, kinds, check=ctx.check_cancelled)
+        resp.faces.extend(faces.to_proto(f) for f in found)
 
-    def stream_hand_tracking(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, _ = self._frame(ctx, st)
-            found = hands.detect(solutions.stream_solution(st, "hands"), rgb, hands.is_mirrored(req.metadata))
-            resp = pb.HandDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.hands.extend(hands.to_proto(h) for h in found)
-            return resp.SerializeToString()
+    def _hand_tracking_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        found = hands.detect(solutions.stream_solution(st, "hands"), rgb, hands.is_mirrored(req.metadata))
+        resp.hands.extend(hands.to_proto(h) for h in found)
 
     def _pose_tracker(self, st: dict, meta, what: str) -> multipose.PoseTracker:
         """The stream's people tracks (metadata read on the first frame)."""
@@ -267,31 +243,24 @@ class VisionService:
             tr = st["pose_tracker"] = multipose.PoseTracker(o["max_poses"], o["redetect_every"], tiles=o["tiles"])
         return tr
 
-    def stream_pose_tracking(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            tr = self._pose_tracker(st, req.metadata, what)
-            det, lm = self._people()
-            found = tr.update(det, lm, rgb, check=ctx.check_cancelled)
-            resp = pb.PoseDetectionResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.poses.extend(pose.to_proto(pp.pose, pp.track_id) for pp in found)     # by track id
-            return resp.SerializeToString()
+    def _tracked_people(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str) -> list:
+        tr = self._pose_tracker(st, req.metadata, what)
+        det, lm = self._people()
+        return tr.update(det, lm, rgb, check=ctx.check_cancelled)
 
-    def stream_holistic(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            tr = self._pose_tracker(st, req.metadata, what)
-            det, lm = self._people()
-            found = tr.update(det, lm, rgb, check=ctx.check_cancelled)
-            sol = st.get("mp:holistic_static")
-            if sol is None and found:
-                sol = st["mp:holistic_static"] = solutions.create("holistic", True)
-            for pp in found:       # face and hands from the holistic solution on each person's ROI
-                ctx.check_cancelled()
-                pp.parts = multipose.holistic_parts(sol, rgb, pp)
-            resp = pb.HolisticTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            holistic.fill(resp, found, solutions.stream_solution(st, faces.SHORT), rgb, hands.is_mirrored(req.metadata))
-            return resp.SerializeToString()
+    def _pose_tracking_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        found = self._tracked_people(ctx, st, req, rgb, what)
+        resp.poses.extend(pose.to_proto(pp.pose, pp.track_id) for pp in found)     # by track id
+
+    def _holistic_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        found = self._tracked_people(ctx, st, req, rgb, what)
+        sol = st.get("mp:holistic_static")
+        if sol is None and found:
+            sol = st["mp:holistic_static"] = solutions.create("holistic", True)
+        for pp in found:       # face and hands from the holistic solution on each person's ROI
+            ctx.check_cancelled()
+            pp.parts = multipose.holistic_parts(sol, rgb, pp)
+        holistic.fill(resp, found, solutions.stream_solution(st, faces.SHORT), rgb, hands.is_mirrored(req.metadata))
 
     def _meshes(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str) -> list:
         """Every face's mesh, by track id: detect, then landmark each face on its own crop (face_landmarks.py)."""
@@ -307,45 +276,31 @@ class VisionService:
         return tracker.update(lambda k: contextlib.nullcontext(solutions.stream_solution(st, k)), rgb, limit, kinds,
                               check=ctx.check_cancelled)
 
-    def stream_face_mesh(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            resp = pb.FaceMeshResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.faces.extend(mesh.from_array(t.mesh.points, t.mesh.confidence, t.track_id)
-                              for t in self._meshes(ctx, st, req, rgb, what))
-            return resp.SerializeToString()
+    def _face_mesh_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        resp.faces.extend(mesh.from_array(t.mesh.points, t.mesh.confidence, t.track_id)
+                          for t in self._meshes(ctx, st, req, rgb, what))
 
-    def stream_iris(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            resp = pb.IrisTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            h, w = rgb.shape[:2]
-            for i, t in enumerate(self._meshes(ctx, st, req, rgb, what)):
-                # the first face (lowest id) in the response's own fields, every further one in more_faces
-                dst = resp if i == 0 else resp.more_faces.add()
-                dst.track_id = t.track_id
-                iris_gaze.to_response(t.mesh.points, w, h, t.mesh.confidence, dst)
-            return resp.SerializeToString()
+    def _iris_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        h, w = rgb.shape[:2]
+        for i, t in enumerate(self._meshes(ctx, st, req, rgb, what)):
+            # the first face (lowest id) in the response's own fields, every further one in more_faces
+            dst = resp if i == 0 else resp.more_faces.add()
+            dst.track_id = t.track_id
+            iris_gaze.to_response(t.mesh.points, w, h, t.mesh.confidence, dst)
 
-    def stream_segmentation(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            meta = dict(req.metadata)
-            h, w = rgb.shape[:2]
-            if req.background_image:
-                segmentation.set_background(st, req.background_image, w, h, what, self.max_bytes)
-            soft = segmentation.segment(solutions.stream_solution(st, segmentation.model_kind(meta)), rgb)
-            resp = pb.SegmentationResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            segmentation.compose(rgb, soft, meta, st, what, resp, self.max_response)
-            return resp.SerializeToString()
+    def _segmentation_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        meta = dict(req.metadata)
+        h, w = rgb.shape[:2]
+        if req.background_image:
+            segmentation.set_background(st, req.background_image, w, h, what, self.max_bytes)
+        soft = segmentation.segment(solutions.stream_solution(st, segmentation.model_kind(meta)), rgb)
+        segmentation.compose(rgb, soft, meta, st, what, resp, self.max_response)
 
     def stream_template_matching(self, ctx: RequestContext) -> bytes:
         # stateless per frame: no stream state, no MediaPipe instance
         req = pb.TemplateMatchingRequest.FromString(ctx.payload)
         what = f"frame {req.frame_number}" if req.frame_number else "frame"
-        data = ctx.frame_bytes()
-        if data is None or len(data) == 0:
-            data = req.frame_data
+        data = ctx.side.field(req, "frame_data")
         ffmt = template.infer_format(data, req.frame_format, req.frame_width, req.frame_height)
         frame = frames.decode(data, ffmt, req.frame_width, req.frame_height, what=what, max_bytes=self.max_bytes)
         tfmt = template.infer_format(req.template_data, req.template_format, req.template_width, req.template_height)
@@ -400,58 +355,50 @@ class VisionService:
                     for p in tracking.find_people(det, rgb, tiles, min_person)]
         return out
 
-    def stream_object_tracking(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            meta = dict(req.metadata)
-            tr = st.get("tracker")
-            if tr is None:
-                try:
-                    tl = int(meta.get("trajectory_length", 30))
-                    mm = int(meta.get("max_missed", 30))
-                    labels = tracking.parse_targets(meta.get("track") or meta.get("detect"))
-                except ValueError as e:
-                    raise WorkerError("INVALID_ARGUMENT", f"{what}: trajectory_length / max_missed must be integers, "
-                                                          f"track people and/or faces ({e})") from None
-                tr = st["tracker"] = tracking.ObjectTracker(labels, trajectory_len=max(1, tl), max_missed=max(0, mm))
-            h, w = rgb.shape[:2]
-            subs = self._subjects(st, rgb, meta, what, min_person=tracking.PERSON_MIN_SCORE)
-            people = tr.trackers.get("person") if tr.size == (w, h) else None
-            if people is not None:      # people missed by this frame's detection, looked for where tracked
-                found = [b for label, b, _ in subs if label == "person"]
-                subs += [("person", b, s) for b, s in tracking.look_again(st["person_detector"], rgb, people, found)]
-            tracks = tr.update(subs, w, h)
-            resp = pb.ObjectTrackingResponse(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            resp.objects.extend(tracking.to_proto(t, w, h) for t in tracks)
-            return resp.SerializeToString()
+    def _object_tracking_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, resp) -> None:
+        meta = dict(req.metadata)
+        tr = st.get("tracker")
+        if tr is None:
+            try:
+                tl = int(meta.get("trajectory_length", 30))
+                mm = int(meta.get("max_missed", 30))
+                labels = tracking.parse_targets(meta.get("track") or meta.get("detect"))
+            except ValueError as e:
+                raise WorkerError("INVALID_ARGUMENT", f"{what}: trajectory_length / max_missed must be integers, "
+                                                      f"track people and/or faces ({e})") from None
+            tr = st["tracker"] = tracking.ObjectTracker(labels, trajectory_len=max(1, tl), max_missed=max(0, mm))
+        h, w = rgb.shape[:2]
+        subs = self._subjects(st, rgb, meta, what, min_person=tracking.PERSON_MIN_SCORE)
+        people = tr.trackers.get("person") if tr.size == (w, h) else None
+        if people is not None:      # people missed by this frame's detection, looked for where tracked
+            found = [b for label, b, _ in subs if label == "person"]
+            subs += [("person", b, s) for b, s in tracking.look_again(st["person_detector"], rgb, people, found)]
+        tracks = tr.update(subs, w, h)
+        resp.objects.extend(tracking.to_proto(t, w, h) for t in tracks)
 
-    def stream_autoflip(self, ctx: RequestContext) -> bytes:
-        with _CallState(ctx) as st:
-            req, rgb, what = self._frame(ctx, st)
-            meta = dict(req.metadata)
-            aspect = autoflip.parse_aspect(meta.get("aspect_ratio", "9:16"), what)
-            subs = self._subjects(st, rgb, meta, what)
-            rf = st.setdefault("reframer", autoflip.Reframer())
-            h, w = rgb.shape[:2]
-            weights = [(box, score * (2.0 if label == "face" else 1.0)) for label, box, score in subs]
-            x, y, cw, ch = rf.update(w, h, aspect, weights)
-            crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
-            in_fmt = frames.ALIASES.get(req.format.lower(), req.format.lower())
-            out_fmt = meta.get("output_format") or (in_fmt if in_fmt in ("rgb", "bgr", "rgba") else "rgb")
-            out = pb.VideoFrame(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-            out.metadata.update({"crop_x": str(x), "crop_y": str(y), "crop_width": str(cw), "crop_height": str(ch),
-                                 "aspect_ratio": f"{aspect:.4f}", "subjects": str(len(subs))})
-            # the frame gets what the client's message limit leaves (its note, format and size fields included)
-            budget = self.max_response - out.ByteSize() - 512 - fit.FIELD_OVERHEAD
-            if out_fmt.strip().lower() in autoflip.H264_NAMES:
-                data, used, ow, oh, note = autoflip.h264_output(st, crop, req.timestamp_ms, budget, what,
-                                                                self.codec_threads)
-            else:
-                data, used, ow, oh, note = fit.fit_frame(crop, out_fmt, budget, what)
-            out.frame_data, out.format, out.width, out.height = data, used, ow, oh
-            if note:
-                out.metadata["response_limit"] = note
-            return out.SerializeToString()
+    def _autoflip_step(self, ctx: RequestContext, st: dict, req, rgb: np.ndarray, what: str, out) -> None:
+        meta = dict(req.metadata)
+        aspect = autoflip.parse_aspect(meta.get("aspect_ratio", "9:16"), what)
+        subs = self._subjects(st, rgb, meta, what)
+        rf = st.setdefault("reframer", autoflip.Reframer())
+        h, w = rgb.shape[:2]
+        weights = [(box, score * (2.0 if label == "face" else 1.0)) for label, box, score in subs]
+        x, y, cw, ch = rf.update(w, h, aspect, weights)
+        crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
+        in_fmt = frames.ALIASES.get(req.format.lower(), req.format.lower())
+        out_fmt = meta.get("output_format") or (in_fmt if in_fmt in ("rgb", "bgr", "rgba") else "rgb")
+        out.metadata.update({"crop_x": str(x), "crop_y": str(y), "crop_width": str(cw), "crop_height": str(ch),
+                             "aspect_ratio": f"{aspect:.4f}", "subjects": str(len(subs))})
+        # the frame gets what the client's message limit leaves (its note, format and size fields included)
+        budget = self.max_response - out.ByteSize() - 512 - fit.FIELD_OVERHEAD
+        if out_fmt.strip().lower() in autoflip.H264_NAMES:
+            data, used, ow, oh, note = autoflip.h264_output(st, crop, req.timestamp_ms, budget, what,
+                                                            self.codec_threads)
+        else:
+            data, used, ow, oh, note = fit.fit_frame(crop, out_fmt, budget, what)
+        out.frame_data, out.format, out.width, out.height = data, used, ow, oh
+        if note:
+            out.metadata["response_limit"] = note
 
     def process_media_sequence(self, ctx: RequestContext) -> bytes:
         with _CallState(ctx) as st:
@@ -463,10 +410,7 @@ class VisionService:
             req = pb.MediaSequenceFrame.FromString(ctx.payload)
             index = len(seq.records)
             what = f"frame {req.frame_number}" if req.frame_number else f"frame #{index} of the sequence"
-            data = ctx.frame_bytes()
-            if data is None or len(data) == 0:
-                data = req.frame_data
-            rgb = frames.decode_in_stream(st, data, req.format, req.width, req.height, what=what,
+            rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width, req.height, what=what,
                                           max_bytes=self.max_bytes, threads=self.codec_threads)
             if rgb is None:
                 return b""   # a compressed frame without a picture: nothing to label

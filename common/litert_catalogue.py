@@ -1,4 +1,6 @@
-"""Built-in model aliases: .tflite files shipped inside installed packages, addressed by file stem.
+"""The LiteRT model catalogue: built-in aliases, the .tflite files shipped inside installed packages, by file stem.
+
+Shared by the litert worker (loader) and the facade (KServe RepositoryIndex lists them), so it lives below both.
 
 mediapipe 0.10.21 bundles its legacy-solution models (``face_detection_short_range``, ``palm_detection_lite``,
 ``selfie_segmentation``, ...); pymicro-wakeword bundles full-int8 streaming models (``okay_nabu``, ...).
