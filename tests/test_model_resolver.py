@@ -117,7 +117,7 @@ def test_one_copy_whichever_string_names_the_model(cache):
     from tests.test_hf_fixtures import make_worker
     w = make_worker()
     loads = []
-    w.note_loaded = lambda rec: loads.append(rec.model_id)
+    w.models._on_loaded = lambda rec, version: loads.append(rec.model_id)   # what the broker would be told
 
     def embed(model):
         ctx, _ = make_test_context("ml.TransformersService/GenerateEmbeddings",

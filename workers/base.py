@@ -20,14 +20,14 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
 from broker import protocol as P
-from common import logs, payload, proc
-from shm.pool import SlotReader
+from common import logs, proc
+from shm.pool import SlotReader, SlotRef, StaleSlotError
 from workers.context import Cancelled, RequestContext, WorkerError
 
 ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
@@ -46,11 +46,72 @@ class ModelRecord:
     loaded_at: int = field(default_factory=lambda: int(time.time()))
     load_payload: bytes = b""   # serialized LoadModelRequest that reproduces this load (replay)
     load_method: str = "ml.ModelManagementService/LoadModel"
+    runtime: Any = field(default=None, repr=False, compare=False)   # the family's loaded object (never sent)
 
     def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("load_payload")
-        return d
+        """What the broker is told (LOADED, heartbeats): every field but the replay payload and the runtime."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("load_payload", "runtime")}
+
+
+class ModelRegistry:
+    """The one registry of a worker's loaded models: a ModelRecord per model id (its `runtime` carries what the
+    family loaded) and a version bumped on every change. Every change is announced through on_loaded /
+    on_unloaded (the worker tells the broker, with the version: a heartbeat built before an unload but
+    delivered after it then cannot resurrect the model)."""
+
+    def __init__(self, on_loaded: Optional[Callable[[ModelRecord, int], None]] = None,
+                 on_unloaded: Optional[Callable[[str, int], None]] = None):
+        self._lock = threading.Lock()
+        self._records: dict[str, ModelRecord] = {}
+        self.version = 0
+        self._on_loaded = on_loaded or (lambda record, version: None)
+        self._on_unloaded = on_unloaded or (lambda model_id, version: None)
+
+    def add(self, record: ModelRecord) -> None:
+        with self._lock:
+            self._records[record.model_id] = record
+            self.version += 1
+            version = self.version
+        self._on_loaded(record, version)
+
+    def remove(self, model_id: str) -> Optional[ModelRecord]:
+        """Take the model out (requests no longer find it) and announce it; None if it was not loaded."""
+        with self._lock:
+            record = self._records.pop(model_id, None)
+            if record is None:
+                return None
+            self.version += 1
+            version = self.version
+        self._on_unloaded(model_id, version)
+        return record
+
+    def get(self, model_id: str) -> Optional[ModelRecord]:
+        with self._lock:
+            return self._records.get(model_id)
+
+    def records(self) -> list[ModelRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"models": [m.summary() for m in self._records.values()], "models_version": self.version}
+
+    def __getitem__(self, model_id: str) -> ModelRecord:
+        with self._lock:
+            return self._records[model_id]
+
+    def __contains__(self, model_id: object) -> bool:
+        with self._lock:
+            return model_id in self._records
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._records))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
 
 
 class Worker:
@@ -63,11 +124,9 @@ class Worker:
         self.worker_id = args.worker_id
         self.options: dict = json.loads(args.options_json or "{}")
         self.log = logging.getLogger(f"{self.pool}@{self.device}")
-        self.models: dict[str, ModelRecord] = {}
-        # bumped on every load/unload; heartbeats carry it so that a heartbeat built before an unload but
-        # delivered after it (replies and heartbeats travel on different sockets) cannot resurrect a model
-        self._models_version = 0
-        self._models_lock = threading.Lock()
+        # the loaded models; its version travels with every LOADED / UNLOADED and heartbeat (replies and
+        # heartbeats travel on different sockets: a stale heartbeat must not resurrect a model)
+        self.models = ModelRegistry(on_loaded=self._announce_loaded, on_unloaded=self._announce_unloaded)
         self.started = time.time()
         self.requests_served = 0
         self._outq: "queue.Queue[list]" = queue.Queue()
@@ -105,18 +164,16 @@ class Worker:
 
     # ---- helpers for subclasses --------------------------------------------------------------
     def note_loaded(self, record: ModelRecord) -> None:
-        with self._models_lock:
-            self.models[record.model_id] = record
-            self._models_version += 1
-            version = self._models_version
+        self.models.add(record)
+
+    def note_unloaded(self, model_id: str) -> None:
+        self.models.remove(model_id)
+
+    def _announce_loaded(self, record: ModelRecord, version: int) -> None:
         self._send(P.LOADED, {"model": record.summary(), "method": record.load_method, "version": version},
                    [record.load_payload])
 
-    def note_unloaded(self, model_id: str) -> None:
-        with self._models_lock:
-            self.models.pop(model_id, None)
-            self._models_version += 1
-            version = self._models_version
+    def _announce_unloaded(self, model_id: str, version: int) -> None:
         self._send(P.UNLOADED, {"model_id": model_id, "version": version})
 
     def request_recycle(self, reason: str) -> None:
@@ -190,12 +247,8 @@ class Worker:
         return {"worker_id": self.worker_id, "pool": self.pool, "device": self.device,
                 "pid": os.getpid(), "capacity": self.capacity, "inflight": inflight,
                 "requests_served": self.requests_served, "uptime_s": time.time() - self.started,
-                **self._models_snapshot(),
+                **self.models.snapshot(),
                 "memory": self.measure_memory(), "recycle": self._recycle_reason}
-
-    def _models_snapshot(self) -> dict:
-        with self._models_lock:
-            return {"models": [m.summary() for m in self.models.values()], "models_version": self._models_version}
 
     def _heartbeat_loop(self) -> None:
         interval = self.args.heartbeat_interval
@@ -209,7 +262,21 @@ class Worker:
             self._send(P.HEARTBEAT, status)
 
     def _frame_view_for(self, header: dict, frames: list) -> Callable[[], Optional[memoryview]]:
-        return lambda: payload.side_view(header, frames, self.shm)
+        def view() -> Optional[memoryview]:
+            ref = header.get("shm")
+            if ref is not None:
+                if self.shm is None:
+                    raise WorkerError("INTERNAL", "frame sent through shared memory but this worker has no pool")
+                try:
+                    return self.shm.view_of(SlotRef.from_wire(ref))
+                except StaleSlotError as exc:
+                    raise WorkerError("ABORTED", f"{exc}; resend the frame") from None
+                except ValueError as exc:
+                    raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
+            if header.get("frame_inline") and len(frames) > 1:
+                return memoryview(frames[1])
+            return None
+        return view
 
     def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
         rid = ctx.request_id

@@ -39,9 +39,8 @@ class HFWorker(Worker):
                 pass
         self.capacity = int(self.options.get("hf_capacity") or self.capacity)
         from workers.hf.service import HFService
-        self.service = HFService(self.options, device=self.device, log=self.log, note_loaded=self.note_loaded,
-                                 note_unloaded=self.note_unloaded, request_recycle=self.request_recycle,
-                                 models=self.models)
+        self.service = HFService(self.options, device=self.device, log=self.log, models=self.models,
+                                 request_recycle=self.request_recycle)
         self.service.warm()
 
     def handlers(self) -> dict:

@@ -36,9 +36,10 @@ from typing import Callable, Optional
 
 from common import methods
 from common.options import as_bool
+from workers.base import ModelRegistry
 from workers.hf import limits
 from workers.hf.handlers.embeddings import EmbeddingHandlers
-from workers.hf.handlers.models import LoadedModel, ModelHandlers
+from workers.hf.handlers.models import ModelHandlers
 from workers.hf.handlers.pipelines import PipelineHandlers
 from workers.hf.handlers.speech import SpeechHandlers
 from workers.hf.handlers.text import TextHandlers
@@ -47,16 +48,14 @@ from workers.hf.resolve import ModelResolver
 
 class HFService(ModelHandlers, TextHandlers, EmbeddingHandlers, SpeechHandlers, PipelineHandlers):
     def __init__(self, options: dict, device: str = "cpu", log: Optional[logging.Logger] = None,
-                 note_loaded: Optional[Callable] = None, note_unloaded: Optional[Callable[[str], None]] = None,
-                 request_recycle: Optional[Callable[[str], None]] = None, models: Optional[dict] = None):
+                 models: Optional[ModelRegistry] = None, request_recycle: Optional[Callable[[str], None]] = None):
         import torch
         o = self.options = dict(options or {})
         self.device = device or "cpu"
         self.log = log or logging.getLogger(f"hf@{self.device}")
-        self.note_loaded = note_loaded or (lambda record: None)          # tell the broker (replay, Stats)
-        self.note_unloaded = note_unloaded or (lambda model_id: None)
+        # the worker's one registry of loaded models (workers/base.py): records carry a LoadedModel as runtime
+        self.models = models if models is not None else ModelRegistry()
         self.request_recycle = request_recycle or (lambda reason: None)
-        self.models = models if models is not None else {}   # the worker's ModelRecords (workers/base.py)
         self.torch = torch
         self.auto_load = as_bool(o.get("auto_load"), True, "auto_load")
         self.default_gen_model = o.get("default_generation_model") or "SmolLM2-135M-Instruct"
@@ -75,7 +74,6 @@ class HFService(ModelHandlers, TextHandlers, EmbeddingHandlers, SpeechHandlers, 
         self.recycle_on_unload = as_bool(o.get("recycle_on_unload"), True, "recycle_on_unload")
         self.gen_slots = threading.BoundedSemaphore(max(1, int(o.get("gen_concurrency") or 4)))
         self.resolver = ModelResolver.from_options(o)
-        self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._load_serial = threading.Lock()

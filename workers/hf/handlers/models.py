@@ -43,7 +43,6 @@ class LoadedModel:
     embedder: Any = None         # workers.hf.embeddings.Embedder (embed)
     batcher: Any = None          # workers.hf.embeddings.EmbeddingBatcher (embed)
     raw_prompt: bool = False
-    record: Optional[ModelRecord] = None
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
@@ -54,7 +53,13 @@ class LoadedModel:
 
 
 class ModelHandlers:
-    """Mixin: the loaded-model registry of HFService and its management handlers."""
+    """Mixin: loading into and finding in the worker's registry (self.models, a workers.base.ModelRegistry
+    whose records carry a LoadedModel as `runtime`), and the management handlers."""
+
+    @property
+    def _loaded(self) -> dict[str, LoadedModel]:
+        """model id -> LoadedModel of every loaded model (a snapshot)."""
+        return {r.model_id: r.runtime for r in self.models.records()}
 
     def _dtype(self, name: str):
         name = (name or "auto").strip().lower()
@@ -95,8 +100,8 @@ class ModelHandlers:
 
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, model_id: str, pipeline_type: str, opts: dict, payload: bytes,
-              reuse_same: bool = False) -> tuple[LoadedModel, bool]:
-        """Load once (concurrent callers wait for the same load). Returns (model, newly_loaded).
+              reuse_same: bool = False) -> tuple[ModelRecord, bool]:
+        """Load once (concurrent callers wait for the same load). Returns (record, newly_loaded).
 
         Loads run one at a time in a worker (two concurrent from_pretrained calls in one process fail with
         "Cannot copy out of meta tensor", transformers 5.x); resolving and fetching files stay concurrent.
@@ -106,13 +111,12 @@ class ModelHandlers:
         dtype = self._dtype(opts.get("dtype", ""))
         if (pipeline_type or "").strip():
             registry.require(pipeline_type)   # UNIMPLEMENTED before any file is touched
-        with self._lock:
+        with self._lock:   # guards _load_locks
             lock = self._load_locks.setdefault(model_id, threading.Lock())
         with lock:
-            with self._lock:
-                lm = self._loaded.get(model_id)
-            if lm is not None:
-                return lm, False
+            record = self.models.get(model_id)
+            if record is not None:
+                return record, False
             t0 = time.time()
             resolved = self.resolver.resolve(model_id, opts)
             if resolved.family == LITERT_LM:      # a .litertlm / .task bundle: the LiteRT-LM engine
@@ -153,17 +157,15 @@ class ModelHandlers:
                     raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' loaded as {entry.name} but its first "
                                                              f"test pass failed: {type(exc).__name__}: {exc}") from None
                 used = memory.delta(before, memory.snapshot(self.device))
-            lm.record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
-                                    ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
-                                    load_payload=payload)
-            with self._lock:
-                self._loaded[model_id] = lm
+            record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
+                                 ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
+                                 load_payload=payload, runtime=lm)
             self.log.info("loaded %s (%s, %s) from %s %s in %.2fs: +%.0f MB RAM, +%.0f MB VRAM", model_id, kind,
                           self.device, resolved.source, resolved.path, time.time() - t0, used.ram_mb, used.vram_mb)
-            self.note_loaded(lm.record)
-            return lm, True
+            self.models.add(record)   # requests find it from here on; the broker is told (replay, Stats)
+            return record, True
 
-    def _same_model(self, model_id: str) -> Optional[LoadedModel]:
+    def _same_model(self, model_id: str) -> Optional[ModelRecord]:
         """A loaded model that `model_id` names under another string (the orchestrator's cache path
         `models/<org>/<repo>/model.safetensors` for a model loaded as its alias, or the other way round):
         one copy in memory, whichever string a caller uses."""
@@ -173,21 +175,17 @@ class ModelHandlers:
             return None
         return self._loaded_copy_of(res) if res is not None else None
 
-    def _loaded_copy_of(self, res: Resolved) -> Optional[LoadedModel]:
+    def _loaded_copy_of(self, res: Resolved) -> Optional[ModelRecord]:
         """The loaded model at the location `res` names (the same built-in, or the same folder), if any."""
-        with self._lock:
-            for lm in self._loaded.values():
-                r = lm.resolved
-                if (res.builtin and r.builtin == res.builtin) or (not res.builtin and r.path == res.path):
-                    return lm
+        for record in self.models.records():
+            r = record.runtime.resolved
+            if (res.builtin and r.builtin == res.builtin) or (not res.builtin and r.path == res.path):
+                return record
         return None
 
     def _acquire(self, model_id: str, kind: str, pipeline_type: str = "") -> LoadedModel:
-        with self._lock:
-            lm = self._loaded.get(model_id)
-        if lm is None:
-            lm = self._same_model(model_id)
-        if lm is None:
+        record = self.models.get(model_id) or self._same_model(model_id)
+        if record is None:
             if not self.auto_load:
                 raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is not loaded and auto-load is off: "
                                                          "call ModelManagementService/LoadModel first")
@@ -197,7 +195,8 @@ class ModelHandlers:
                 raise WorkerError("INVALID_ARGUMENT", f"model '{model_id}' is not loaded and the request names no "
                                                       f"pipeline_type; name one of {registry.names()}")
             payload = ML.LoadModelRequest(model_id=model_id, pipeline_type=pt).SerializeToString()
-            lm, _ = self._load(model_id, pt, {}, payload, reuse_same=True)
+            record, _ = self._load(model_id, pt, {}, payload, reuse_same=True)
+        lm = record.runtime
         if lm.kind != kind:
             raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' is loaded as {lm.entry.name if lm.entry else lm.kind} "
                                                      f"and cannot serve {KIND_USE.get(kind, kind)}")
@@ -214,8 +213,8 @@ class ModelHandlers:
         opts = dict(req.options)
         if req.architecture and not opts.get("architecture"):
             opts["architecture"] = req.architecture
-        lm, new = self._load(req.model_id, req.pipeline_type, opts, ctx.payload)
-        rec = lm.record
+        rec, new = self._load(req.model_id, req.pipeline_type, opts, ctx.payload)
+        lm = rec.runtime
         msg = (f"loaded '{req.model_id}' on {self.device} from {lm.resolved.source} ({lm.resolved.path})"
                if new else f"'{req.model_id}' was already loaded on {self.device}")
         if getattr(lm.handle, "note", ""):   # e.g. LiteRT-LM: which backend, and why not the GPU
@@ -225,17 +224,14 @@ class ModelHandlers:
 
     def unload_model(self, ctx: RequestContext) -> bytes:
         req = ML.UnloadModelRequest.FromString(ctx.payload)
-        with self._lock:
-            lm = self._loaded.pop(req.model_id, None)
-            left = sorted(self._loaded)
-        if lm is None:
+        rec = self.models.remove(req.model_id)   # requests no longer find it; the broker is told
+        left = sorted(self.models)
+        if rec is None:
             raise WorkerError("NOT_FOUND", f"model '{req.model_id}' is not loaded on hf@{self.device}; loaded: {left or 'none'}")
         before = memory.snapshot(self.device)
-        loaded_ram = lm.record.ram_mb if lm.record else 0.0
-        lm.close()
-        del lm
+        loaded_ram = rec.ram_mb
+        rec.runtime.close()   # drops the weights; a request still holding the LoadedModel sees it unloaded
         freed = memory.delta(memory.snapshot(self.device), before)
-        self.note_unloaded(req.model_id)
         msg = f"unloaded '{req.model_id}': freed {max(0.0, freed.ram_mb):.0f} MB RAM, {max(0.0, freed.vram_mb):.0f} MB VRAM"
         if not left and self.recycle_on_unload and freed.ram_mb < 0.5 * loaded_ram:
             self.request_recycle(f"last model unloaded but only {freed.ram_mb:.0f} of {loaded_ram:.0f} MB came back")
