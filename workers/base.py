@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Optional
 import zmq
 
 from broker import protocol as P
-from common import logs, proc
-from shm.pool import SlotReader, SlotRef, StaleSlotError
+from common import logs, payload, proc
+from shm.pool import SlotReader
 from workers.context import Cancelled, RequestContext, WorkerError
 
 ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
@@ -262,21 +262,7 @@ class Worker:
             self._send(P.HEARTBEAT, status)
 
     def _frame_view_for(self, header: dict, frames: list) -> Callable[[], Optional[memoryview]]:
-        def view() -> Optional[memoryview]:
-            ref = header.get("shm")
-            if ref is not None:
-                if self.shm is None:
-                    raise WorkerError("INTERNAL", "frame sent through shared memory but this worker has no pool")
-                try:
-                    return self.shm.view_of(SlotRef.from_wire(ref))
-                except StaleSlotError as exc:
-                    raise WorkerError("ABORTED", f"{exc}; resend the frame") from None
-                except ValueError as exc:
-                    raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
-            if header.get("frame_inline") and len(frames) > 1:
-                return memoryview(frames[1])
-            return None
-        return view
+        return lambda: payload.side_view(header, frames, self.shm)
 
     def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
         rid = ctx.request_id
