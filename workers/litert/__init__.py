@@ -1,8 +1,9 @@
 """LiteRT (.tflite) serving for the litert worker pool.
 
 One module per job:
-- common/litert_catalogue.py (shared with the facade): built-in aliases, the .tflite files that ship inside
-                 installed wheels (mediapipe, and pymicro-wakeword when present), by stem, e.g. ``face_detection_short_range``.
+- common/litert_catalogue.py (shared with the facade): built-in aliases, the .tflite files that ship
+                 inside installed wheels (mediapipe, and pymicro-wakeword when present), by file stem,
+                 e.g. ``face_detection_short_range``.
 - loader.py      turns a LoadModel request into model bytes: uploaded bytes, local path, alias,
                  model folder, or the orchestrator's GetModelFile stream (file_client.py).
 - interpreter.py one ai_edge_litert Interpreter per model behind a lock: XNNPACK threads / off switch,

@@ -410,8 +410,8 @@ class VisionService:
             req = pb.MediaSequenceFrame.FromString(ctx.payload)
             index = len(seq.records)
             what = f"frame {req.frame_number}" if req.frame_number else f"frame #{index} of the sequence"
-            rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width, req.height, what=what,
-                                          max_bytes=self.max_bytes, threads=self.codec_threads)
+            rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width, req.height,
+                                          what=what, max_bytes=self.max_bytes, threads=self.codec_threads)
             if rgb is None:
                 return b""   # a compressed frame without a picture: nothing to label
             scores: dict[str, float] = {}

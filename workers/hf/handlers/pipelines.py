@@ -15,27 +15,14 @@ class PipelineHandlers:
     """Mixin: Run and RunStream."""
 
     def _pipeline_inputs(self, ctx: RequestContext, req) -> list:
-        blob = ctx.frame_bytes()
         out = []
         if len(req.inputs) > self.max_pipeline_inputs:
             raise WorkerError("INVALID_ARGUMENT", f"{len(req.inputs)} inputs in one request; the limit is "
                                                   f"{self.max_pipeline_inputs} (worker option max_pipeline_inputs)")
-
-        def bytes_of(i: int, inline: bytes, ref, has_ref: bool):
-            if inline:
-                return inline
-            if not has_ref:
-                return None
-            if blob is None:
-                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: refers to shared memory but none was sent")
-            if ref.offset < 0 or ref.length < 0 or ref.offset + ref.length > len(blob):
-                raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: blob reference {ref.offset}+{ref.length} is "
-                                                      f"outside the {len(blob)}-byte shared-memory frame")
-            return blob[ref.offset:ref.offset + ref.length]
-
         for i, inp in enumerate(req.inputs):
-            image = bytes_of(i, inp.image, inp.image_ref, inp.HasField("image_ref"))
-            audio = bytes_of(i, inp.audio, inp.audio_ref, inp.HasField("audio_ref"))
+            # inline bytes, else the slice of the shared-memory blob its BlobRef names (common/payload.py)
+            image = ctx.side.ref(inp, "image", f"inputs[{i}].image")
+            audio = ctx.side.ref(inp, "audio", f"inputs[{i}].audio")
             kinds = [k for k, v in (("text", inp.text), ("image", image), ("audio", audio)) if v]
             if len(kinds) != 1:
                 raise WorkerError("INVALID_ARGUMENT", f"inputs[{i}]: set exactly one of text, image, audio "

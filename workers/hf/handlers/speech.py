@@ -26,10 +26,8 @@ class SpeechHandlers:
         from workers.hf.pipelines import speech
         req = X.TranscribeRequest.FromString(ctx.payload)
         task = speech.check_task(req.task)
-        data = ctx.frame_bytes()
-        if data is None:
-            data = req.audio
-        samples = A.decode(data, req.encoding, req.sample_rate, req.channels, where="Transcribe: audio",
+        samples = A.decode(ctx.side.field(req, "audio"), req.encoding, req.sample_rate, req.channels,
+                           where="Transcribe: audio",
                            max_seconds=self.max_audio_s)
         opts = dict(req.options)
         lm = self._acquire(req.model or self.default_speech_model, "speech")
@@ -57,10 +55,8 @@ class SpeechHandlers:
         else:
             st.check_chunk(chunk)
         index = st.chunks
-        data = ctx.frame_bytes()
-        if data is None:
-            data = chunk.pcm
-        samples = A.decode(data, st.encoding, st.sample_rate, st.channels, where=f"StreamTranscribe chunk {index}",
+        samples = A.decode(ctx.side.field(chunk, "pcm"), st.encoding, st.sample_rate, st.channels,
+                           where=f"StreamTranscribe chunk {index}",
                            allow_empty=True, max_seconds=self.max_audio_s)
         if (st.received + samples.size) / speech.RATE > self.max_audio_s:
             raise WorkerError("INVALID_ARGUMENT", f"StreamTranscribe: the stream passed {self.max_audio_s:.0f} s of "
