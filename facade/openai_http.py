@@ -19,11 +19,15 @@ string, the worker stream is cancelled (CANCEL, as on a gRPC cancel) and finish_
 while streaming, the last len(longest stop)-1 characters are held back until they cannot start one.
 `seed` is accepted only with temperature 0 (greedy decoding is deterministic already); a seed with
 sampling is refused (400, param "seed"): the workers take no seed. Only n=1. usage.completion_tokens is the
-worker's tokens_generated (TextResponse / ChatResponse); prompt_tokens is 0 (the workers report no prompt
-token count), as are the embeddings' token counts. /v1/completions goes through GenerateText, which renders
+worker's tokens_generated (TextResponse / ChatResponse); usage.prompt_tokens is the worker's prompt_tokens
+(TextResponse, ChatResponse, GeneratedEmbeddingsResponse), 0 while the worker does not report it (the facade
+loads no tokenizer). /v1/completions goes through GenerateText, which renders
 the prompt with the model's chat template when it has one (as on gRPC). A deadline, as gRPC's: request header
 `X-Request-Timeout: <seconds>` (else none); past it the worker stops and the answer is 504.
-A client that disconnects cancels its handler (handler_cancellation=True), which cancels the broker
+Answers are capped like gRPC's (--max-response-mb, facade/response_limit.py): a JSON body over the limit is
+413 with the gRPC refusal text; an SSE event over it ends the stream with that error event (or is 413 when
+it is the first). Streamed chunks are rendered from a per-request template (only the text is JSON-encoded
+per token). A client that disconnects cancels its handler (handler_cancellation=True), which cancels the broker
 call: the worker stops within one generation step. The shared token, when set, is the API key.
 Errors: facade/openai_errors.py.
 """
@@ -47,6 +51,7 @@ from facade.budget import ByteBudget
 from facade.caller import CALLER
 from facade.errors import BrokerError
 from facade.openai_errors import OpenAIError, bad_request, from_grpc, response
+from facade.response_limit import DEFAULT_MAX_RESPONSE_MB, refusal
 from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 
@@ -166,17 +171,43 @@ class StopCutter:
         return out
 
 
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def _sse(obj) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(obj) + b"\n\n"
+
+
+class ChunkTemplate:
+    """The SSE event of one text chunk, rendered once per request: per token only the text is JSON-encoded."""
+    MARK = "\x01text\x01"
+
+    def __init__(self, chunk_dict: dict):
+        head, tail = _sse(chunk_dict).rsplit(json.dumps(self.MARK).encode(), 1)
+        self.head, self.tail = head, tail
+
+    def event(self, text: str) -> bytes:
+        return self.head + json.dumps(text).encode() + self.tail
+
+
+class TooLarge(OpenAIError):
+    """An answer (or stream event) above --max-response-mb: 413 with the gRPC refusal text."""
+
+    def __init__(self, method: str, nbytes: int, limit: int, index: Optional[int] = None):
+        super().__init__(413, refusal(method, nbytes, limit, index=index), "invalid_request_error", None,
+                         "response_too_large")
 
 
 # ---- the app --------------------------------------------------------------------------------------
 class OpenAIHTTP:
-    def __init__(self, client: BrokerClient, budget: ByteBudget, token: str = "", max_body_bytes: int = 64 * 2**20):
+    def __init__(self, client: BrokerClient, budget: ByteBudget, token: str = "", max_body_bytes: int = 64 * 2**20,
+                 max_response_bytes: int = int(DEFAULT_MAX_RESPONSE_MB * 2**20)):
         self.client = client
         self.budget = budget
         self.token = token.encode() if token else b""
         self.max_body = max_body_bytes
+        self.max_response = int(max_response_bytes)
         self.runner: Optional[web.AppRunner] = None
 
     def app(self) -> web.Application:
@@ -241,6 +272,18 @@ class OpenAIHTTP:
                                         HTTP_TYPES.get(exc.status, "invalid_request_error"), None,
                                         "not_found" if exc.status == 404 else None))
 
+    def _reply(self, obj, method: str) -> web.Response:
+        """A JSON answer, refused (413, the gRPC refusal text) when it is above --max-response-mb."""
+        raw = _dumps(obj)
+        if len(raw) > self.max_response:
+            raise TooLarge(method, len(raw), self.max_response)
+        return web.Response(body=raw, content_type="application/json")
+
+    def _event(self, raw: bytes, method: str, index: int) -> bytes:
+        if len(raw) > self.max_response:
+            raise TooLarge(method, len(raw), self.max_response, index)
+        return raw
+
     async def _json(self, request: web.Request) -> dict:
         raw = await request.read()
         try:
@@ -284,13 +327,13 @@ class OpenAIHTTP:
         return out
 
     async def models(self, request):
-        return web.json_response({"object": "list", "data": await self._model_list()})
+        return self._reply({"object": "list", "data": await self._model_list()}, "GET /v1/models")
 
     async def model(self, request):
         name = request.match_info["model"].lower()
         for m in await self._model_list():
             if m["id"].lower() == name or str(m.get("root", "")).lower() == name:
-                return web.json_response(m)
+                return self._reply(m, "GET /v1/models")
         raise OpenAIError(404, f"model {request.match_info['model']!r:.200} not found", "not_found_error", "model",
                           "model_not_found")
 
@@ -351,7 +394,7 @@ class OpenAIHTTP:
         kind = "chat.completion" if chat else "text_completion"
         reply_cls = ML.ChatResponse if chat else ML.TextResponse
         cutter = StopCutter(stops)
-        state = {"tokens": 0, "finish": None}
+        state = {"tokens": 0, "prompt": 0, "finish": None}
 
         def chunk(text: Optional[str], finish: Optional[str], first: bool = False) -> dict:
             if chat:
@@ -370,8 +413,8 @@ class OpenAIHTTP:
             return out
 
         def usage() -> dict:
-            n = state["tokens"]
-            return {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
+            n, p = state["tokens"], state["prompt"]
+            return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
         async def pieces():
             """Text pieces after the stop cut; sets state['finish']."""
@@ -381,6 +424,7 @@ class OpenAIHTTP:
                     r = reply_cls.FromString(raw)
                     text = r.content if chat else r.text
                     state["tokens"] = max(state["tokens"], r.tokens_generated)
+                    state["prompt"] = max(state["prompt"], r.prompt_tokens)
                     out = cutter.feed(text)
                     if cutter.stopped:
                         state["finish"] = "stop"
@@ -403,38 +447,42 @@ class OpenAIHTTP:
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                        "finish_reason": state["finish"]} if chat else
                       {"index": 0, "text": text, "logprobs": None, "finish_reason": state["finish"]})
-            return web.json_response({"id": rid, "object": kind, "created": created, "model": model,
-                                      "choices": [choice], "usage": usage()})
+            return self._reply({"id": rid, "object": kind, "created": created, "model": model,
+                                "choices": [choice], "usage": usage()}, method)
 
         # streamed: open the SSE response only after the first piece, so that an error before any output
-        # (unknown model, bad parameter, pool down) still gets its HTTP status
+        # (unknown model, bad parameter, pool down, first event too large) still gets its HTTP status
         resp: Optional[web.StreamResponse] = None
+        template = ChunkTemplate(chunk(ChunkTemplate.MARK, None))
+        index = 0
         gen = pieces()
         try:
             async with aclosing(gen):
-                first = True
                 async for text in gen:
+                    event = self._event(_sse(chunk(text, None, True)) if index == 0 and chat
+                                        else template.event(text), method, index)
                     if resp is None:
                         resp = await self._open_sse(request)
-                    await resp.write(_sse(chunk(text, None, first)))
-                    first = False
+                    await resp.write(event)
+                    index += 1
                 if resp is None:
                     resp = await self._open_sse(request)
                     if chat:
                         await resp.write(_sse(chunk(None, None, True)))
-        except BrokerError as exc:
+        except (BrokerError, OpenAIError) as exc:
             if resp is None:
                 raise
-            err = from_grpc(exc.code, exc.message)
+            err = from_grpc(exc.code, exc.message) if isinstance(exc, BrokerError) else exc
             await resp.write(_sse({"error": {"message": err.message, "type": err.type, "param": None,
                                              "code": err.code}}))
             await resp.write(b"data: [DONE]\n\n")
             return resp
-        await resp.write(_sse(chunk(None if chat else "", state["finish"])))
+        tail = [_sse(chunk(None if chat else "", state["finish"]))]
         if include_usage:
-            await resp.write(_sse({"id": rid, "object": kind + (".chunk" if chat else ""), "created": created,
-                                   "model": model, "choices": [], "usage": usage()}))
-        await resp.write(b"data: [DONE]\n\n")
+            tail.append(_sse({"id": rid, "object": kind + (".chunk" if chat else ""), "created": created,
+                              "model": model, "choices": [], "usage": usage()}))
+        tail.append(b"data: [DONE]\n\n")
+        await resp.write(b"".join(tail))
         await resp.write_eof()
         return resp
 
@@ -470,8 +518,8 @@ class OpenAIHTTP:
             else:
                 vec = list(e.values)
             data.append({"object": "embedding", "index": i, "embedding": vec})
-        return web.json_response({"object": "list", "data": data, "model": model,
-                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+        return self._reply({"object": "list", "data": data, "model": model,
+                            "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens}}, EMBED)
 
     async def transcriptions(self, request):
         if not request.content_type.startswith("multipart/"):
@@ -494,10 +542,13 @@ class OpenAIHTTP:
         raw = await self._call(request, TRANSCRIBE, req, req.model, len(audio), frame=audio)
         out = X.TranscribeResponse.FromString(raw)
         if fmt == "text":
-            return web.Response(text=out.text)
+            text = out.text.encode()
+            if len(text) > self.max_response:
+                raise TooLarge(TRANSCRIBE, len(text), self.max_response)
+            return web.Response(body=text, content_type="text/plain", charset="utf-8")
         if fmt == "json":
-            return web.json_response({"text": out.text})
-        return web.json_response({
+            return self._reply({"text": out.text}, TRANSCRIBE)
+        return self._reply({
             "task": "transcribe", "language": out.language, "duration": out.duration_s, "text": out.text,
             "segments": [{"id": i, "start": s.start_s, "end": s.end_s, "text": s.text, "avg_logprob": s.avg_logprob,
-                          "no_speech_prob": s.no_speech_prob} for i, s in enumerate(out.segments)]})
+                          "no_speech_prob": s.no_speech_prob} for i, s in enumerate(out.segments)]}, TRANSCRIBE)

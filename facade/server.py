@@ -133,7 +133,7 @@ async def serve(args: argparse.Namespace) -> int:
     http = None
     if args.http_port:
         from facade.openai_http import OpenAIHTTP
-        http = OpenAIHTTP(client, passthrough.budget, token, max_bytes)
+        http = OpenAIHTTP(client, passthrough.budget, token, max_bytes, response_bytes)
         try:
             http_port = await http.start(args.host, args.http_port)
         except OSError as exc:

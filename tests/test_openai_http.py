@@ -43,7 +43,7 @@ def svc(tmp_path_factory):
     build_tiny_llama(models / "tiny-llama")
     port = free_port()
     s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port), "--max-message-mb", "1",
-                            "--model-dir", str(models)],
+                            "--max-response-mb", "0.03125", "--model-dir", str(models)],
                       wait_service="ml.TransformersService", timeout=180)
     s.http_port = port
     yield s
@@ -186,6 +186,19 @@ def test_too_large_413(svc):
     assert status == 413 and _error(body)["type"] == "invalid_request_error"
 
 
+def test_answer_over_max_response_mb_413(svc):
+    # --max-response-mb 0.03125 (32 KiB): 8 embeddings as JSON floats are ~64 KB, as base64 ~16 KB
+    texts = [f"sentence number {i} about nothing in particular" for i in range(8)]
+    status, _, body = _req(svc.http_port, "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": texts})
+    assert status == 413, body
+    err = _error(body)
+    assert err["code"] == "response_too_large"
+    assert "above the client's 0.03125 MiB limit (--max-response-mb): send fewer texts per GenerateEmbeddings" in err["message"]
+    status, _, body = _req(svc.http_port, "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": texts,
+                                                            "encoding_format": "base64"})
+    assert status == 200 and len(json.loads(body)["data"]) == 8
+
+
 def test_wrong_key_401():
     port = free_port()
     s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port)],
@@ -200,3 +213,119 @@ def test_wrong_key_401():
         assert status == 200 and json.loads(body)["object"] == "list"
     finally:
         s.stop()
+
+
+# ---- the app alone, on a stub broker client: usage.prompt_tokens, the response limit, streamed chunks ----------
+class _StubClient:
+    """BrokerClient's calls, answering from canned worker replies; remembers whether a stream was closed."""
+
+    def __init__(self, parts=(), unary=b""):
+        self.parts, self.unary_reply, self.closed = list(parts), unary, False
+
+    async def stream(self, method, pool, payload, **kw):
+        try:
+            for p in self.parts:
+                yield p
+        finally:
+            self.closed = True
+
+    async def unary(self, method, pool, payload, **kw):
+        return self.unary_reply
+
+    async def query(self, what):
+        return {"models": []}
+
+
+def _app_call(stub, path, body, max_response_bytes=4 * 2**20):
+    """(status, body bytes) of one POST to an OpenAIHTTP app on `stub`, on a loopback port of its own."""
+    import asyncio
+
+    import aiohttp
+
+    from facade.budget import ByteBudget
+    from facade.openai_http import OpenAIHTTP
+
+    async def go():
+        app = OpenAIHTTP(stub, ByteBudget(2**30), "", max_response_bytes=max_response_bytes)
+        port = await app.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{port}{path}", json=body) as r:
+                return r.status, await r.read()
+        finally:
+            await app.stop()
+    return asyncio.run(go())
+
+
+def _chat_parts(texts, prompt_tokens=0, final=True):
+    from protos import ml_inference_pb2 as ML
+    out = [ML.ChatResponse(content=t, tokens_generated=i + 1, prompt_tokens=prompt_tokens).SerializeToString()
+           for i, t in enumerate(texts)]
+    if final:
+        out.append(ML.ChatResponse(done=True, finish_reason="length", tokens_generated=len(texts),
+                                   prompt_tokens=prompt_tokens).SerializeToString())
+    return out
+
+
+def _events(raw: bytes) -> list:
+    return [e[len("data: "):] for e in raw.decode().split("\n\n") if e.startswith("data: ")]
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_usage_prompt_tokens_from_the_worker():
+    status, body = _app_call(_StubClient(_chat_parts(["a", "b"], prompt_tokens=17)), "/v1/chat/completions", CHAT)
+    assert status == 200, body
+    assert json.loads(body)["usage"] == {"prompt_tokens": 17, "completion_tokens": 2, "total_tokens": 19}
+    status, body = _app_call(_StubClient(_chat_parts(["a", "b"], prompt_tokens=17)), "/v1/chat/completions",
+                             dict(CHAT, stream=True, stream_options={"include_usage": True}))
+    assert json.loads(_events(body)[-2])["usage"]["prompt_tokens"] == 17
+
+
+def test_streamed_chunks_from_the_template_are_openai_chunks():
+    texts = ['say "hi"\n', "é\u2028", "\\"]
+    status, body = _app_call(_StubClient(_chat_parts(texts)), "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200, body
+    events = _events(body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == texts + [None]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and "role" not in chunks[1]["choices"][0]["delta"]
+    for c in chunks:
+        assert set(c) == {"id", "object", "created", "model", "choices"} and c["object"] == "chat.completion.chunk"
+        assert c["id"] == chunks[0]["id"] and c["model"] == "m"
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
+
+
+def test_json_answer_over_max_response_is_413_with_the_grpc_refusal():
+    from protos import ml_inference_pb2 as ML
+    out = ML.GeneratedEmbeddingsResponse(embeddings=[ML.GeneratedEmbedding(values=[0.123456789] * 384)] * 8,
+                                         prompt_tokens=40).SerializeToString()
+    body = {"model": "m", "input": ["x"] * 8}
+    status, raw = _app_call(_StubClient(unary=out), "/v1/embeddings", body, max_response_bytes=20000)
+    assert status == 413, raw
+    err = _error(raw)
+    assert err["code"] == "response_too_large" and err["type"] == "invalid_request_error"
+    assert err["message"].startswith("ml.TransformersService/GenerateEmbeddings: the answer is ")
+    assert "above the client's 0.0190735 MiB limit (--max-response-mb): send fewer texts" in err["message"]
+    # the same answer base64-encoded fits
+    status, raw = _app_call(_StubClient(unary=out), "/v1/embeddings", dict(body, encoding_format="base64"),
+                            max_response_bytes=20000)
+    assert status == 200, raw
+    assert json.loads(raw)["usage"] == {"prompt_tokens": 40, "total_tokens": 40}
+
+
+def test_sse_event_over_max_response():
+    # the first event too large: nothing sent yet, so a plain 413; the worker's stream is closed (cancelled)
+    stub = _StubClient(_chat_parts(["x" * 5000, "y"]))
+    status, raw = _app_call(stub, "/v1/chat/completions", dict(CHAT, stream=True), max_response_bytes=4096)
+    assert status == 413 and "message 0 of the stream is" in _error(raw)["message"] and stub.closed
+    # a later event too large: the stream ends with the error event, then [DONE]
+    stub = _StubClient(_chat_parts(["ok", "x" * 5000, "never sent"]))
+    status, raw = _app_call(stub, "/v1/chat/completions", dict(CHAT, stream=True), max_response_bytes=4096)
+    events = _events(raw)
+    assert status == 200 and events[-1] == "[DONE]" and stub.closed
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "ok"
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "response_too_large" and "message 1 of the stream is" in err["message"]
+    assert "never sent" not in raw.decode()
