@@ -14,3 +14,11 @@ class StatusError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class ModelUnloaded(StatusError):
+    """The model a request waited for was unloaded meanwhile: UNAVAILABLE (a retry loads it again)."""
+
+    def __init__(self, model_id: str):
+        super().__init__("UNAVAILABLE", f"model '{model_id}' was unloaded while this request waited; retry")
+        self.model_id = model_id

@@ -9,9 +9,11 @@ tokenising a 30k-character text only to keep its first 256 tokens is wasted time
 
 `EmbeddingBatcher` runs one thread per model. Waiting requests are served in sub-batches of at most
 `max_batch` texts and `max_batch_chars` characters, filled round-robin across requests (a big request
-does not hold a small one back for its whole duration). Before every sub-batch each request's
-`should_stop()` is asked: a cancelled or expired request is dropped there, so it stops within one
-sub-batch, and its caller is answered only then (a request counts as in flight until its work stopped).
+does not hold a small one back for its whole duration). Each request hands in its cancel token
+(workers/hf/cancel.py); before every sub-batch the batcher asks each token: a cancelled or expired
+request is dropped there, so it stops within one sub-batch, and its caller (blocked on the result, not
+polling) is answered only then (a request counts as in flight until its work stopped). A request still
+waiting when the model is unloaded ends with common.status.ModelUnloaded.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from common.status import ModelUnloaded
 from workers.hf import limits
+from workers.hf.cancel import CancelToken
 
 
 class Embedder:
@@ -82,7 +86,7 @@ class Embedder:
 
 
 class Stopped(Exception):
-    """The request's should_stop() said stop ("cancelled" or "deadline"); its work was dropped."""
+    """The request's cancel token said stop ("cancelled" or "deadline"); its work was dropped."""
 
     def __init__(self, reason: str, done: int = 0):
         super().__init__(reason)
@@ -93,13 +97,12 @@ class Stopped(Exception):
 class _Item:
     """One request: its texts, how far the batcher got, and the vectors so far."""
 
-    def __init__(self, texts: list[str], should_stop: Callable[[], Optional[str]]):
+    def __init__(self, texts: list[str], cancel: CancelToken):
         self.texts = texts
-        self.should_stop = should_stop
+        self.cancel = cancel
         self.future: Future = Future()
         self.taken = 0                   # texts handed to a sub-batch so far
         self.parts: list = []            # their vectors, in order
-        self.stop_reason: Optional[str] = None
 
 
 class EmbeddingBatcher:
@@ -115,37 +118,34 @@ class EmbeddingBatcher:
             clip_chars = int(getattr(getattr(encode, "__self__", None), "max_chars", 0) or 0)
         self.clip_chars = clip_chars or None
         self.max_wait_s = max(0.0, float(max_wait_s))
+        self.name = name
         self._q: "queue.Queue[Optional[_Item]]" = queue.Queue()
         self._closed = False
+        self._close_lock = threading.Lock()   # no request is queued behind close()'s end marker
         self.batches = 0          # statistics: forward passes (sub-batches) run
         self.batched_texts = 0
         self.dropped_texts = 0    # texts of cancelled / expired requests never encoded
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    def embed(self, texts: list[str], should_stop: Callable[[], Optional[str]]) -> np.ndarray:
+    def embed(self, texts: list[str], cancel: CancelToken) -> np.ndarray:
         """Blocking: the vectors for `texts`, batched with whatever else is waiting.
 
-        Raises Stopped once the batcher has let go of a request that should_stop() ended, never before:
-        the caller's reply then means the work really stopped."""
-        if self._closed:
-            raise RuntimeError("model was unloaded")
+        Raises Stopped once the batcher has let go of a request whose token said stop, never before:
+        the caller's reply then means the work really stopped. Raises ModelUnloaded after close()."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        item = _Item(texts, should_stop)
-        self._q.put(item)
-        while True:
-            try:
-                return item.future.result(timeout=0.05)
-            except TimeoutError:
-                if item.stop_reason is None:
-                    item.stop_reason = should_stop()   # seen by the batcher before its next sub-batch
-                if not self._thread.is_alive() and not item.future.done():
-                    raise RuntimeError("model was unloaded") from None
+        item = _Item(texts, cancel)
+        with self._close_lock:
+            if self._closed:
+                raise ModelUnloaded(self.name)
+            self._q.put(item)
+        return item.future.result()   # always set: by a sub-batch, a stop, or the loop's exit
 
     def close(self) -> None:
-        self._closed = True
-        self._q.put(None)
+        with self._close_lock:
+            self._closed = True
+            self._q.put(None)
 
     # ---- batcher thread ----------------------------------------------------------------------------
     def _gather(self, active: list, block: bool) -> bool:
@@ -179,12 +179,7 @@ class EmbeddingBatcher:
     def _drop_stopped(self, active: list) -> list:
         live = []
         for it in active:
-            reason = it.stop_reason
-            if reason is None:
-                try:
-                    reason = it.should_stop()
-                except Exception:   # a broken stopper must not take the batcher down
-                    reason = None
+            reason = it.cancel.reason()
             if reason:
                 self.dropped_texts += len(it.texts) - it.taken
                 it.future.set_exception(Stopped(reason, it.taken))
@@ -261,4 +256,4 @@ class EmbeddingBatcher:
                     active.append(it)
             for it in active:
                 if not it.future.done():
-                    it.future.set_exception(RuntimeError("model was unloaded"))
+                    it.future.set_exception(ModelUnloaded(self.name))

@@ -4,10 +4,11 @@
 """
 from __future__ import annotations
 
+from common.status import ModelUnloaded
 from protos import ml_inference_pb2 as ML
 from workers.context import RequestContext, WorkerError
 from workers.hf import limits
-from workers.hf.handlers import stop
+from workers.hf.cancel import CancelToken, raise_for
 
 
 class EmbeddingHandlers:
@@ -39,16 +40,12 @@ class EmbeddingHandlers:
         lm = self._acquire(req.model or self.default_emb_model, "embed")
         batcher = lm.batcher
         if batcher is None:
-            raise WorkerError("UNAVAILABLE", f"model '{lm.model_id}' was unloaded while this request waited; retry")
+            raise ModelUnloaded(lm.model_id)
         try:
-            vecs = batcher.embed(texts, stop.stopper(ctx))
+            vecs = batcher.embed(texts, CancelToken.of(ctx))   # ModelUnloaded if it is unloaded meanwhile
         except Stopped as exc:
-            stop.raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
-                                                       "or send fewer texts per request")
-        except RuntimeError as exc:
-            if "unloaded" in str(exc):
-                raise WorkerError("UNAVAILABLE", f"model '{lm.model_id}' was unloaded while this request waited; retry") from None
-            raise
+            raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
+                                                 "or send fewer texts per request")
         resp = ML.GeneratedEmbeddingsResponse()
         for v in vecs:
             resp.embeddings.add().values.extend(v.tolist())

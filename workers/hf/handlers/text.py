@@ -12,7 +12,7 @@ from protos import ml_inference_pb2 as ML
 from workers.context import RequestContext, WorkerError
 from workers.hf import chat as chatmod
 from workers.hf import limits
-from workers.hf.handlers import stop
+from workers.hf.cancel import CancelToken, raise_for
 from workers.hf.handlers.models import LoadedModel
 
 
@@ -39,12 +39,12 @@ class TextHandlers:
 
     def _in_generation_slot(self, ctx: RequestContext, run):
         """Pieces of `run(should_stop)` once a generation slot is free (waiting stays cancellable)."""
-        should_stop = stop.stopper(ctx)
+        should_stop = CancelToken.of(ctx).reason
         while not self.gen_slots.acquire(timeout=0.05):
             reason = should_stop()
             if reason:
                 yield from ()
-                stop.raise_for(reason, ctx)
+                raise_for(reason, ctx)
         try:
             yield from run(should_stop)
         finally:
@@ -84,7 +84,7 @@ class TextHandlers:
                 ctx.send_partial(ML.TextResponse(text=piece.text, tokens_generated=n).SerializeToString())
                 continue
             if piece.finish_reason in ("cancelled", "deadline"):
-                stop.raise_for(piece.finish_reason, ctx, n)
+                raise_for(piece.finish_reason, ctx, n)
             return ML.TextResponse(text=piece.text, done=True, tokens_generated=n).SerializeToString()
         return ML.TextResponse(done=True, tokens_generated=n).SerializeToString()
 
@@ -115,7 +115,7 @@ class TextHandlers:
                 ctx.send_partial(ML.ChatResponse(content=piece.text, tokens_generated=piece.tokens).SerializeToString())
                 continue
             if piece.finish_reason in ("cancelled", "deadline"):
-                stop.raise_for(piece.finish_reason, ctx, piece.tokens)
+                raise_for(piece.finish_reason, ctx, piece.tokens)
             return ML.ChatResponse(content=piece.text, done=True, finish_reason=piece.finish_reason,
                                    tokens_generated=piece.tokens).SerializeToString()
         return ML.ChatResponse(done=True, finish_reason="stop").SerializeToString()

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from common.status import ModelUnloaded
 from workers.context import WorkerError
 from workers.hf.generation import Piece, encode_within_context
 
@@ -242,7 +243,7 @@ def stream(h: LiteRtLm, messages: list[dict], raw_text: Optional[str], max_new_t
             return
     try:
         if h.engine is None:
-            raise WorkerError("UNAVAILABLE", f"model '{h.model_id}' was unloaded while this request waited; retry")
+            raise ModelUnloaded(h.model_id)
         prompt = raw_text if raw_text is not None else render(h, messages)
         n_prompt = count_prompt(h, prompt)
         budget = max_new_tokens
