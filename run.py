@@ -31,7 +31,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from common import logs, proc  # noqa: E402
-from common.families import default_pools, family_of  # noqa: E402
+from broker.pool_specs import parse_pool_specs  # noqa: E402
+from common.families import default_pools  # noqa: E402
 
 log = logging.getLogger("main")
 
@@ -55,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--host", default=env_default("host", "127.0.0.1"), help="gRPC bind address (default 127.0.0.1)")
     a("--port", type=int, default=env_default("port", 50051, int), help="gRPC port (default 50051; 0 = any free port)")
     a("--pools", default=env_default("pools", default_pools()),
-      help="comma list of pool[@device][*count], e.g. 'vision,hf,hf@cuda:0,litert' (default: vision,hf,litert "
-           "on cpu plus hf on every CUDA device)")
+      help="comma list of pool[@device][*count][[settings]], e.g. 'vision,hf,hf@cuda:0,litert' (default: vision,hf,litert "
+           "on cpu plus hf on every CUDA device); settings override the CPU policy of a pool: "
+           "'vision[cpus=0],hf[cpus=1;nice=5;threads=1]'")
+    a("--cpu-policy", choices=["auto", "off"], default=env_default("cpu_policy", "auto"),
+      help="auto (default): latency pools (vision, litert) at normal priority, throughput pools (hf) at nice 10, "
+           "thread budgets from the cores; off: every worker at the service's priority (cpus/threads settings "
+           "still apply)")
     a("--cuda", choices=["auto", "off"], default=env_default("cuda", "auto"),
       help="add an hf worker per CUDA device when --pools has no explicit device (default auto)")
     a("--log-level", default=env_default("log_level", "info"), choices=["debug", "info", "warning", "error"])
@@ -97,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--startup-timeout-s", type=float, default=env_default("startup_timeout_s", 300.0, float))
     a("--drain-s", type=float, default=env_default("drain_s", 10.0, float), help="SIGTERM: longest wait for in-flight work")
     a("--worker-threads", type=int, default=env_default("worker_threads", 0, int),
-      help="thread budget per worker (0 = automatic share of the CPUs)")
+      help="thread budget per worker (0 = automatic: a throughput pool's cores, half of them for a latency pool; "
+           "a pool's threads= setting wins)")
     a("--model-dir", action="append", default=[d for d in env_default("model_dir", "").split(os.pathsep) if d],
       help="folder holding local models (repeatable)")
     a("--no-working-dir-models", action="store_true", default=env_default("no_working_dir_models", False, bool),
@@ -129,40 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def detect_cuda_devices() -> list:
-    """Count NVIDIA GPUs without importing torch (start-up stays light)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return []
-    try:
-        gpus = os.listdir("/proc/driver/nvidia/gpus")
-    except OSError:
-        return []
-    n = len(gpus)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        n = min(n, len([v for v in visible.split(",") if v.strip()]))
-    return [f"cuda:{i}" for i in range(n)]
-
-
-def parse_pools(spec: str, cuda: str) -> list:
-    """'vision,hf@cuda:0*2' -> [(pool, device, count)]."""
-    out = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        count = 1
-        if "*" in item:
-            item, n = item.split("*", 1)
-            count = int(n)
-        pool, _, device = item.partition("@")
-        out.append((pool, device or "cpu", count))
-    for pool, _, _ in out:
-        family_of(pool)   # an unknown pool is refused here, before anything starts
-    explicit_cuda = any(d.startswith("cuda") for _, d, _ in out)
-    if cuda == "auto" and not explicit_cuda:
-        wanted = [p for p in dict.fromkeys(p for p, _, _ in out) if family_of(p).per_cuda_device]
-        out += [(p, dev, 1) for p in wanted for dev in detect_cuda_devices()]
-    return out
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "call":
@@ -174,7 +147,7 @@ def main(argv=None) -> int:
                          f"{MAX_RESPONSE_MB}]; the orchestrator's client reads 4 MiB messages (the default)\n")
         return 2
     try:
-        parse_pools(args.pools, "off")
+        parse_pool_specs(args.pools, "off", args.cpu_policy == "auto", args.worker_threads)
     except ValueError as exc:
         sys.stderr.write(f"PythonML cannot start: --pools {args.pools!r}: {exc}\n")
         return 2
@@ -222,7 +195,7 @@ class Service:
             if not model_id:
                 raise SystemExit(f"--preload {spec!r}: no model id")
             pool = pool or pool_for_load("", model_id, {})
-            devices = [d for p, d, _ in self.pools if p == pool]
+            devices = [spec.device for spec in self.pools if spec.pool == pool]
             if not devices:
                 raise SystemExit(f"--preload {spec!r}: pool '{pool}' is not in --pools {self.args.pools}")
             device = device or devices[0]
@@ -262,7 +235,7 @@ class Service:
         from broker.router import RouterConfig
         from shm.pool import create_pool_fd
 
-        self.pools = parse_pools(a.pools, a.cuda)
+        self.pools = parse_pool_specs(a.pools, a.cuda, a.cpu_policy == "auto", a.worker_threads)
         run_dir = proc.make_run_dir()
         manager = None
         exit_code = 0
@@ -281,10 +254,10 @@ class Service:
                 self._start_curve_auth(run_dir, os.environ["PML_CURVE_PUBLIC"].encode())
             preload = self._preload_plan()
             manager.start_facade(launch.facade_factory(a, res, self.pools, lambda: self.port), self._on_facade_ready)
-            for pool, device, count in self.pools:
-                for _ in range(count):
-                    manager.add_worker(pool, device, launch.worker_factory(a, res, pool, device),
-                                       replay=preload.get((pool, device), {}))
+            for spec in self.pools:
+                for _ in range(spec.count):
+                    manager.add_worker(spec.pool, spec.device, launch.worker_factory(a, res, spec),
+                                       replay=preload.get((spec.pool, spec.device), {}), policy=spec.policy)
             if a.metrics_port:
                 from broker.metrics import start_metrics
                 token = os.environ.get(a.auth_token_env, "") if a.auth_token_env else ""

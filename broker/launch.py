@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from broker.children import Child
+from broker.pool_specs import PoolSpec
 from common.families import family_of
 
 # libraries must never reach a hub, and stay quiet: set in every worker's environment
@@ -34,9 +35,7 @@ def child_argv(sig: int, module: str, args: list) -> list:
     return [sys.executable, "-m", "common.child", str(int(sig)), module, *args]
 
 
-def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: str) -> dict:
-    ncpu = os.cpu_count() or 1
-    threads = a.worker_threads or (ncpu if pool == "hf" else max(1, ncpu // 2))
+def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: str, threads: int) -> dict:
     return {"auto_load": not a.no_auto_load, "model_file_service": a.model_file_service,
             "model_dirs": list(a.model_dir), "cwd_models": not a.no_working_dir_models,
             "cache_dir": os.path.join(res.run_dir, "cache", f"{pool}-{device}"),
@@ -48,13 +47,16 @@ def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: 
             "max_response_bytes": int(a.max_response_mb * 2**20)}
 
 
-def worker_factory(a: argparse.Namespace, res: RunResources, pool: str, device: str) -> Callable[[str], Child]:
+def worker_factory(a: argparse.Namespace, res: RunResources, spec: PoolSpec) -> Callable[[str], Child]:
+    """A worker of `spec`'s pool; its CPU policy (cores, priority) is taken by the child bootstrap
+    (common/child.py) before any heavy import, its thread budget by every library inside."""
+    pool, device, policy = spec.pool, spec.device, spec.policy
     module = family_of(pool).module
 
     def make(worker_id: str) -> Child:
-        opts = worker_options(a, res, pool, device)
-        t = str(opts["threads"])
-        env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, **WORKER_ENV}
+        opts = worker_options(a, res, pool, device, policy.threads)
+        t = str(policy.threads)
+        env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, **WORKER_ENV, **policy.env()}
         args = ["--pool", pool, "--device", device, "--connect", res.backend_connect, "--worker-id", worker_id,
                 "--shm-fd", str(res.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
@@ -70,7 +72,7 @@ def worker_factory(a: argparse.Namespace, res: RunResources, pool: str, device: 
 
 def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: Callable[[], int]) -> Callable[[], Child]:
     """The facade; `port()` is read at each start, so a restarted facade binds the port its first one got."""
-    names = ",".join(sorted({p for p, _, _ in pools}))
+    names = ",".join(sorted({spec.pool for spec in pools}))
 
     def make() -> Child:
         args = ["--host", a.host, "--port", str(port()), "--broker", res.frontend, "--pools", names,

@@ -26,6 +26,7 @@ from broker import views
 from broker.children import Backoff, Child, Children, describe_exit
 from broker.router import Router, RouterConfig, WorkerState
 from broker.watchdog import stall_reason
+from common.cpu_policy import CpuPolicy
 
 log = logging.getLogger("broker")
 
@@ -54,6 +55,7 @@ class WorkerSlot:
     restart_at: Optional[float] = None
     worker: Optional[WorkerState] = None
     child: Optional[Child] = None
+    policy: Optional[CpuPolicy] = None           # cores, priority and thread budget (common/cpu_policy.py)
 
     @property
     def key(self) -> str:
@@ -101,8 +103,9 @@ class ProcessManager:
         f.child = self.children.spawn(f.make_child())
         self.by_pidfd[f.child.pidfd] = f
 
-    def add_worker(self, pool: str, device: str, make_child: Callable[[str], Child], replay: dict = ()) -> WorkerSlot:
-        slot = WorkerSlot(pool, device, self.router.add_pool_slot(pool, device), make_child)
+    def add_worker(self, pool: str, device: str, make_child: Callable[[str], Child], replay: dict = (),
+                   policy: Optional[CpuPolicy] = None) -> WorkerSlot:
+        slot = WorkerSlot(pool, device, self.router.add_pool_slot(pool, device), make_child, policy=policy)
         slot.replay.update(replay or {})
         self.slots.append(slot)
         self._spawn_worker(slot)

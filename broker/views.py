@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from broker import protocol as P
+from common.cpu_policy import format_cpus
 
 
 def models_view(router) -> dict:
@@ -37,6 +38,7 @@ def stats_view(manager) -> dict:
             "cuda_allocated_mb": mem.get("cuda_allocated_mb", 0.0),
             "cuda_reserved_mb": mem.get("cuda_reserved_mb", 0.0),
             "models": list(ws.models.values()) if ws else [],
+            **policy_view(slot.policy),
         })
     pools = []
     for pool, info in router.pools().items():
@@ -49,6 +51,12 @@ def stats_view(manager) -> dict:
             "malformed_frames": router.counters["malformed"], "crashes": manager.counters["crashes"],
             "hangs": manager.counters["hangs"], "stalls": manager.counters["stalls"],
             "callers": {pool: q.callers() for pool, q in router.queues.items()}}
+
+
+def policy_view(policy) -> dict:
+    if policy is None:
+        return {}
+    return {"cpus": format_cpus(policy.cpus), "nice": policy.nice, "threads": policy.threads}
 
 
 def view(name: str, manager) -> dict:

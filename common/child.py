@@ -1,6 +1,6 @@
 """Bootstrap of every child process: `python -m common.child SIGNAL MODULE ARGS...`.
 
-Arms the parent-death signal before anything heavy is imported (a worker imports torch or mediapipe
+Arms the parent-death signal and takes its pool's CPU policy (common/cpu_policy.py) before anything heavy is imported (a worker imports torch or mediapipe
 for seconds; a parent killed during that window would otherwise leave an orphan), checks that the
 parent did not already die, keeps a watcher thread as a second line of defence (the kernel ties the
 parent-death signal to the parent *thread* that forked us), then runs MODULE as __main__.
@@ -18,9 +18,11 @@ def _orphaned(sig: int) -> None:
 
 
 def main() -> None:
+    from common.cpu_policy import apply_from_env
     from common.proc import set_pdeathsig, watch_parent
     sig, module = int(sys.argv[1]), sys.argv[2]
     set_pdeathsig(sig)
+    apply_from_env()   # the CPU policy of its pool: cores and priority, before any heavy import
     expected = int(os.environ.get("PML_PARENT_PID") or os.getppid())
     if os.getppid() != expected:
         os._exit(1)  # the parent died before the signal was armed

@@ -20,6 +20,7 @@ class Family:
     services: tuple = ()      # gRPC services whose requests it serves (health and routing read it)
     default: bool = True      # started when --pools is not given
     per_cuda_device: bool = False   # --cuda auto adds one worker of this family per CUDA device
+    latency: bool = True      # a caller waits on each answer (frames): normal priority (common/cpu_policy.py)
     # LoadModel placement (common/placement.py): the pipeline types and model-file kinds
     # (common/model_resolver.py family_of_file) this family loads; `loads_the_rest` takes all others
     load_pipelines: frozenset = frozenset()
@@ -30,7 +31,7 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("vision", "workers.vision_worker", (M.MEDIAPIPE,)),
     Family("hf", "workers.hf_worker", (M.TRANSFORMERS, M.MANAGEMENT, M.SPEECH, M.PIPELINES), per_cuda_device=True,
-           loads_the_rest=True),
+           latency=False, loads_the_rest=True),
     Family("litert", "workers.litert_worker", (M.MANAGEMENT, M.KSERVE),
            load_pipelines=frozenset({"tflite", "litert", "tensor", "kserve"}), load_file_kinds=frozenset({"litert"})),
     Family("fake", "workers.fake_worker", default=False),

@@ -1,0 +1,97 @@
+"""--pools: which workers run, where, how many, and with which CPU policy.
+
+`pool[@device][*count][[settings]]`, comma separated: e.g. `vision,hf,litert` (the default),
+`hf@cuda:0*2`, `vision[cpus=0],hf[cpus=1;nice=5;threads=1]` (common/cpu_policy.py). With `--cuda auto`
+and no explicit CUDA device, a family that runs per CUDA device (hf) gets one more worker on each.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from common.cpu_policy import CpuPolicy, policy_for
+from common.families import family_of
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    pool: str
+    device: str
+    count: int
+    policy: CpuPolicy
+
+
+def detect_cuda_devices() -> list:
+    """Count NVIDIA GPUs without importing torch (start-up stays light)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return []
+    try:
+        gpus = os.listdir("/proc/driver/nvidia/gpus")
+    except OSError:
+        return []
+    n = len(gpus)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def _items(spec: str) -> list:
+    """Split on the commas that are not inside [...]."""
+    out, depth, cur = [], 0, ""
+    for ch in spec:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("']' without '['")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ValueError("'[' without ']'")
+    out.append(cur)
+    return [s.strip() for s in out if s.strip()]
+
+
+def _settings(body: str) -> dict:
+    """'cpus=0,1;nice=5' or 'cpus=0-1,nice=5' -> {'cpus': '0,1', 'nice': '5'} (a piece without '=' continues the
+    value before it, so core lists may use commas)."""
+    out: dict = {}
+    key = None
+    for tok in [t.strip() for t in re.split(r"[;,]", body) if t.strip()]:
+        if "=" in tok:
+            key, _, value = tok.partition("=")
+            key = key.strip()
+            out[key] = value.strip()
+        elif key is None:
+            raise ValueError(f"setting {tok!r} has no '=' (e.g. cpus=0)")
+        else:
+            out[key] += "," + tok
+    return out
+
+
+ITEM = re.compile(r"^(?P<pool>[A-Za-z0-9_-]+)(@(?P<device>[A-Za-z0-9_:.-]+))?(\*(?P<count>\d+))?(\[(?P<settings>[^\]]*)\])?$")
+
+
+def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, worker_threads: int = 0) -> list:
+    """The --pools flag -> [PoolSpec]; ValueError with what is wrong (run.py refuses to start)."""
+    out = []
+    for item in _items(spec):
+        m = ITEM.match(item)
+        if not m:
+            raise ValueError(f"{item!r} is not pool[@device][*count][[settings]]")
+        family = family_of(m["pool"])   # an unknown pool is refused here, before anything starts
+        count = int(m["count"] or 1)
+        if count < 1:
+            raise ValueError(f"{item!r}: the count must be at least 1")
+        policy = policy_for(family.latency, _settings(m["settings"] or ""), cpu_policy, worker_threads)
+        out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy))
+    if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
+        wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device}
+        out += [PoolSpec(s.pool, dev, 1, s.policy) for s in wanted.values() for dev in detect_cuda_devices()]
+    return out

@@ -1,0 +1,80 @@
+"""CPU policy per pool (common/cpu_policy.py, broker/pool_specs.py): parsing --pools settings, the automatic
+policy (latency pools at normal priority, throughput pools niced, thread budgets from the cores), refusals
+before anything starts, and a running worker that really has its cores and priority, shown in Stats."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import psutil
+import pytest
+
+from broker.pool_specs import parse_pool_specs
+from common.cpu_policy import THROUGHPUT_NICE, available_cpus, format_cpus, parse_cpus
+from tests.service import PYTHON, ROOT, start_service, stats, wait_for
+
+CORES = available_cpus()
+
+
+def test_default_pools_latency_first():
+    specs = {s.pool: s for s in parse_pool_specs("vision,hf,litert", cuda="off")}
+    assert specs["vision"].policy.nice == 0 and specs["litert"].policy.nice == 0
+    assert specs["hf"].policy.nice == THROUGHPUT_NICE
+    assert specs["hf"].policy.threads == len(CORES)
+    assert specs["vision"].policy.threads == max(1, len(CORES) // 2)
+    assert all(s.policy.cpus is None for s in specs.values())
+
+
+def test_policy_off_and_overrides():
+    (hf,) = parse_pool_specs("hf", cuda="off", cpu_policy=False)
+    assert hf.policy.nice == 0
+    first = CORES[0]
+    vision, hf = parse_pool_specs(f"vision[cpus={first}],hf@cpu*2[cpus={first};nice=3;threads=1]", cuda="off")
+    assert vision.policy.cpus == (first,) and vision.policy.threads == 1
+    assert (hf.pool, hf.device, hf.count) == ("hf", "cpu", 2)
+    assert (hf.policy.cpus, hf.policy.nice, hf.policy.threads) == ((first,), 3, 1)
+    assert parse_pool_specs("fake", cuda="off", worker_threads=3)[0].policy.threads == 3
+
+
+def test_core_lists():
+    assert parse_cpus(",".join(str(c) for c in CORES)) == CORES
+    assert format_cpus((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8" and format_cpus(None) == "all"
+    if len(CORES) >= 2 and CORES[1] == CORES[0] + 1:
+        assert parse_cpus(f"{CORES[0]}-{CORES[1]}") == CORES[:2]
+    (spec,) = parse_pool_specs(f"vision[cpus={CORES[0]},{CORES[-1]};nice=1]", cuda="off")  # commas inside []
+    assert spec.policy.cpus == tuple(sorted({CORES[0], CORES[-1]})) and spec.policy.nice == 1
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("bogus", "unknown pool"), ("vision[cpus=99999]", "not available"), ("vision[cpus=1-0]", "backwards"),
+    ("vision[nice=-5]", "outside 0..19"), ("vision[nice=x]", "not a number"), ("vision[threads=0]", "at least 1"),
+    ("vision[speed=9]", "unknown pool setting"), ("vision[cpus=0", "without ']'"), ("vision*0", "at least 1"),
+    ("vision@", "pool[@device]"),
+])
+def test_bad_specs_refused_with_the_reason(spec, words):
+    with pytest.raises(ValueError) as e:
+        parse_pool_specs(spec, cuda="off")
+    assert words in str(e.value)
+
+
+def test_run_refuses_a_bad_spec_before_starting():
+    p = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "--pools", "vision[nice=99]"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "outside 0..19" in p.stderr
+
+
+@pytest.mark.integration
+def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
+    core = CORES[-1]
+    with start_service(["--pools", f"fake[cpus={core};nice=4;threads=1],fake2"]) as svc:
+        ws = wait_for(lambda: [w for w in stats(svc.channel()).workers if w.state == "ready"] if len(
+            [w for w in stats(svc.channel()).workers if w.state == "ready"]) == 2 else None)
+        by_pool = {w.pool: w for w in ws}
+        pinned, free = by_pool["fake"], by_pool["fake2"]
+        assert (pinned.cpus, pinned.nice, pinned.threads) == (str(core), 4, 1)
+        assert free.cpus == "all" and free.nice == 0
+        own_nice = psutil.Process().nice()
+        p = psutil.Process(pinned.pid)
+        assert p.cpu_affinity() == [core] and p.nice() == own_nice + 4
+        assert psutil.Process(free.pid).nice() == own_nice
+        assert p.environ().get("OMP_NUM_THREADS") == "1"
