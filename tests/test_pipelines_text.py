@@ -304,6 +304,8 @@ def test_summarization_uses_the_models_settings(worker, root):
     run(worker, bart, "summarization", [X.PipelineInput(text=text)], {"num_beams": "1", "max_new_tokens": "5"})
     kw = h.model.generate_kw[-1]
     assert (kw["max_new_tokens"], kw["min_new_tokens"], kw["num_beams"]) == (5, 4, 1) and "length_penalty" not in kw
+    fails("INVALID_ARGUMENT", "truncate='maybe' is not a boolean", run, worker, bart, "summarization",   # as_bool
+          [X.PipelineInput(text=text)], {"truncate": "maybe"})
 
 
 def test_summarization_detected_and_limits(worker, root):

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from common.options import as_bool
 from common.status import ModelUnloaded
 from workers.context import WorkerError
 from workers.hf.generation import Piece, encode_within_context
@@ -148,9 +149,9 @@ def load(lc) -> LiteRtLm:
     cache_dir = tempfile.mkdtemp(prefix="pml-litertlm-") if own else os.path.join(base, "litertlm")
     os.makedirs(cache_dir, exist_ok=True)
     threads = max(1, int(lc.threads or 0) or (os.cpu_count() or 1))
-    opt = str(lc.opts.get("gpu_delegate", "")).strip().lower()
-    want_gpu = opt in ("1", "true", "yes", "on") or (opt not in ("0", "false", "no", "off") and (
-        lc.device.startswith("cuda") or bool(lc.worker_options.get("gpu_delegate")) or gpu_present()))
+    asked = as_bool(lc.opts.get("gpu_delegate"), None, "gpu_delegate")   # None: not said, decide below
+    want_gpu = asked if asked is not None else (
+        lc.device.startswith("cuda") or bool(lc.worker_options.get("gpu_delegate")) or gpu_present())
     engine, backend, note = None, "cpu", f"CPU backend (XNNPACK, {threads} threads)"
     if want_gpu:
         engine, why = _engine(litert_lm, lc.path, litert_lm.Backend.GPU(), cache_dir)

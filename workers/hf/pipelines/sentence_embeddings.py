@@ -4,13 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.options import as_bool
 from workers.context import WorkerError
-
-
-def _truthy(v, default):
-    if v is None or v == "":
-        return default
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -28,7 +23,7 @@ def load(lc) -> Embeddings:
     from workers.hf.embeddings import Embedder, EmbeddingBatcher
     opts = lc.opts
     norm = opts.get("normalize")
-    normalize = None if norm in (None, "", "auto") else _truthy(norm, True)
+    normalize = None if norm in (None, "", "auto") else as_bool(norm, True, "normalize")
     try:
         embedder = Embedder(str(lc.path), lc.device, lc.dtype if lc.dtype != torch.float32 else None,
                             normalize, int(opts.get("max_seq_length") or 0))

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.options import as_bool
 from workers.context import Cancelled, WorkerError
 from workers.hf.pipelines.registry import bounded_option, is_ctranslate2_whisper, read_config
 
@@ -71,7 +72,7 @@ class FasterWhisper:
             kw["initial_prompt"] = options["initial_prompt"]
         if options.get("temperature"):
             kw["temperature"] = float(options["temperature"])
-        if str(options.get("vad_filter", "")).lower() in ("1", "true", "yes"):
+        if as_bool(options.get("vad_filter"), False, "vad_filter"):
             kw["vad_filter"] = True
         try:
             segs, info = self.model.transcribe(audio, **kw)

@@ -10,6 +10,7 @@ One output per text input: `text` = the summary.
 from __future__ import annotations
 
 from protos import pythonml_pb2 as X
+from common.options import as_bool
 from workers.context import WorkerError
 from workers.hf.pipelines import seq2seq
 from workers.hf.pipelines.common import stopping
@@ -56,7 +57,7 @@ def run(h: Seq2Seq, call) -> list:
     if d.get("no_repeat_ngram_size"):
         kw["no_repeat_ngram_size"] = int(d["no_repeat_ngram_size"])
     prefix = call.options.get("prefix", d.get("prefix") or "")
-    truncate = str(call.options.get("truncate", "true")).lower() not in ("0", "false", "no")
+    truncate = as_bool(call.options.get("truncate"), True, "truncate")
     limit = _input_limit(h)
     texts = [prefix + i.text for i in call.inputs]
     if not truncate:

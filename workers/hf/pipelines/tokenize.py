@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.options import as_bool
 from protos import pythonml_pb2 as X
 from workers.hf.pipelines.common import auto
 
@@ -23,7 +24,7 @@ def warm_up(h: Tok) -> None:
 
 def run(h: Tok, call) -> list:
     call.only("text", what="tokenization")
-    special = str(call.options.get("add_special_tokens", "true")).lower() in ("1", "true", "yes")
+    special = as_bool(call.options.get("add_special_tokens"), True, "add_special_tokens")
     outs = []
     for inp in call.inputs:
         kw = {"return_offsets_mapping": True} if h.tokenizer.is_fast else {}
@@ -32,7 +33,7 @@ def run(h: Tok, call) -> list:
         o = X.PipelineOutput(kind="text", token_ids=ids, tokens=h.tokenizer.convert_ids_to_tokens(ids))
         for a, b in enc.get("offset_mapping", []):
             o.offsets.extend([int(a), int(b)])
-        if call.options.get("decode", "").lower() in ("1", "true", "yes"):
+        if as_bool(call.options.get("decode"), False, "decode"):
             o.text = h.tokenizer.decode(ids, skip_special_tokens=True)
         outs.append(o)
     return outs

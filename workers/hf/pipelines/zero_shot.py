@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.options import as_bool
 from workers.context import WorkerError
 from workers.hf.pipelines.common import auto, labels_out, model, need_labels
 
@@ -47,7 +48,7 @@ def run(h: NLI, call) -> list:
     template = call.options.get("hypothesis_template") or "This example is {}."
     if "{}" not in template:
         raise WorkerError("INVALID_ARGUMENT", f"hypothesis_template '{template}' has no '{{}}' for the label")
-    multi = str(call.options.get("multi_label", "")).lower() in ("1", "true", "yes")
+    multi = as_bool(call.options.get("multi_label"), False, "multi_label")
     outs = []
     for inp in [i for i in call.inputs if i.role != "label"]:
         call.check()
