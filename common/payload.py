@@ -34,8 +34,10 @@ INLINE = "frame_inline"      # True: the buffer is the REQUEST's second payload 
 LENGTHS = "raw_lengths"      # the pieces shape: one length per element of the packed repeated field
 
 # a message with more top-level fields than this is parsed whole (the wire cut is a fast path, not a
-# loop a client can make long)
+# loop a client can make long); so is one smaller than CUT_MIN_BYTES (copying a small field costs less
+# than scanning the wire in Python)
 MAX_CUT_FIELDS = 256
+CUT_MIN_BYTES = 64 * 1024
 REF_SUFFIX = "_ref"
 
 
@@ -119,7 +121,7 @@ def field_parser(msg_cls, field: str) -> Callable[[bytes], tuple]:
     parse, number = msg_cls.FromString, fd.number
 
     def parser(raw: bytes) -> tuple:
-        cut = cut_field(raw, number)
+        cut = cut_field(raw, number) if len(raw) >= CUT_MIN_BYTES else None
         if cut is None:
             msg = parse(raw)
             return msg, pack_field(msg, field)

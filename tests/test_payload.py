@@ -16,7 +16,7 @@ from protos.kserve import grpc_service_pb2 as K
 from shm.pool import SlotAllocator, SlotReader, create_pool_fd
 from workers.context import RequestContext, make_test_context
 
-FRAME = bytes(range(256)) * 40
+FRAME = bytes(range(256)) * 400     # above CUT_MIN_BYTES: cut from the wire
 
 
 def video_frame(**kw) -> ML.VideoFrame:
@@ -43,11 +43,12 @@ def test_one_field_cut_from_the_wire_sends_the_bytes_the_full_parse_sent():
     assert packed.header is None
 
 
-def test_one_field_repeated_on_the_wire_keeps_the_last_like_protobuf():
-    first = ML.VideoFrame(frame_data=b"old" * 10, frame_number=1).SerializeToString()
-    last = ML.VideoFrame(frame_data=b"new" * 10, format="jpeg").SerializeToString()
+@pytest.mark.parametrize("n", [10, 30000])   # below and above CUT_MIN_BYTES: the same answer
+def test_one_field_repeated_on_the_wire_keeps_the_last_like_protobuf(n):
+    first = ML.VideoFrame(frame_data=b"old" * n, frame_number=1).SerializeToString()
+    last = ML.VideoFrame(frame_data=b"new" * n, format="jpeg").SerializeToString()
     msg, side = codec.field_parser(ML.VideoFrame, "frame_data")(first + last)
-    assert bytes(side) == b"new" * 10 and msg.frame_number == 1 and msg.format == "jpeg" and not msg.frame_data
+    assert bytes(side) == b"new" * n and msg.frame_number == 1 and msg.format == "jpeg" and not msg.frame_data
     assert codec.pack(msg, field="frame_data", side=side).payload == old_split(first + last, "frame_data")[0]
 
 
