@@ -21,7 +21,7 @@ AUDIO = os.path.join(ROOT, "tests", "assets", "audio")
 
 
 def _clips():
-    from workers.hf import audio as A
+    from common import audio as A
     out = []
     for name in CLIPS:
         data = open(os.path.join(AUDIO, name + ".wav"), "rb").read()

@@ -40,7 +40,7 @@ def cmd_transcribe(args, channel) -> int:
         print(f"[{r.model} ({r.backend}), language {r.language}, {r.duration_s:.2f} s of audio in "
               f"{r.processing_s:.2f} s worker time, {time.perf_counter() - t0:.2f} s total]", file=sys.stderr)
         return 0
-    from workers.hf.audio import parse_pcm, parse_wav
+    from common.audio import parse_pcm, parse_wav
     if args.encoding in ("", "wav"):
         x, rate = parse_wav(data)
     else:

@@ -39,7 +39,7 @@ def samples(o) -> np.ndarray:
     """The float samples of an audio output, whatever its encoding."""
     enc = o.encoding or "pcm_f32le"
     if enc == "wav":
-        from workers.hf.audio import parse_wav
+        from common.audio import parse_wav
         x, _ = parse_wav(o.audio)
         return x.mean(axis=1) if x.ndim > 1 else x
     if enc == "pcm_s16le":
@@ -52,7 +52,7 @@ def save_audio(o, path: str, raw: bool = False) -> str:
     if raw or (o.encoding == "wav"):
         data = o.audio
     else:
-        from workers.hf.audio import to_wav_bytes
+        from common.audio import to_wav_bytes
         data = to_wav_bytes(samples(o), o.sample_rate)
     with open(path, "wb") as f:
         f.write(data)

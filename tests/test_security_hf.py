@@ -19,7 +19,7 @@ from protos import pythonml_pb2 as X
 from protos import pythonml_pb2_grpc as XG
 from tests.test_hf_fixtures import build_tiny_bert, build_tiny_llama, make_worker
 from workers.context import Cancelled, WorkerError, make_test_context
-from workers.hf import audio as A
+from common import audio as A
 from workers.hf import chat as chatmod
 from workers.hf import limits
 

@@ -14,7 +14,7 @@ from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 from tests.test_hf_fixtures import make_worker
 from workers.context import WorkerError, make_test_context
-from workers.hf import audio as A
+from common import audio as A
 
 AUDIO = Path(__file__).parent / "assets" / "audio"
 CLIPS = ["kitchen_lights", "sense_and_sensibility_01_austen_64kb-0870"]

@@ -2,7 +2,7 @@
 
 `SpeechHandlers` is a mixin of workers/hf/service.py's HFService. Audio comes from the shared-memory frame
 when the facade placed it there, else from the request's own bytes field; it is decoded by
-workers/hf/audio.py and bounded by the worker option max_audio_s.
+common/audio.py and bounded by the worker option max_audio_s.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class SpeechHandlers:
 
     def transcribe(self, ctx: RequestContext) -> bytes:
         from protos import pythonml_pb2 as X
-        from workers.hf import audio as A
+        from common import audio as A
         from workers.hf.pipelines import speech
         req = X.TranscribeRequest.FromString(ctx.payload)
         task = speech.check_task(req.task)
@@ -43,7 +43,7 @@ class SpeechHandlers:
 
     def stream_transcribe(self, ctx: RequestContext) -> bytes:
         from protos import pythonml_pb2 as X
-        from workers.hf import audio as A
+        from common import audio as A
         from workers.hf.pipelines import speech
         chunk = X.AudioChunk.FromString(ctx.payload)
         state = ctx.stream_state if ctx.stream_state is not None else {}

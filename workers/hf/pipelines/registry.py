@@ -287,6 +287,6 @@ class Call:
                                                   f"(could not decode: {exc})") from None
 
     def audio(self, inp: Input, rate: int):
-        from workers.hf import audio as A
+        from common import audio as A
         return A.decode(inp.data, inp.encoding, inp.sample_rate, 0, where=inp.where, target_rate=rate,
                         max_seconds=self.max_audio_s)

@@ -231,7 +231,7 @@ class StreamState:
     def start(cls, model_id: str, chunk, default_beam: int) -> "StreamState":
         meta = dict(chunk.metadata)
         enc = (chunk.encoding or "pcm_s16le").strip().lower()
-        from workers.hf.audio import PCM_ENCODINGS, _check_rate
+        from common.audio import PCM_ENCODINGS, _check_rate
         if enc not in PCM_ENCODINGS:
             raise WorkerError("INVALID_ARGUMENT", f"StreamTranscribe: encoding '{chunk.encoding}' is not supported; "
                                                   "send raw pcm_s16le or pcm_f32le chunks")

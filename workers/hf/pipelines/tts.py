@@ -112,7 +112,7 @@ def encode(x: np.ndarray, rate: int, fmt: str) -> bytes:
     if fmt == "pcm_f32le":
         return x.astype("<f4").tobytes()
     if fmt == "wav":
-        from workers.hf.audio import to_wav_bytes
+        from common.audio import to_wav_bytes
         return to_wav_bytes(x, rate)
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 

@@ -3,8 +3,11 @@
 Accepted: a RIFF/WAVE file (PCM 8/16/24/32-bit, IEEE float 32/64-bit, WAVE_FORMAT_EXTENSIBLE;
 any rate, any channel count), or raw PCM (`pcm_s16le`, `pcm_f32le`) with an explicit sample rate.
 Images and other non-audio bytes are recognised and refused with a message that says what arrived.
-The duration limit (`max_seconds`, limits.AUDIO_MAX_SECONDS by default in the worker) is checked from
-the header and the byte count, before any sample is converted or resampled.
+The duration limit (`max_seconds`, workers/hf/limits.AUDIO_MAX_SECONDS by default in the worker) is checked
+from the header and the byte count, before any sample is converted or resampled.
+
+Shared by the hf worker (decoding requests, writing TTS output) and the client CLI (reading and writing
+wav files), so it imports nothing above common/.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from workers.context import WorkerError
+from common.status import StatusError as WorkerError
 
 TARGET_RATE = 16000
 MIN_RATE, MAX_RATE = 8000, 192000
