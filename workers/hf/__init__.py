@@ -1,6 +1,6 @@
-"""HuggingFace worker internals: model resolution, file-service client, generation, chat,
-embeddings and memory measurement. Each module has one job; workers/hf_worker.py wires them.
+"""HuggingFace worker internals: the request handlers (service.py over handlers/), model resolution,
+file-service client, generation, chat, embeddings, cancel tokens and memory measurement. Each module has
+one job; workers/hf_worker.py connects service.py to the worker base.
 
-Importing this package is light (no torch / transformers): the facade uses `resolve` to serve
-model files without pulling the ML stack.
+Importing this package is light (no torch / transformers).
 """
