@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,31 +29,19 @@ class HeldEncoder:
         return np.ones((len(texts), 3), dtype=np.float32)
 
 
-def in_thread(fn):
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:   # noqa: BLE001 - handed to the test
-            box["error"] = exc
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
-
-
 def test_a_cancelled_request_is_dropped_before_its_next_sub_batch():
     enc = HeldEncoder()
     b = EmbeddingBatcher(enc, max_batch=1, max_wait_s=0.0, name="m")
     try:
         token = CancelToken()
-        t, box = in_thread(lambda: b.embed(["a", "b", "c"], token))
-        assert enc.started.wait(5)           # the first text's sub-batch is running
-        token.event.set()
-        enc.release.set()
-        t.join(5)
-        assert isinstance(box.get("error"), Stopped), box
-        assert box["error"].reason == "cancelled" and box["error"].done == 1
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(b.embed, ["a", "b", "c"], token)
+            assert enc.started.wait(5)           # the first text's sub-batch is running
+            token.event.set()
+            enc.release.set()
+            err = fut.exception(5)
+        assert isinstance(err, Stopped), err
+        assert err.reason == "cancelled" and err.done == 1
         assert enc.batches == [["a"]] and b.dropped_texts == 2
     finally:
         enc.release.set()
@@ -75,13 +64,13 @@ def test_an_expired_request_is_never_encoded():
 def test_unload_ends_waiting_requests_with_model_unloaded():
     enc = HeldEncoder()
     b = EmbeddingBatcher(enc, max_batch=1, max_wait_s=0.0, name="tiny-bert")
-    t, box = in_thread(lambda: b.embed(["a", "b"], CancelToken()))
-    assert enc.started.wait(5)
-    b.close()                                # unloaded while the request still has a text to go
-    enc.release.set()
-    t.join(5)
-    err = box.get("error")
-    assert isinstance(err, ModelUnloaded) and isinstance(err, StatusError), box
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(b.embed, ["a", "b"], CancelToken())
+        assert enc.started.wait(5)
+        b.close()                            # unloaded while the request still has a text to go
+        enc.release.set()
+        err = fut.exception(5)
+    assert isinstance(err, ModelUnloaded) and isinstance(err, StatusError), err
     assert err.code == "UNAVAILABLE" and err.model_id == "tiny-bert" and "unloaded while this request waited" in str(err)
     with pytest.raises(ModelUnloaded):
         b.embed(["c"], CancelToken())
