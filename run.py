@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--auth-token-env", default=env_default("auth_token_env", "PYTHONML_TOKEN"),
       help="name of the environment variable holding the shared token; when it is set, calls need "
            "'authorization: Bearer <token>' (health stays open)")
+    a("--tls-cert", default=env_default("tls_cert", ""),
+      help="PEM certificate chain: serve gRPC (and the HTTP API) over TLS; with --tls-key")
+    a("--tls-key", default=env_default("tls_key", ""), help="PEM private key of --tls-cert")
+    a("--tls-client-ca", default=env_default("tls_client_ca", ""),
+      help="PEM CA certificates: clients must present a certificate signed by one (mutual TLS)")
+    a("--allow-insecure-network", action="store_true", default=env_default("allow_insecure_network", False, bool),
+      help="start on a non-loopback --host without TLS and without a token (refused otherwise)")
     a("--metrics-port", type=int, default=env_default("metrics_port", 0, int),
       help="Prometheus text endpoint port on --host (0 = off)")
     a("--http-port", type=int, default=env_default("http_port", 0, int),
@@ -150,6 +157,13 @@ def main(argv=None) -> int:
         parse_pool_specs(args.pools, "off", args.cpu_policy == "auto", args.worker_threads)
     except ValueError as exc:
         sys.stderr.write(f"PythonML cannot start: --pools {args.pools!r}: {exc}\n")
+        return 2
+    from common.tls import TlsFiles, check_files, exposure_problem
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
+    problem = check_files(tls) or exposure_problem(args.host, tls, token, args.allow_insecure_network)
+    if problem:
+        sys.stderr.write(f"PythonML cannot start: {problem}\n")
         return 2
     missing = [m for m in ("zmq", "msgpack", "grpc", "google.protobuf", "psutil") if not _importable(m)]
     if missing:

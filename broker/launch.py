@@ -82,6 +82,7 @@ def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: 
                 "--max-response-mb", str(a.max_response_mb), "--http-port", str(a.http_port),
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--cwd-models", "0" if a.no_working_dir_models else "1",
+                "--tls-cert", a.tls_cert, "--tls-key", a.tls_key, "--tls-client-ca", a.tls_client_ca,
                 "--log-level", a.log_level, "--log-format", a.log_format]
         return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env={},
                      pass_fds=(res.shm_fd,))

@@ -221,10 +221,10 @@ class OpenAIHTTP:
         app.router.add_get("/health", self.health)
         return app
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, ssl_context=None) -> int:
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_port=False)
+        site = web.TCPSite(self.runner, host, port, reuse_port=False, ssl_context=ssl_context)
         await site.start()
         sock = site._server.sockets[0] if site._server and site._server.sockets else None
         return sock.getsockname()[1] if sock else port

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common import logs, proc
+from common.tls import TlsFiles, grpc_server_credentials, server_ssl_context
 from facade.auth import TokenInterceptor
 from facade.caller import CallerInterceptor
 from facade.broker_client import BrokerClient
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cwd-models", default="1", help="1: the working directory's models/ is a model folder")
     ap.add_argument("--http-port", type=int, default=0,
                     help="OpenAI-compatible HTTP API port on --host (facade/openai_http.py); 0 = off")
+    ap.add_argument("--tls-cert", default="")
+    ap.add_argument("--tls-key", default="")
+    ap.add_argument("--tls-client-ca", default="")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     return ap.parse_args(argv)
@@ -118,9 +122,12 @@ async def serve(args: argparse.Namespace) -> int:
     service_names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(service_names, server)
 
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     try:
-        port = server.add_insecure_port(f"{args.host}:{args.port}")
-    except RuntimeError as exc:
+        address = f"{args.host}:{args.port}"
+        port = (server.add_secure_port(address, grpc_server_credentials(tls)) if tls.enabled
+                else server.add_insecure_port(address))
+    except (RuntimeError, OSError) as exc:
         log.critical("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 2
     if port == 0:
@@ -135,13 +142,15 @@ async def serve(args: argparse.Namespace) -> int:
         from facade.openai_http import OpenAIHTTP
         http = OpenAIHTTP(client, passthrough.budget, token, max_bytes, response_bytes)
         try:
-            http_port = await http.start(args.host, args.http_port)
+            http_port = await http.start(args.host, args.http_port,
+                                         ssl_context=server_ssl_context(tls) if tls.enabled else None)
         except OSError as exc:
             log.critical("cannot listen for HTTP on %s:%d: %s", args.host, args.http_port, exc)
             return 2
-        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1", args.host, http_port)
+        log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", "https" if tls.enabled else "http", args.host, http_port)
     await client.start({"port": port, "pid": os.getpid()})
-    log.info("listening on %s:%d", args.host, port)
+    log.info("listening on %s:%d%s", args.host, port,
+             " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "")
 
     stop = asyncio.Event()
     parent = os.getppid()
