@@ -34,14 +34,16 @@ from workers.vision import (autoflip, face_landmarks, face_search, faces, fit, f
                             template, tracking)
 
 UNIMPLEMENTED = {
-    M.STREAM_HAIR_SEGMENTATION: "hair segmentation needs MediaPipe's hair_segmentation.tflite model, which the "
-                              "mediapipe 0.10.21 wheel does not ship and this service cannot download; "
-                              "use StreamSelfieSegmentation for a person mask",
-    M.STREAM_OBJECT_DETECTION: "object detection needs an object detector model (e.g. MediaPipe's "
-                             "efficientdet_lite0.tflite / ssd_mobilenet), which is not shipped offline with "
-                             "mediapipe 0.10.21; use StreamObjectTracking for faces and people",
-    M.STREAM_OBJECT_DETECTION3D: "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite "
-                               "models, which the mediapipe 0.10.21 wheel does not ship (only the graph)",
+    M.STREAM_HAIR_SEGMENTATION:
+        "hair segmentation needs MediaPipe's hair_segmentation.tflite model, which the mediapipe 0.10.21 wheel "
+        "does not ship and this service cannot download; use StreamSelfieSegmentation for a person mask",
+    M.STREAM_OBJECT_DETECTION:
+        "object detection needs an object detector model (e.g. MediaPipe's efficientdet_lite0.tflite / "
+        "ssd_mobilenet), which is not shipped offline with mediapipe 0.10.21; use StreamObjectTracking for faces "
+        "and people",
+    M.STREAM_OBJECT_DETECTION3D:
+        "3-D object detection needs MediaPipe Objectron's object_detection_3d_*.tflite models, which the "
+        "mediapipe 0.10.21 wheel does not ship (only the graph)",
 }
 
 
