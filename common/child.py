@@ -28,7 +28,25 @@ def main() -> None:
         os._exit(1)  # the parent died before the signal was armed
     watch_parent(lambda: _orphaned(sig))
     sys.argv = [module, *sys.argv[3:]]
+    _profile_if_asked(module)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _profile_if_asked(module: str) -> None:
+    """Developers: PML_PROFILE_DIR=/tmp/p PML_PROFILE_MODULES=facade.server,workers.fake_worker writes a
+    cProfile of the main thread of those children to /tmp/p/<module>-<pid>.prof when they exit normally."""
+    folder = os.environ.get("PML_PROFILE_DIR")
+    if not folder or module not in os.environ.get("PML_PROFILE_MODULES", "").split(","):
+        return
+    import atexit
+    import cProfile
+    profile = cProfile.Profile()
+
+    def dump() -> None:
+        profile.disable()
+        profile.dump_stats(os.path.join(folder, f"{module}-{os.getpid()}.prof"))
+    atexit.register(dump)
+    profile.enable()
 
 
 if __name__ == "__main__":
