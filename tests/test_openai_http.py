@@ -329,3 +329,13 @@ def test_sse_event_over_max_response():
     err = json.loads(events[-2])["error"]
     assert err["code"] == "response_too_large" and "message 1 of the stream is" in err["message"]
     assert "never sent" not in raw.decode()
+
+
+def test_float_array_is_json_and_gives_back_each_float32():
+    from facade.openai_http import _float_array
+    v = (np.random.default_rng(1).standard_normal(384) * np.logspace(-12, 6, 384)).astype(np.float32)
+    v[:3] = [0.0, -0.0, np.float32(1e-45)]
+    back = np.array(json.loads(_float_array(v.tolist())), dtype=np.float32)
+    assert np.array_equal(back, v)   # bit for bit, but -0 (spelled -0, which Python's json reads as 0)
+    assert _float_array([]) == b"[]"
+    assert json.loads(_float_array([1.5, float("nan")]).replace(b"NaN", b"null")) == [1.5, None]
