@@ -25,7 +25,7 @@ from typing import Callable, Optional, Protocol
 
 import zmq
 
-from broker import protocol as P
+from common import wire as P
 from broker.fair_queue import FairQueue
 from common.methods import LOAD_MODEL
 

@@ -1,11 +1,11 @@
 """What the broker shows of itself: the models every worker reports as loaded and the Stats view (workers,
 pools, queues, counters), built from the router's and the process manager's state. Read by the facade's
-GetLoadedModels / Stats (through the broker queries of broker/protocol.py) and by the metrics endpoint."""
+GetLoadedModels / Stats (through the broker queries of common/wire.py) and by the metrics endpoint."""
 from __future__ import annotations
 
 import time
 
-from broker import protocol as P
+from common import wire as P
 from common.cpu_policy import format_cpus
 
 

@@ -25,7 +25,7 @@ from typing import AsyncIterator, Callable, Optional
 
 import zmq
 
-from broker import protocol as P
+from common import wire as P
 from common import payload as codec
 from facade.caller import CALLER
 from facade.errors import BrokerError

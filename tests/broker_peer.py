@@ -7,7 +7,7 @@ import uuid
 
 import zmq
 
-from broker import protocol as P
+from common import wire as P
 from common import proc
 from protos import pythonml_pb2 as X
 

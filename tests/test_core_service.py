@@ -14,7 +14,7 @@ import time
 import grpc
 import pytest
 
-from broker import protocol as P
+from common import wire as P
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.broker_peer import Peer, run_dir_of

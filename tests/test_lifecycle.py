@@ -217,7 +217,7 @@ def test_preload_of_a_pool_that_does_not_run_is_a_fatal_error():
 
 
 def test_dead_facade_work_is_dropped_and_cancelled():
-    from broker import protocol as P
+    from common import wire as P
     from tests.broker_peer import Peer, run_dir_of
     svc = start_service(["--pools", "fake"], env={"PML_FAKE_CAPACITY": "1"})
     peer = Peer(f"ipc://{run_dir_of(svc.proc.pid)}/frontend.sock")

@@ -12,7 +12,7 @@ import pytest
 import zmq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker import protocol as P
+from common import wire as P
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.broker_peer import run_dir_of
 from tests.service import free_port, start_service, stats
@@ -160,5 +160,5 @@ def test_worker_accepts_a_curve_key_that_begins_with_a_dash():
     args = worker_arg_parser("fake").parse_args(["--connect", "tcp://127.0.0.1:1", "--worker-id", "w",
                                                  "--curve-server-key=-abcdefghij"])
     assert args.curve_server_key == "-abcdefghij"
-    src = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")).read()
-    assert 'f"--curve-server-key={' in src
+    src = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "broker", "launch.py")).read()
+    assert 'f"--curve-server-key={' in src   # where the worker command line is written

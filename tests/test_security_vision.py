@@ -26,7 +26,7 @@ from protos import ml_inference_pb2 as pb
 from protos import ml_inference_pb2_grpc as pbg
 from protos import pythonml_pb2 as X
 from protos import pythonml_pb2_grpc as XG
-from broker import protocol as P
+from common import wire as P
 from tests.service import PYTHON, ROOT, start_service
 from workers.base import Worker
 from workers.context import WorkerError

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
-from broker import protocol as P
+from common import wire as P
 from common import logs, payload, proc
 from shm.pool import SlotReader
 from workers.context import Cancelled, RequestContext, WorkerError

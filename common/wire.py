@@ -1,4 +1,4 @@
-"""Wire protocol between facade, broker and workers (Majordomo-style, msgpack header + raw frames).
+"""The wire between facade, broker and workers (Majordomo-style, msgpack header + raw frames); shared by all three.
 
 Every message is multipart: [MAGIC, command, header(msgpack map), *payload frames].
 On a ROUTER socket the peer identity frame comes first. No pickle anywhere; msgpack is decoded
