@@ -5,7 +5,8 @@ shared memory versus inline in the ZeroMQ message. Both sides measured in the sa
 The single-process peer (bench/peers/single_process.py) has no broker: its no-op is Echo answered by a
 no-op handler on its thread pool (event loop -> pool thread -> event loop), the dispatch every model call in
 that design pays. Its rows compare that floor with the same bare gRPC server, so ours / bare and peer / bare
-sit side by side: what our two extra hops (facade -> broker -> worker) cost beyond a thread-pool hand-off."""
+sit side by side: what our two extra hops (facade -> broker -> worker) cost beyond a thread-pool hand-off.
+The three are measured in turns (REPEATS each), so that a burst of load on a shared machine hits all three."""
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +21,8 @@ import grpc  # noqa: E402
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG  # noqa: E402
 from bench.peers.launch import start_peer  # noqa: E402
 from tests.service import PYTHON, free_port, start_service  # noqa: E402
+
+REPEATS = 3   # turns of bare, ours, peer; each side's latencies pooled over its turns
 
 
 async def _latencies(address: str, pool: str, concurrency: int, total: int) -> list:
@@ -45,9 +48,11 @@ def run(quick: bool = False) -> list:
         with start_service(["--pools", "fake", "--log-level", "warning"], env={"PML_FAKE_CAPACITY": "32"}) as svc, \
                 start_peer("echo") as peer:
             for conc in (1, 32):
-                base = asyncio.run(_latencies(f"127.0.0.1:{port}", "fake", conc, total))
-                ours = asyncio.run(_latencies(svc.address, "fake", conc, total))
-                other = asyncio.run(_latencies(peer.address, "fake", conc, total))
+                base, ours, other = [], [], []
+                for _ in range(REPEATS):   # in turns: a burst of someone else's work hits every side
+                    base += asyncio.run(_latencies(f"127.0.0.1:{port}", "fake", conc, total // REPEATS))
+                    ours += asyncio.run(_latencies(svc.address, "fake", conc, total // REPEATS))
+                    other += asyncio.run(_latencies(peer.address, "fake", conc, total // REPEATS))
                 for q in (50, 99):
                     note = f"single-process peer {pct(other, q) / pct(base, q):.2f}x bare"
                     rows.append(row("core round trip", f"p{q} no-op, {conc} clients (ms)", pct(ours, q), pct(base, q),

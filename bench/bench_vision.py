@@ -12,6 +12,10 @@ path is client -> gRPC bidi stream -> facade (frame bytes into shared memory) ->
   - per-frame bytes on the wire, and the facade's CPU time per frame (its process's user+sys time over the
     throughput run / frames: what moving the frame costs the one process every stream shares);
   - added latency (rgb): one frame in flight at a time, per-frame round trip minus the in-process time.
+Each FPS row is the median of REPEATS turns (in-process, service, single-process peer), so that a burst of
+someone else's work on a shared machine does not fall on one side only. The single-process peer
+(bench/peers/single_process.py: one grpc.aio process, the vision worker's handlers on a thread pool) is
+measured on the same frames when this run starts the service; its rows say "via single-process peer".
 H.264: libx264 zero latency (Annex B, SPS/PPS in-band, one access unit per frame, tests/video_media.py),
 crf 18. Goals: face detection >= 0.8 of in-process, pose >= 0.9 (rgb, and h264 with its decode on both sides).
 """
@@ -29,6 +33,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 W, H = 640, 480
+REPEATS = 3     # turns of in-process, service and peer per FPS row (medians); 1 with frames_per_pass
 IN_FLIGHT = 3   # frames the client keeps in flight: the facade pipelines 2, 1 waits (max_pending 2)
 GOALS = {"face": 0.8, "pose": 0.9}
 METHODS = {"face": "StreamFaceDetection", "pose": "StreamPoseTracking"}
@@ -228,15 +233,26 @@ def run(quick: bool = True, address: str | None = None, frames_per_pass: int | N
                 through_service(stub, kind, fmt, data[fmt][:warmup], 1)          # warm the worker
                 if peer_stub is not None:
                     through_service(peer_stub, kind, fmt, data[fmt][:warmup], 1)
-                base = in_process(kind, fmt, data[fmt], warmup)
-                fps_svc, _, cpu = through_service(stub, kind, fmt, data[fmt][:n], IN_FLIGHT, facade)
-                fps_base = 1.0 / float(np.mean(base))
+                turns = {"base": [], "svc": [], "cpu": [], "peer": []}
+                base: list = []
+                for _ in range(1 if frames_per_pass else REPEATS):   # in turns: load bursts hit every side
+                    times = in_process(kind, fmt, data[fmt], warmup)
+                    base += times
+                    turns["base"].append(1.0 / float(np.mean(times)))
+                    fps, _, cpu = through_service(stub, kind, fmt, data[fmt][:n], IN_FLIGHT, facade)
+                    turns["svc"].append(fps)
+                    turns["cpu"].append(cpu)
+                    if peer_stub is not None:
+                        turns["peer"].append(through_service(peer_stub, kind, fmt, data[fmt][:n], IN_FLIGHT)[0])
+                fps_base, fps_svc, cpu = (float(np.median(turns[k])) for k in ("base", "svc", "cpu"))
                 note = (f"{METHODS[kind]} 640x480 {fmt}, n={n}, {IN_FLIGHT} in flight; in-process = "
                         + ("the same stream handler on this thread (multi-person path)" if kind == "pose" else
                            f"{'model' if fmt == 'rgb' else fmt + ' decode + model'}"))
+                if len(turns["base"]) > 1:
+                    note += f"; medians of {len(turns['base'])} turns (in-process, service, peer)"
                 fps_peer = None
                 if peer_stub is not None:
-                    fps_peer, _, _ = through_service(peer_stub, kind, fmt, data[fmt][:n], IN_FLIGHT)
+                    fps_peer = float(np.median(turns["peer"]))
                     note += f"; single-process peer {fps_peer / fps_base:.3f}"
                 rows.append(_fps_row(name, fmt, kind, n, fps_svc, fps_base, "service", note))
                 if fps_peer is not None:
