@@ -339,3 +339,34 @@ def test_float_array_is_json_and_gives_back_each_float32():
     assert np.array_equal(back, v)   # bit for bit, but -0 (spelled -0, which Python's json reads as 0)
     assert _float_array([]) == b"[]"
     assert json.loads(_float_array([1.5, float("nan")]).replace(b"NaN", b"null")) == [1.5, None]
+
+
+def test_big_request_and_answer_take_the_thread_path(monkeypatch):
+    """A request body and an embeddings answer above OFFLOAD_BYTES are parsed / written off the event loop,
+    with the same result."""
+    import asyncio
+
+    from facade import openai_http
+    from facade.openai_http import OFFLOAD_BYTES
+    offloaded = []
+    real = asyncio.to_thread
+
+    async def counting(fn, *args):
+        offloaded.append(fn.__name__)
+        return await real(fn, *args)
+    monkeypatch.setattr(openai_http.asyncio, "to_thread", counting)
+    from protos import ml_inference_pb2 as ML
+    vecs = np.random.default_rng(2).standard_normal((64, 384)).astype(np.float32)
+    out = ML.GeneratedEmbeddingsResponse(embeddings=[ML.GeneratedEmbedding(values=v.tolist()) for v in vecs])
+    raw = out.SerializeToString()
+    texts = ["t" * 2000] * 64
+    assert len(raw) > OFFLOAD_BYTES and len(json.dumps(texts)) > OFFLOAD_BYTES
+    for fmt in ("float", "base64"):
+        status, body = _app_call(_StubClient(unary=raw), "/v1/embeddings",
+                                 {"model": "m", "input": texts, "encoding_format": fmt})
+        assert status == 200, body
+        data = json.loads(body)["data"]
+        got = (np.array([d["embedding"] for d in data], dtype=np.float32) if fmt == "float" else
+               np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]))
+        assert [d["index"] for d in data] == list(range(64)) and np.array_equal(got, vecs)
+    assert offloaded == ["loads", "_embeddings_body"] * 2
