@@ -15,6 +15,8 @@ same ones a gRPC client sees; this table is the only place they become HTTP stat
 | ALREADY_EXISTS       | 409  | conflict_error          |                                                   |
 | ABORTED              | 409  | conflict_error          |                                                   |
 | (body too large)     | 413  | invalid_request_error   | request body over --max-message-mb                |
+| (answer too large)   | 413  | invalid_request_error   | answer or SSE event over --max-response-mb (code  |
+|                      |      |                         | response_too_large; gRPC: RESOURCE_EXHAUSTED)     |
 | RESOURCE_EXHAUSTED   | 429  | rate_limit_error        | pool saturated / facade buffer full; Retry-After  |
 | CANCELLED            | 499  | cancelled               | (the client went away: nobody reads it)           |
 | UNIMPLEMENTED        | 501  | not_implemented_error   |                                                   |
