@@ -199,6 +199,30 @@ def test_answer_over_max_response_mb_413(svc):
     assert status == 200 and len(json.loads(body)["data"]) == 8
 
 
+def test_own_process_harness_serves_on_the_same_broker(svc):
+    """bench/openai_own_process.py: the same app in a process of its own, attached to the service's broker
+    frontend (the other way bench/bench_openai.py measures), answers like the in-loop one."""
+    import subprocess
+    import sys
+
+    from bench.openai_own_process import frontend_of
+    proc = subprocess.Popen([sys.executable, f"{ROOT}/bench/openai_own_process.py", "--broker", frontend_of(svc.port),
+                             "--max-response-mb", "0.03125"], stdout=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("READY "), line
+        port = int(line.split()[1])
+        status, _, body = _req(port, "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hello"})
+        assert status == 200 and len(json.loads(body)["data"][0]["embedding"]) == 384
+        status, _, body = _req(port, "/v1/chat/completions", {"model": "no-such-org/no-such-model",
+                                                              "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 404 and _error(body)["type"] == "not_found_error"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        proc.stdout.close()
+
+
 def test_wrong_key_401():
     port = free_port()
     s = start_service(args=["--pools", "hf", "--cuda", "off", "--http-port", str(port)],
