@@ -16,6 +16,7 @@ from protos import ml_inference_pb2 as ML
 from protos import ml_inference_pb2_grpc as MLG
 from protos.kserve import grpc_service_pb2 as K
 from tests.litert_inputs import ASSETS, FACE_MODEL, WAKEWORD_MODEL, best_face_score, face_input, wakeword_windows
+from workers.base import ModelRegistry
 from workers.context import WorkerError, make_test_context
 from common import litert_catalogue as registry
 from workers.litert.service import LiteRTService
@@ -25,8 +26,11 @@ pytest.importorskip("ai_edge_litert")
 
 
 class Recorder:
+    """What the worker's registry announced (the worker tells the broker the same)."""
     def __init__(self):
         self.loaded, self.unloaded = [], []
+        self.models = ModelRegistry(on_loaded=lambda record, version: self.loaded.append(record),
+                                    on_unloaded=lambda model_id, version: self.unloaded.append(model_id))
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,7 @@ def rec():
 @pytest.fixture(scope="module")
 def svc(rec, tmp_path_factory):
     s = LiteRTService({"threads": 2, "auto_load": True, "cache_dir": str(tmp_path_factory.mktemp("cache"))},
-                      on_loaded=rec.loaded.append, on_unloaded=rec.unloaded.append,
-                      measure_memory=lambda: {"rss_mb": 100.0})
+                      models=rec.models, measure_memory=lambda: {"rss_mb": 100.0})
     yield s
     s.close()
 
@@ -410,9 +413,12 @@ def test_worker_adapter_reports_loads_to_the_broker(tmp_path):
                                  "ml.ModelManagementService/LoadModel", "ml.ModelManagementService/UnloadModel"}
     load(w.service, FACE_MODEL)
     assert w.models[FACE_MODEL].ram_mb > 0 and w.models[FACE_MODEL].pipeline_type == "tflite"
+    # one registry: the worker's record carries the instance the handlers run (no second dict in the service)
+    assert w.service.models is w.models and w.service.loaded()[FACE_MODEL] is w.models[FACE_MODEL].runtime
+    assert w.models[FACE_MODEL].runtime.model_id == FACE_MODEL and w.models.version == 1
     assert not w._outq.empty()  # LOADED went to the broker queue
     call(w.service, "ml.ModelManagementService/UnloadModel", ML.UnloadModelRequest(model_id=FACE_MODEL))
-    assert FACE_MODEL not in w.models
+    assert FACE_MODEL not in w.models and w.models.version == 2 and not w.service.loaded()
 
 
 def test_raw_inputs_from_the_shared_memory_frame(svc):

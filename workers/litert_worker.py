@@ -1,15 +1,16 @@
 """LiteRT worker: .tflite models through the KServe v2 tensor API and ml.ModelManagementService.
 
 Started by run.py as ``python -m workers.litert_worker --pool litert --device cpu ...``. The handlers
-live in workers/litert/service.py; this module connects them to the worker base (model registry
-bookkeeping via note_loaded / note_unloaded, memory measurement, thread budget).
+live in workers/litert/service.py; this module connects them to the worker base (its one
+registry of loaded models, whose records carry the service's ModelInstance as runtime; memory
+measurement; thread budget).
 """
 from __future__ import annotations
 
 import os
 
-from workers.base import ModelRecord, Worker, run_worker_main
-from workers.litert.service import LOAD_METHOD, Loaded, LiteRTService
+from workers.base import Worker, run_worker_main
+from workers.litert.service import LiteRTService
 
 
 class LiteRTWorker(Worker):
@@ -23,17 +24,12 @@ class LiteRTWorker(Worker):
             os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         import ai_edge_litert.interpreter  # noqa: F401 - heavy import before READY, not on the first request
         self.service = LiteRTService(self.options, device=self.device, log=self.log,
-                                     measure_memory=self.measure_memory,
-                                     on_loaded=self._loaded, on_unloaded=self.note_unloaded)
+                                     measure_memory=self.measure_memory, models=self.models)
         for model_id in self.options.get("preload") or []:
             try:
                 self.service._load(model_id, {}, None, b"")
             except Exception as exc:  # a bad preload must not keep the pool down
                 self.log.error("preload of %s failed: %s", model_id, exc)
-
-    def _loaded(self, rec: Loaded) -> None:
-        self.note_loaded(ModelRecord(rec.model_id, rec.pipeline_type, ram_mb=round(rec.ram_mb, 2),
-                                     load_payload=rec.load_payload, load_method=LOAD_METHOD))
 
     def handlers(self) -> dict:
         return self.service.handlers()

@@ -16,12 +16,14 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+from common import methods
 from common.load_options import check_load_options, thread_budget
+from common.options import as_bool
 from protos import ml_inference_pb2 as ML
 from protos.kserve import grpc_service_pb2 as K
+from workers.base import ModelRecord, ModelRegistry
 from workers.context import RequestContext, WorkerError
 from workers.litert import loader
 from workers.litert.interpreter import ModelInstance, RuntimeOptions, Signature
@@ -29,25 +31,6 @@ from workers.litert.tensors import datatype_of, decode_input, output_bytes, quan
 
 PIPELINE_TYPE = "tflite"
 PLATFORM = "tflite"
-LOAD_METHOD = "ml.ModelManagementService/LoadModel"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def as_bool(value, default: bool = False) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise WorkerError("INVALID_ARGUMENT", f"expected a boolean (true/false), got {value!r}")
 
 
 def param_value(params, key: str):
@@ -59,44 +42,34 @@ def param_value(params, key: str):
     return getattr(p, which) if which else None
 
 
-@dataclass
-class Loaded:
-    """What the worker reports to the broker for one load (becomes a workers.base.ModelRecord)."""
-    model_id: str
-    pipeline_type: str
-    ram_mb: float
-    load_payload: bytes
-
-
 class LiteRTService:
     def __init__(self, options: dict, device: str = "cpu", log: Optional[logging.Logger] = None,
-                 measure_memory: Optional[Callable[[], dict]] = None,
-                 on_loaded: Optional[Callable[[Loaded], None]] = None,
-                 on_unloaded: Optional[Callable[[str], None]] = None):
+                 measure_memory: Optional[Callable[[], dict]] = None, models: Optional[ModelRegistry] = None):
         self.options = dict(options or {})
         self.device = device or "cpu"
         self.log = log or logging.getLogger("litert")
         self._measure = measure_memory or (lambda: {})
-        self._on_loaded = on_loaded or (lambda rec: None)
-        self._on_unloaded = on_unloaded or (lambda model_id: None)
-        self._models: Dict[str, ModelInstance] = {}
+        # the worker's one registry of loaded models (workers/base.py): records carry a ModelInstance as runtime
+        self.models = models if models is not None else ModelRegistry()
         self._lock = threading.Lock()
         self._load_locks: Dict[str, threading.Lock] = {}
-        self.auto_load = as_bool(self.options.get("auto_load"), True)
+        self.auto_load = as_bool(self.options.get("auto_load"), True, "auto_load")
 
     def handlers(self) -> dict:
-        return {
-            "inference.GRPCInferenceService/ModelInfer": self.model_infer,
-            "inference.GRPCInferenceService/ModelMetadata": self.model_metadata,
-            "inference.GRPCInferenceService/ModelReady": self.model_ready,
-            "ml.ModelManagementService/LoadModel": self.load_model,
-            "ml.ModelManagementService/UnloadModel": self.unload_model,
-        }
+        return {methods.KSERVE_MODEL_INFER: self.model_infer,
+                methods.KSERVE_MODEL_METADATA: self.model_metadata,
+                methods.KSERVE_MODEL_READY: self.model_ready,
+                methods.LOAD_MODEL: self.load_model,
+                methods.UNLOAD_MODEL: self.unload_model}
 
     # ---- registry ---------------------------------------------------------------------------
     def loaded(self) -> Dict[str, ModelInstance]:
-        with self._lock:
-            return dict(self._models)
+        """model id -> ModelInstance of every loaded model (a snapshot)."""
+        return {r.model_id: r.runtime for r in self.models.records()}
+
+    def _instance(self, name: str) -> Optional[ModelInstance]:
+        record = self.models.get(name)
+        return record.runtime if record is not None else None
 
     def runtime_options(self, overrides: dict) -> RuntimeOptions:
         """Request overrides (already allow-listed) over the worker's options; the delegate library is an
@@ -112,8 +85,8 @@ class LiteRTService:
         if not 1 <= threads <= budget:
             raise WorkerError("INVALID_ARGUMENT", f"threads={threads} is outside 1..{budget} (this worker's thread budget)")
         gpu = pick("gpu_delegate")
-        gpu = as_bool(gpu) if gpu is not None else self.device.startswith(("cuda", "gpu"))
-        return RuntimeOptions(threads=threads, xnnpack=as_bool(pick("xnnpack"), True), gpu_delegate=gpu,
+        gpu = as_bool(gpu, False, "gpu_delegate") if gpu is not None else self.device.startswith(("cuda", "gpu"))
+        return RuntimeOptions(threads=threads, xnnpack=as_bool(pick("xnnpack"), True, "xnnpack"), gpu_delegate=gpu,
                               gpu_delegate_library=str(self.options.get("gpu_delegate_library") or ""))
 
     def _memory_mb(self) -> float:
@@ -133,12 +106,12 @@ class LiteRTService:
             load_s = time.perf_counter() - t0
             ram_mb = max(self._memory_mb() - before, inst.size_mb())
             replay = self._replay_payload(model_id, opts, mb, payload)
-            with self._lock:
-                old = self._models.get(model_id)
-                self._models[model_id] = inst
+            old = self._instance(model_id)
+            # requests find it from here on; the broker is told (replay, Stats)
+            self.models.add(ModelRecord(model_id, PIPELINE_TYPE, ram_mb=round(ram_mb, 2), load_payload=replay,
+                                        load_method=methods.LOAD_MODEL, runtime=inst))
             if old is not None:
                 old.close()
-            self._on_loaded(Loaded(model_id, PIPELINE_TYPE, ram_mb, replay))
             self.log.info("loaded %s from %s in %.3fs (%.1f MB, %s)", model_id, mb.source, load_s, ram_mb,
                           inst.accelerator)
             return inst, ram_mb, load_s
@@ -165,8 +138,7 @@ class LiteRTService:
     def _get(self, name: str, auto: bool) -> ModelInstance:
         if not name:
             raise WorkerError("INVALID_ARGUMENT", "model name is empty")
-        with self._lock:
-            inst = self._models.get(name)
+        inst = self._instance(name)
         if inst is not None:
             return inst
         if not auto:
@@ -178,8 +150,7 @@ class LiteRTService:
     # ---- KServe -----------------------------------------------------------------------------
     def model_ready(self, ctx: RequestContext) -> bytes:
         req = K.ModelReadyRequest.FromString(ctx.payload)
-        with self._lock:
-            inst = self._models.get(req.name)
+        inst = self._instance(req.name)
         ready = inst is not None and (not req.version or req.version in inst.signatures
                                       or req.version == "1")
         return K.ModelReadyResponse(ready=ready).SerializeToString()
@@ -239,8 +210,8 @@ class LiteRTService:
                 wanted.append(spec)
         else:
             wanted = sig.outputs
-        reset = (as_bool(param_value(req.parameters, "reset_state"))
-                 or as_bool(param_value(req.parameters, "sequence_start")))
+        reset = (as_bool(param_value(req.parameters, "reset_state"), False, "reset_state")
+                 or as_bool(param_value(req.parameters, "sequence_start"), False, "sequence_start"))
         ctx.check_cancelled()
         left = ctx.time_left()
         if not inst.lock.acquire(timeout=-1 if left is None else max(0.0, left)):
@@ -289,16 +260,14 @@ class LiteRTService:
 
     def unload_model(self, ctx: RequestContext) -> bytes:
         req = ML.UnloadModelRequest.FromString(ctx.payload)
-        with self._lock:
-            inst = self._models.pop(req.model_id, None)
-        if inst is None:
+        record = self.models.remove(req.model_id)   # requests no longer find it; the broker is told
+        if record is None:
             raise WorkerError("NOT_FOUND", f"model '{req.model_id}' is not loaded in the litert pool")
-        inst.close()
-        self._on_unloaded(req.model_id)
+        record.runtime.close()
         return ML.StatusResponse(success=True, message=f"unloaded '{req.model_id}'").SerializeToString()
 
     def close(self) -> None:
-        with self._lock:
-            models, self._models = list(self._models.values()), {}
-        for inst in models:
-            inst.close()
+        for model_id in list(self.models):
+            record = self.models.remove(model_id)
+            if record is not None:
+                record.runtime.close()
