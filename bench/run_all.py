@@ -24,9 +24,11 @@ def fmt(v) -> str:
     return str(v)
 
 
-def write_markdown(rows: list, path: str, elapsed: float) -> None:
+def write_markdown(rows: list, path: str, elapsed: float, load: str = "") -> None:
+    from bench.peers import summary
     lines = ["# Benchmark results", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
-             f"in {elapsed:.0f}s on {os.cpu_count()} CPUs. ratio = value / baseline (same run).", "",
+             f"in {elapsed:.0f}s on {os.cpu_count()} CPUs{load}. ratio = value / baseline (same run).", "",
+             *summary.markdown(rows),
              "| bench | metric | value | baseline | ratio | goal | note |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['bench']} | {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | "
@@ -39,10 +41,17 @@ def write_plot(rows: list, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from bench.peers import summary
+    peers = summary.table(rows)
     rows = [r for r in rows if isinstance(r.get("ratio"), (int, float)) and r["ratio"] == r["ratio"]]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    if peers:   # the ours-vs-peer bars above the per-row bars
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(10, 0.35 * len(rows) + 0.5 * len(peers) + 3),
+                                      gridspec_kw={"height_ratios": [len(peers) + 2, len(rows) + 1]})
+        summary.plot(top, rows)
+    else:
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     labels = [f"{r['bench']}: {r['metric']}" for r in rows]
     ax.barh(range(len(rows)), [r["ratio"] for r in rows], color="#4477aa")
     ax.axvline(1.0, color="k", lw=0.8)
@@ -62,6 +71,7 @@ def main(argv=None) -> int:
     only = {s for s in args.only.split(",") if s}
     names = sorted(m.name for m in pkgutil.iter_modules([HERE]) if m.name.startswith("bench_"))
     rows, t0, failed = [], time.time(), 0
+    load0 = os.getloadavg()
     for name in names:
         if only and name[len("bench_"):] not in only:
             continue
@@ -78,7 +88,10 @@ def main(argv=None) -> int:
             rows.append({"bench": name, "metric": "FAILED", "value": float("nan"), "baseline": float("nan"),
                          "ratio": float("nan"), "goal": "", "note": "see log"})
     os.makedirs(args.out, exist_ok=True)
-    write_markdown(rows, os.path.join(args.out, "results.md"), time.time() - t0)
+    load1 = os.getloadavg()
+    load = (f", load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load0)} at the start and "
+            f"{'/'.join(f'{v:.1f}' for v in load1)} at the end")
+    write_markdown(rows, os.path.join(args.out, "results.md"), time.time() - t0, load)
     write_plot(rows, os.path.join(args.out, "results.png"))
     print(f"wrote {os.path.join(args.out, 'results.md')} and results.png")
     return 1 if failed else 0
