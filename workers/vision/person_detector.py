@@ -31,7 +31,10 @@ What ``detect`` adds to one pass (measured on the test photos and OpenCV's vtest
   large person low when another one fills the frame (messi5 and basketball1's man side by side:
   the man < 0.05 on the whole frame, 0.91 alone in a window); on a frame that is not square it also
   runs on squares as high (wide) as the frame, sliding by half a side (2-3 more passes); a window's
-  detection counts when most of the person lies inside that window;
+  detection counts when most of the person lies inside that window and the person is large (body
+  square at least half the window: the people windows are for measure 0.58-0.9 of it; on vtest.avi,
+  frames 113-116, a window took three small walkers by the lamp post for one person of 0.34-0.43,
+  verified on its crop at 0.56-0.65);
 - **tiles** (``tiles=True``): people under ~1/5 of the frame height are too small for the 224 px
   input (vtest.avi: none of 3-7 walkers found on the whole frame); the model also runs on a two-level
   pyramid of overlapping square tiles (1/2 and 1/3 of the frame's shorter side). A tile's detection
@@ -65,6 +68,7 @@ ROI_SCALE = 1.25              # MediaPipe's pose_detection_to_roi enlargement
 TILE_FRACTIONS = (0.5, 0.33)  # tile sides / the frame's shorter side (a two-level pyramid)
 TILE_OVERLAP = 0.35
 WINDOW_OVERLAP = 0.5          # frame-high square windows (people the whole-frame pass misses), step = half a side
+WINDOW_MIN_REL = 0.5          # a window's person: body square >= this x the window side (large people only)
 MIN_TILE = 96                 # px: smaller tiles are not run
 TILE_MAX_REL = 0.75           # a tile's person: body square <= this x the tile side ...
 TILE_MIN_INSIDE = 0.5         # ... and at least this share of it inside the tile
@@ -264,7 +268,8 @@ class PersonDetector:
         if windows:
             for tx, ty, side in window_grid(h, w):
                 cands += [p for p in self._run_tile(rgb, tx, ty, side, min_score, f"window{side}")
-                          if _inside_share(p, tx, ty, side, w, h) >= TILE_MIN_INSIDE]
+                          if _inside_share(p, tx, ty, side, w, h) >= TILE_MIN_INSIDE
+                          and 2 * _half_body(p, w, h) >= WINDOW_MIN_REL * side]
         if tiles:
             for tx, ty, side in tile_grid(h, w):
                 cands += [p for p in self._run_tile(rgb, tx, ty, side, min_score, f"tile{side}")
@@ -327,11 +332,16 @@ def aligned_crop(rgb: np.ndarray, cx: float, cy: float, side: float, rot: float,
                           borderMode=border, borderValue=(0, 0, 0))
 
 
+def _half_body(p: Person, w: int, h: int) -> float:
+    """Half the side of the person's body square, in pixels of a w x h frame."""
+    (hx, hy), (sx, sy) = p.keypoints[0], p.keypoints[1]
+    return math.hypot((sx - hx) * w, (sy - hy) * h)
+
+
 def _inside_share(p: Person, tx: int, ty: int, side: int, w: int, h: int) -> float:
     """Share of the person's body square (the part within the frame) that lies inside the tile."""
-    (hx, hy), (sx, sy) = p.keypoints[0], p.keypoints[1]
-    r = math.hypot((sx - hx) * w, (sy - hy) * h)
-    cx, cy = hx * w, hy * h
+    r = _half_body(p, w, h)
+    cx, cy = p.keypoints[0][0] * w, p.keypoints[0][1] * h
 
     def overlap(a0, a1, b0, b1):
         return max(0.0, min(a1, b1) - max(a0, b0))
@@ -343,8 +353,7 @@ def _inside_share(p: Person, tx: int, ty: int, side: int, w: int, h: int) -> flo
 def _small_and_inside(p: Person, tx: int, ty: int, side: int, w: int, h: int) -> bool:
     """A tile's detection counts only if the person is small in the tile and mostly inside it: a large
     person cut by the tile's edge makes the model see a 'person' in each piece."""
-    (hx, hy), (sx, sy) = p.keypoints[0], p.keypoints[1]
-    r = math.hypot((sx - hx) * w, (sy - hy) * h)
+    r = _half_body(p, w, h)
     if r <= 0 or 2 * r > TILE_MAX_REL * side:
         return False
     return _inside_share(p, tx, ty, side, w, h) >= TILE_MIN_INSIDE
