@@ -1,4 +1,5 @@
-"""Start the real service (run.py) as a subprocess for integration tests and benchmarks."""
+"""Start the real service (run.py) as a subprocess for integration tests and benchmarks, and look at it from a
+test: its Stats, its child processes (a pool's worker, the facade), a worker's idle footprint, a peak RSS."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -139,3 +141,71 @@ def wait_for(cond, timeout: float = 30.0, interval: float = 0.05):
             return v
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# ------------------------------------------------------------------ the service's processes, from a test
+def pool_process(channel, pool: str):
+    """The psutil.Process of the one worker of `pool`, as pythonml.v1.Stats names it."""
+    import psutil
+    (w,) = [w for w in stats(channel).workers if w.pool == pool]
+    return psutil.Process(w.pid)
+
+
+def child_process(svc: Service, module: str, timeout: float = 60.0):
+    """The psutil.Process under this service's run.py whose command line names `module`
+    (e.g. "facade.server", "workers.vision_worker"), waiting up to `timeout` s for it to appear."""
+    import psutil
+    end = time.time() + timeout
+    while True:
+        for p in psutil.Process(svc.proc.pid).children(recursive=True):
+            if module in p.cmdline():
+                return p
+        if time.time() >= end:
+            raise AssertionError(f"no {module} process under run.py")
+        time.sleep(0.1)
+
+
+def settle(channel, proc, pool: str = "vision") -> tuple[float, int]:
+    """(RSS MB, threads) of a worker once it is idle: nothing of its pool in flight and its thread count steady."""
+    last = None
+    for _ in range(100):
+        busy = sum(w.inflight for w in stats(channel).workers if w.pool == pool)
+        now = proc.num_threads()
+        if not busy and now == last:
+            break
+        last = now
+        time.sleep(0.2)
+    return proc.memory_info().rss / 2**20, proc.num_threads()
+
+
+class PeakRSS(threading.Thread):
+    """The highest RSS of a process, sampled every `interval` s from start() to stop() (which returns it)."""
+
+    def __init__(self, proc, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.proc, self.interval, self.peak, self.done = proc, interval, proc.memory_info().rss, threading.Event()
+
+    def run(self):
+        import psutil
+        while not self.done.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def cancel_after(call, n: int) -> int:
+    """Read `n` messages of a server stream, then cancel it; returns how many were read (fewer: it ended)."""
+    got = 0
+    for _ in call:
+        got += 1
+        if got == n:
+            call.cancel()
+            break
+    return got

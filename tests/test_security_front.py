@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 
 import grpc
-import psutil
 import pytest
 
 from facade.budget import STREAM_BYTES, ByteBudget
@@ -26,76 +25,18 @@ from facade.passthrough import PassThrough
 from facade.routes import ROUTES_BY_PATH
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.service import free_port, start_service
+from tests.passthrough_fakes import Broker, Context, Source, settle
+from tests.service import PeakRSS, child_process, free_port, start_service
 
 MiB = 2**20
 TOKEN = "front-door-token"
 
 
 # ------------------------------------------------------------------------------------- helpers
-class SilentBroker:
-    """A BrokerClient stand-in whose requests are answered only when `answer` is set."""
-
-    def __init__(self):
-        self.sent = 0
-        self.answer = asyncio.Event()
-
-    async def unary(self, *args, **kwargs) -> bytes:
-        self.sent += 1
-        await self.answer.wait()
-        return b"reply"
-
-    async def close_stream(self, stream_id: str) -> None:
-        pass
-
-
-class Context:
-    def __init__(self, metadata=()):
-        self.metadata = tuple(metadata)
-        self.trailing = ()
-
-    def invocation_metadata(self):
-        return self.metadata
-
-    def set_trailing_metadata(self, md):
-        self.trailing = tuple(md)
-
-    def time_remaining(self):
-        return None
-
-    async def abort(self, code, message):
-        raise AssertionError(f"stream aborted: {code} {message}")
-
-
-class Source:
-    """A client stream of `nbytes` messages; counts what the facade pulled. Each read gives the event
-    loop a turn, as a read from gRPC does."""
-
-    def __init__(self, make, nbytes: int, limit: int = 10**6):
-        self.make, self.nbytes, self.limit = make, nbytes, limit
-        self.pulled = 0
-
-    async def __aiter__(self):
-        while self.pulled < self.limit:
-            await asyncio.sleep(0)
-            self.pulled += 1
-            yield self.make(), self.nbytes, None  # what the sized deserializer hands the handler (frame inside)
-
-
-async def settle(*sources, steps: int = 300):
-    """Run the event loop until no source pulls another message for `steps` turns."""
-    last, quiet = None, 0
-    while quiet < steps:
-        await asyncio.sleep(0)
-        now = [s.pulled for s in sources]
-        quiet = quiet + 1 if now == last else 0
-        last = now
-
-
-def frame_source(nbytes: int, max_pending: int = 64, limit: int = 10**6) -> Source:
+def frame_source(nbytes: int, max_pending: int = 64, count: int = 10**6) -> Source:
     data = b"\0" * nbytes
-    return Source(lambda: ML.VideoFrame(frame_data=data, format="rgb", width=1, height=1,
-                                        metadata={"max_pending": str(max_pending)}), nbytes, limit)
+    return Source(lambda n: ML.VideoFrame(frame_data=data, format="rgb", width=1, height=1,
+                                          metadata={"max_pending": str(max_pending)}), count, nbytes=nbytes)
 
 
 def bidi_handler(passthrough: PassThrough, path: str):
@@ -107,43 +48,23 @@ async def consume(agen, replies: list):
         replies.append(r)
 
 
-def facade_process(svc) -> psutil.Process:
-    for p in psutil.Process(svc.proc.pid).children(recursive=True):
-        if "facade.server" in p.cmdline():
-            return p
-    raise AssertionError("no facade process under run.py")
+async def start_stream(path: str, src: Source, context=None):
+    """The real bidi handler of `path` reading `src` against a broker that answers nothing yet, run until
+    the handler stops pulling. Returns (broker, pass-through, replies so far, the stream's task)."""
+    broker = Broker()
+    pt = PassThrough(broker, ByteBudget(1024 * MiB))
+    replies: list = []
+    task = asyncio.ensure_future(consume(bidi_handler(pt, path)(src, context or Context()), replies))
+    await settle(src)
+    return broker, pt, replies, task
 
 
 def stop_worker(svc, module: str) -> int:
     """SIGSTOP the pool's worker (a child of this service's run.py); returns its pid."""
-    end = time.time() + 30
-    while time.time() < end:
-        for p in psutil.Process(svc.proc.pid).children(recursive=True):
-            if module in p.cmdline():
-                assert p.pid > 0 and p.pid != os.getpid()
-                os.kill(p.pid, signal.SIGSTOP)
-                return p.pid
-        time.sleep(0.1)
-    raise AssertionError(f"no {module} process under run.py")
-
-
-class PeakRSS(threading.Thread):
-    def __init__(self, proc: psutil.Process):
-        super().__init__(daemon=True)
-        self.proc, self.peak, self.done = proc, proc.memory_info().rss, threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.01)
-
-    def stop(self) -> int:
-        self.done.set()
-        self.join()
-        return self.peak
+    p = child_process(svc, module, timeout=30)
+    assert p.pid > 0 and p.pid != os.getpid()
+    os.kill(p.pid, signal.SIGSTOP)
+    return p.pid
 
 
 # ------------------------------------------------------------------------- the budget, in-process
@@ -166,12 +87,8 @@ def test_budget_wakes_readers_in_order_and_admits_one_oversized_request():
 
 def test_one_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_stops_reading():
     async def main():
-        broker = SilentBroker()
-        pt = PassThrough(broker, ByteBudget(1024 * MiB))
-        src = frame_source(4 * MiB, max_pending=64, limit=40)
-        replies: list = []
-        task = asyncio.ensure_future(consume(bidi_handler(pt, "ml.MediapipeService/StreamFaceDetection")(src, Context()), replies))
-        await settle(src)
+        src = frame_source(4 * MiB, max_pending=64, count=40)
+        broker, pt, replies, task = await start_stream("ml.MediapipeService/StreamFaceDetection", src)
         # VIDEO mode (the default): 2 in flight to the (silent) worker, 16 MiB = 4 frames pending, 1 in the
         # reader's hands waiting for room; nothing dropped, the rest waits on flow control
         assert src.pulled == 7 and broker.sent == 2 and pt.dropped_frames == 0
@@ -184,13 +101,9 @@ def test_one_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_stops_readi
 
 def test_a_live_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_drops_the_rest():
     async def main():
-        broker = SilentBroker()
-        pt = PassThrough(broker, ByteBudget(1024 * MiB))
-        src = frame_source(4 * MiB, max_pending=64, limit=40)
-        replies: list = []
+        src = frame_source(4 * MiB, max_pending=64, count=40)
         context = Context([("running-mode", "live_stream")])
-        task = asyncio.ensure_future(consume(bidi_handler(pt, "ml.MediapipeService/StreamFaceDetection")(src, context), replies))
-        await settle(src)
+        broker, pt, replies, task = await start_stream("ml.MediapipeService/StreamFaceDetection", src, context)
         # 2 in flight to the (silent) worker, 16 MiB = 4 frames pending, every other one dropped
         assert src.pulled == 40 and broker.sent == 2
         assert pt.budget.used == (2 + STREAM_BYTES // (4 * MiB)) * 4 * MiB
@@ -204,14 +117,10 @@ def test_a_live_stream_keeps_at_most_max_2_frames_or_16_mib_pending_and_drops_th
 
 def test_audio_stream_never_drops_and_stops_reading_at_its_byte_bound():
     async def main():
-        broker = SilentBroker()
-        pt = PassThrough(broker, ByteBudget(1024 * MiB))
         pcm = b"\0" * (4 * MiB)
-        src = Source(lambda: X.AudioChunk(pcm=pcm, sample_rate=16000, metadata={"max_pending": "64"}), 4 * MiB,
-                     limit=20)
-        replies: list = []
-        task = asyncio.ensure_future(consume(bidi_handler(pt, "pythonml.v1.Speech/StreamTranscribe")(src, Context()), replies))
-        await settle(src)
+        src = Source(lambda n: X.AudioChunk(pcm=pcm, sample_rate=16000, metadata={"max_pending": "64"}), 20,
+                     nbytes=4 * MiB)
+        broker, pt, replies, task = await start_stream("pythonml.v1.Speech/StreamTranscribe", src)
         # 2 in flight + 4 pending (16 MiB) + 1 in the reader's hands waiting for room; nothing dropped
         assert src.pulled == 7 and pt.dropped_frames == 0 and pt.budget.used == 7 * 4 * MiB
         broker.answer.set()
@@ -223,8 +132,7 @@ def test_audio_stream_never_drops_and_stops_reading_at_its_byte_bound():
 
 def test_streams_stop_pulling_when_the_facade_budget_is_spent():
     async def main():
-        broker = SilentBroker()
-        pt = PassThrough(broker, ByteBudget(32 * MiB))
+        pt = PassThrough(Broker(), ByteBudget(32 * MiB))
         sources = [frame_source(4 * MiB) for _ in range(3)]
         handler = bidi_handler(pt, "ml.MediapipeService/StreamFaceDetection")
         tasks = [asyncio.ensure_future(consume(handler(s, Context()), [])) for s in sources]
@@ -249,9 +157,9 @@ def test_big_frames_on_many_streams_stay_within_the_facade_budget():
                        wait_service=None) as svc:
         worker = stop_worker(svc, "workers.vision_worker")
         try:
-            facade = facade_process(svc)
+            facade = child_process(svc, "facade.server")
             base = facade.memory_info().rss
-            peak = PeakRSS(facade)
+            peak = PeakRSS(facade, interval=0.01)
             peak.start()
             w, h = 1024, frame_mb * MiB // (1024 * 3)
             data = b"\0" * (w * h * 3)
@@ -337,9 +245,9 @@ def test_unary_requests_past_the_budget_are_refused_not_held():
 @pytest.mark.integration
 def test_requests_without_token_are_refused_before_their_body_is_buffered():
     with start_service(["--pools", "fake"], env={"PYTHONML_TOKEN": TOKEN}) as svc:
-        facade = facade_process(svc)
+        facade = child_process(svc, "facade.server")
         base = facade.memory_info().rss
-        peak = PeakRSS(facade)
+        peak = PeakRSS(facade, interval=0.01)
         peak.start()
         ch = svc.channel()
         big = b"x" * (60 * MiB)

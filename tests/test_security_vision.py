@@ -19,15 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import grpc
 import numpy as np
-import psutil
 import pytest
 
 from protos import ml_inference_pb2 as pb
 from protos import ml_inference_pb2_grpc as pbg
-from protos import pythonml_pb2 as X
-from protos import pythonml_pb2_grpc as XG
 from common import wire as P
-from tests.service import PYTHON, ROOT, start_service
+from tests.service import PYTHON, ROOT, pool_process, settle, start_service
 from workers.base import Worker
 from workers.context import WorkerError
 from workers.vision import frames, image_header
@@ -67,26 +64,6 @@ def storm(stub, frame: pb.VideoFrame, n: int, seed: int) -> None:
              rng.choice((0.0, rng.uniform(0, 0.03), rng.uniform(0.03, 0.15)))) for _ in range(n)]
     with ThreadPoolExecutor(6) as ex:
         list(ex.map(lambda job: cancelled_stream(stub, job[0], frame, job[1]), jobs))
-
-
-def vision_worker(channel) -> psutil.Process:
-    st = XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=10)
-    (w,) = [w for w in st.workers if w.pool == "vision"]
-    return psutil.Process(w.pid)
-
-
-def settle(channel, proc: psutil.Process) -> tuple[float, int]:
-    """(RSS MB, threads) of the worker once it is idle: no request in flight, threads no longer changing."""
-    last = None
-    for _ in range(100):
-        st = XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=10)
-        busy = sum(w.inflight for w in st.workers if w.pool == "vision")
-        now = proc.num_threads()
-        if not busy and now == last:
-            break
-        last = now
-        time.sleep(0.2)
-    return proc.memory_info().rss / 2**20, proc.num_threads()
 
 
 class Instance:
@@ -219,7 +196,7 @@ def test_cancelled_streams_leak_no_memory_threads_or_tasks(vision_service):
     # sanity: the frame is a real face, streams work end to end
     (r,) = list(stub.StreamFaceDetection(iter([frame]), timeout=60))
     assert len(r.faces) == 1
-    proc = vision_worker(ch)
+    proc = pool_process(ch, "vision")
     # warm-up: lazily built models, handler threads, malloc arenas reaching their working size
     for seed in (1, 2):
         storm(stub, frame, 300, seed=seed)
@@ -235,7 +212,7 @@ def test_cancelled_streams_leak_no_memory_threads_or_tasks(vision_service):
     # the worker still serves
     (r,) = list(stub.StreamFaceMesh(iter([frame]), timeout=60))
     assert len(r.faces) == 1
-    assert vision_worker(ch).pid == proc.pid
+    assert pool_process(ch, "vision").pid == proc.pid
     log = svc.log()
     assert "Task was destroyed but it is pending" not in log
     assert "CalculatorGraph::Run() failed" not in log
@@ -396,7 +373,7 @@ def test_vision_worker_caps_opencv_decoder_too():
 def test_padded_jpeg_bomb_refused_by_the_service(vision_service):
     ch = vision_service.channel()
     stub = pbg.MediapipeServiceStub(ch)
-    proc = vision_worker(ch)
+    proc = pool_process(ch, "vision")
     rss0 = proc.memory_info().rss / 2**20
     data = padded_bomb()
     limit = "above the limit of 16384 px per side and 50000000 pixels"
@@ -410,6 +387,6 @@ def test_padded_jpeg_bomb_refused_by_the_service(vision_service):
     assert f"frame 4 (jpeg, {len(data)} bytes): the jpeg header declares 20000x20000, {limit}" in ei.value.details()
     # nothing was decoded: 400 Mpx would have taken the worker up by 1,144 MB (reported: 319 -> 2,610 MB)
     assert proc.memory_info().rss / 2**20 < rss0 + 200
-    assert vision_worker(ch).pid == proc.pid
+    assert pool_process(ch, "vision").pid == proc.pid
     r = stub.DetectFaces(pb.ImageRequest(image_data=read_asset("images/grace_hopper.jpg"), format="jpeg"), timeout=60)
     assert len(r.faces) == 1

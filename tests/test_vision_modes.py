@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import threading
 import time
 
 import cv2
 import grpc
 import numpy as np
-import psutil
 import pytest
 
 from facade.budget import ByteBudget
@@ -27,7 +24,8 @@ from facade.passthrough import DEFAULT_MAX_PENDING, DEFAULT_PIPELINE_DEPTH, Pass
 from facade.routes import BIDI, ROUTES, ROUTES_BY_PATH, message_class, method_descriptor, shape_of
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.service import start_service
+from tests.passthrough_fakes import Aborted, Broker, Context, Source, settle
+from tests.service import PeakRSS, child_process, start_service
 
 MiB = 2**20
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -35,68 +33,6 @@ LIVE = (("running-mode", "live_stream"),)
 
 
 # ------------------------------------------------------------------------------ in-process helpers
-class Broker:
-    """A BrokerClient stand-in: echoes each request's payload, only once `answer` is set."""
-
-    def __init__(self):
-        self.sent = 0
-        self.answer = asyncio.Event()
-
-    async def unary(self, method, pool, payload, **kwargs) -> bytes:
-        self.sent += 1
-        await self.answer.wait()
-        return payload
-
-    async def close_stream(self, stream_id: str) -> None:
-        pass
-
-
-class Aborted(Exception):
-    pass
-
-
-class Context:
-    def __init__(self, metadata=()):
-        self.metadata = tuple(metadata)
-        self.trailing = ()
-
-    def invocation_metadata(self):
-        return self.metadata
-
-    def time_remaining(self):
-        return None
-
-    def set_trailing_metadata(self, md):
-        self.trailing = tuple(md)
-
-    async def abort(self, code, message):
-        raise Aborted(code, message)
-
-
-class Source:
-    """A client stream of `count` messages written at once; counts what the facade pulled. Each read
-    gives the event loop a turn, as a read from gRPC does."""
-
-    def __init__(self, make, count: int):
-        self.make, self.count, self.pulled = make, count, 0
-
-    async def __aiter__(self):
-        while self.pulled < self.count:
-            await asyncio.sleep(0)
-            msg = self.make(self.pulled)
-            self.pulled += 1
-            yield msg, msg.ByteSize(), None  # the sized deserializer's (message, size, side): frame still inside
-
-
-async def settle(src: Source, steps: int = 300):
-    """Run the event loop until the source pulls no message for `steps` turns."""
-    last, quiet = None, 0
-    while quiet < steps:
-        await asyncio.sleep(0)
-        quiet = quiet + 1 if src.pulled == last else 0
-        last = src.pulled
-
-
 def numbered(route, **meta):
     """Messages of the route's request type carrying their index as frame_number (and 64x48 rgb)."""
     cls = message_class(method_descriptor(route.service, route.method).input_type)
@@ -229,41 +165,8 @@ class Burst:
             yield f
 
 
-def vision_worker(svc) -> psutil.Process:
-    end = time.time() + 60
-    while time.time() < end:
-        for p in psutil.Process(svc.proc.pid).children(recursive=True):
-            if "workers.vision_worker" in p.cmdline():
-                return p
-        time.sleep(0.1)
-    raise AssertionError("no vision worker under run.py")
-
-
-def facade(svc) -> psutil.Process:
-    for p in psutil.Process(svc.proc.pid).children(recursive=True):
-        if "facade.server" in p.cmdline():
-            return p
-    raise AssertionError("no facade process under run.py")
-
-
 def dropped(svc) -> int:
     return XG.StatsStub(svc.channel()).GetStats(X.StatsRequest(), timeout=30).dropped_stream_frames
-
-
-class PeakRSS(threading.Thread):
-    def __init__(self, proc: psutil.Process):
-        super().__init__(daemon=True)
-        self.proc, self.peak, self.done = proc, proc.memory_info().rss, threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def stop(self) -> int:
-        self.done.set()
-        self.join()
-        return self.peak
 
 
 def wait_until_still(read, limit_s: float = 60.0) -> int:
@@ -310,7 +213,7 @@ def test_a_burst_is_answered_frame_after_frame(svc, stub, method, count):
 def test_live_stream_drops_are_counted_in_stats_and_trailers(svc, stub):
     count = 22
     before = dropped(svc)
-    worker = vision_worker(svc)
+    worker = child_process(svc, "workers.vision_worker")
     worker.suspend()   # nothing is answered: the facade holds 2 frames in flight and max_pending=1 waiting
     try:
         call = stub.StreamHandTracking(iter([frame(GESTURES[n % 21], n, max_pending="1") for n in range(count)]),
@@ -334,9 +237,9 @@ def test_facade_memory_stays_bounded_under_a_200_frame_burst(svc, stub):
     img = rgb("images/basketball1.png")          # 640x480
     count, frame_mib = 200, img.nbytes / MiB
     burst = Burst([frame(img, n) for n in range(count)])
-    proc = facade(svc)
+    proc = child_process(svc, "facade.server")
     base = proc.memory_info().rss
-    worker = vision_worker(svc)
+    worker = child_process(svc, "workers.vision_worker")
     worker.suspend()   # nothing is answered until the client has been pushed back
     try:
         peak = PeakRSS(proc)

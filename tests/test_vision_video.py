@@ -17,16 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import ml_inference_pb2 as pb
 from protos import ml_inference_pb2_grpc as pbg
-from protos import pythonml_pb2 as X
-from protos import pythonml_pb2_grpc as XG
 from tests import video_media as vm
-from tests.service import start_service
+from tests.service import pool_process, settle, start_service
 from workers.vision import video_bitstream as vb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,12 +69,6 @@ def payloads(fmt: str, rgbs: list) -> list[bytes]:
     if fmt == "jpeg":
         return [vm.jpeg(r) for r in rgbs]
     return vm.encode(fmt, rgbs)
-
-
-def worker(channel) -> psutil.Process:
-    st = XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=10)
-    (w,) = [w for w in st.workers if w.pool == "vision"]
-    return psutil.Process(w.pid)
 
 
 def serving(channel) -> bool:
@@ -126,7 +117,7 @@ def test_hand_landmarks_match_raw_rgb(stub, gestures, fmt):
 # ------------------------------------------------------------------------------------------ bad streams
 def test_bad_h264_streams_end_alone(service, stub, carphone):
     ch = service.channel()
-    pid = worker(ch).pid
+    pid = pool_process(ch, "vision").pid
     h264 = vm.encode("h264", carphone)
     result: dict = {}
 
@@ -164,7 +155,7 @@ def test_bad_h264_streams_end_alone(service, stub, carphone):
     finally:
         t.join(300)
     assert result["faces"] == [1] * len(carphone)
-    assert serving(ch) and worker(ch).pid == pid
+    assert serving(ch) and pool_process(ch, "vision").pid == pid
 
 
 def test_live_stream_mode_refuses_compressed_video(service, stub, carphone):
@@ -182,20 +173,6 @@ def test_live_stream_mode_refuses_compressed_video(service, stub, carphone):
 
 
 # -------------------------------------------------------------------------------------------- leaks
-def settle(channel, proc: psutil.Process) -> tuple[float, int]:
-    """(RSS MB, threads) of the worker once idle: nothing in flight and the thread count steady."""
-    last = None
-    for _ in range(100):
-        st = XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=10)
-        busy = sum(w.inflight for w in st.workers if w.pool == "vision")
-        now = proc.num_threads()
-        if not busy and now == last:
-            break
-        last = now
-        time.sleep(0.2)
-    return proc.memory_info().rss / 2**20, proc.num_threads()
-
-
 def short_streams(stub, clip: list, n: int, seed: int) -> dict:
     """n streams of 3 frames, 4 at a time: most end normally, some are cancelled by their client after the
     first answer, some end on a corrupt frame. Returns how many ended each way."""
@@ -225,7 +202,7 @@ def short_streams(stub, clip: list, n: int, seed: int) -> dict:
 def test_200_h264_streams_leave_no_decoder_behind(service, stub, gestures):
     ch = service.channel()
     clip = vm.encode("h264", vm.gestures((640, 480))[:3])
-    proc = worker(ch)
+    proc = pool_process(ch, "vision")
     short_streams(stub, clip, 60, seed=1)                # warm-up: models, handler threads, malloc arenas
     rss0, threads0 = settle(ch, proc)
     ends = short_streams(stub, clip, 200, seed=2)
@@ -236,7 +213,7 @@ def test_200_h264_streams_leave_no_decoder_behind(service, stub, gestures):
     # measured with close() keeping the decoders alive: 79 -> 279 threads, 436 -> 767 MB over these 200 streams
     assert threads1 == threads0
     assert rss1 <= rss0 * 1.05 + 10, f"RSS grew from {rss0:.0f} to {rss1:.0f} MB"
-    assert worker(ch).pid == proc.pid and serving(ch)
+    assert pool_process(ch, "vision").pid == proc.pid and serving(ch)
 
 
 # -------------------------------------------------------------------------------------- AutoFlip output
