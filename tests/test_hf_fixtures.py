@@ -1,5 +1,6 @@
 """Helpers for the HF worker tests (no tests here): tiny random-weight models built on the spot,
-an in-process HFWorker, and a fake orchestrator GetModelFile server.
+an in-process HFWorker and a GenerateText call on it (with a cancel at the n-th piece), and a fake
+orchestrator GetModelFile server.
 """
 from __future__ import annotations
 
@@ -89,6 +90,36 @@ def make_worker(**options):
     w = HFWorker(args)
     w.setup()
     return w.service
+
+
+def generate_text(worker, req, on_partial=None, **header):
+    """GenerateText of `req` (a TextRequest) on an in-process service: (the partial TextResponses, the final
+    one). on_partial(ctx, parts), if given, runs after each partial with the serialized partials so far."""
+    from protos import ml_inference_pb2 as ML
+    from workers.context import make_test_context
+    ctx, parts = make_test_context("ml.TransformersService/GenerateText", payload=req.SerializeToString(),
+                                   model=req.model, **header)
+    if on_partial is not None:
+        def send(b):
+            parts.append(b)
+            on_partial(ctx, parts)
+        ctx._send_partial = send
+    final = ML.TextResponse.FromString(worker.generate_text(ctx))
+    return [ML.TextResponse.FromString(p) for p in parts], final
+
+
+def cancel_at_partial(n: int, seen: dict):
+    """An on_partial for generate_text that cancels the request at its n-th partial: seen["at_cancel"] holds
+    the tokens generated then, seen["last"] those of the last partial sent."""
+    from protos import ml_inference_pb2 as ML
+
+    def on_partial(ctx, parts):
+        tokens = ML.TextResponse.FromString(parts[-1]).tokens_generated
+        if len(parts) == n:
+            seen["at_cancel"] = tokens
+            ctx.cancelled.set()
+        seen["last"] = tokens
+    return on_partial
 
 
 class FakeFileService:

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from protos import ml_inference_pb2 as ML
-from tests.test_hf_fixtures import build_tiny_bert, build_tiny_llama, make_worker, run_threads
+from tests.test_hf_fixtures import (build_tiny_bert, build_tiny_llama, cancel_at_partial, generate_text, make_worker,
+                                    run_threads)
 from workers.context import Cancelled, WorkerError, make_test_context
 
-GEN = "ml.TransformersService/GenerateText"
 CHAT = "ml.TransformersService/ChatCompletion"
 EMB = "ml.TransformersService/GenerateEmbeddings"
 LOAD = "ml.ModelManagementService/LoadModel"
@@ -38,14 +38,7 @@ def worker(models, tmp_path_factory):
 def gen(worker, prompt="the quick brown fox", model="tiny-llama", max_length=12, temperature=0.0,
         top_p=0.0, on_partial=None, **hdr):
     req = ML.TextRequest(prompt=prompt, model=model, max_length=max_length, temperature=temperature, top_p=top_p)
-    ctx, parts = make_test_context(GEN, payload=req.SerializeToString(), model=model, **hdr)
-    if on_partial is not None:
-        def send(b, _parts=parts):
-            _parts.append(b)
-            on_partial(ctx, _parts)
-        ctx._send_partial = send
-    final = ML.TextResponse.FromString(worker.generate_text(ctx))
-    return [ML.TextResponse.FromString(p) for p in parts], final
+    return generate_text(worker, req, on_partial, **hdr)
 
 
 def test_generate_streams_pieces_and_counts_tokens(worker):
@@ -87,16 +80,9 @@ def test_stop_on_eos(worker):
 
 def test_cancel_mid_stream_stops_within_one_step(worker):
     seen = {}
-
-    def on_partial(ctx, parts):
-        if len(parts) == 3:
-            seen["tokens_at_cancel"] = ML.TextResponse.FromString(parts[-1]).tokens_generated
-            ctx.cancelled.set()
-        seen["last"] = ML.TextResponse.FromString(parts[-1]).tokens_generated
-
     with pytest.raises(Cancelled):
-        gen(worker, max_length=500, on_partial=on_partial)
-    assert seen["last"] - seen["tokens_at_cancel"] <= 1
+        gen(worker, max_length=500, on_partial=cancel_at_partial(3, seen))
+    assert seen["last"] - seen["at_cancel"] <= 1
 
 
 def test_concurrent_streams_are_independent(worker):

@@ -11,23 +11,21 @@ import struct
 import pytest
 
 from common import litertlm_builtin as B
-from common.model_resolver import LocalResolver, _content_key, smollm2_converted_dir, smollm2_gguf_path
+from common.model_resolver import LocalResolver, smollm2_converted_dir, smollm2_gguf_path, smollm2_litertlm_bundle
 from common.status import StatusError
 from protos import ml_inference_pb2 as ML
-from tests.test_hf_fixtures import make_worker
+from tests.test_hf_fixtures import cancel_at_partial, generate_text, make_worker
 from workers.context import Cancelled, WorkerError, make_test_context
 
 ALIAS = B.ALIAS
-GEN = "ml.TransformersService/GenerateText"
 CHAT = "ml.TransformersService/ChatCompletion"
 
 
 def bundle_or_skip():
-    g = smollm2_gguf_path()
-    p = B.built_bundle(_content_key(g)) if g is not None else None
-    if p is None:
-        pytest.skip(B.not_built_message())
-    return p
+    try:
+        return smollm2_litertlm_bundle()
+    except StatusError as exc:   # not built on this machine: how to build it
+        pytest.skip(exc.message)
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +36,7 @@ def worker(tmp_path_factory):
 
 
 def gen(worker, prompt="What is the capital of France?", model=ALIAS, on_partial=None, **kw):
-    req = ML.TextRequest(prompt=prompt, model=model, **kw)
-    ctx, parts = make_test_context(GEN, payload=req.SerializeToString(), model=model)
-    if on_partial is not None:
-        def send(b, _parts=parts):
-            _parts.append(b)
-            on_partial(ctx, _parts)
-        ctx._send_partial = send
-    final = ML.TextResponse.FromString(worker.generate_text(ctx))
-    return [ML.TextResponse.FromString(p) for p in parts], final
+    return generate_text(worker, ML.TextRequest(prompt=prompt, model=model, **kw), on_partial)
 
 
 def chat(worker, messages, model=ALIAS, **kw):
@@ -90,15 +80,8 @@ def test_max_length_and_finish_reasons(worker):
 
 def test_cancel_stops_within_one_step_and_the_engine_goes_on(worker):
     seen = {}
-
-    def on_partial(ctx, parts):
-        if len(parts) == 3:
-            seen["at_cancel"] = ML.TextResponse.FromString(parts[-1]).tokens_generated
-            ctx.cancelled.set()
-        seen["last"] = ML.TextResponse.FromString(parts[-1]).tokens_generated
-
     with pytest.raises(Cancelled):
-        gen(worker, prompt="Write a long story about a dragon.", max_length=500, on_partial=on_partial)
+        gen(worker, prompt="Write a long story about a dragon.", max_length=500, on_partial=cancel_at_partial(3, seen))
     assert seen["last"] - seen["at_cancel"] <= 1
     parts, final = gen(worker, max_length=64)          # the engine is free again
     assert "Paris" in text_of(parts, final)
