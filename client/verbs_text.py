@@ -130,35 +130,36 @@ def cmd_speak(args, channel) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("complete", help="code completion; fill-in-the-middle with --suffix")
+def _verb(sub, name: str, func, help: str, options: str, texts: str = "", aliases=()):
+    """A text verb's parser: MODEL, then TEXTS (`texts` = their nargs) when given, and repeated --option
+    key=value (`options` names the keys); the caller adds its own flags."""
+    p = sub.add_parser(name, aliases=list(aliases), help=help)
     p.add_argument("model")
+    if texts:
+        p.add_argument("texts", nargs=texts)
+    p.add_argument("--option", action="append", help=f"key=value: {options}")
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub) -> None:
+    p = _verb(sub, "complete", cmd_complete, "code completion; fill-in-the-middle with --suffix",
+              "temperature, top_p, seed, stop")
     p.add_argument("prefix", nargs="?", default="", help="the code before the cursor")
     p.add_argument("--suffix", default=None, help="the code after the cursor (fill-in-the-middle)")
     p.add_argument("--prefix-file", default="")
     p.add_argument("--suffix-file", default="")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--option", action="append", help="key=value: temperature, top_p, seed, stop")
-    p.set_defaults(func=cmd_complete)
-    p = sub.add_parser("entities", aliases=["ner"], help="named entities with character offsets")
-    p.add_argument("model")
-    p.add_argument("texts", nargs="+")
+    p = _verb(sub, "entities", cmd_entities, "named entities with character offsets", "ignore_labels, stride",
+              texts="+", aliases=["ner"])
     p.add_argument("--aggregation", default="simple", choices=["simple", "first", "average", "max", "none"])
-    p.add_argument("--option", action="append", help="key=value: ignore_labels, stride")
-    p.set_defaults(func=cmd_entities)
-    p = sub.add_parser("summarize", help="summaries by an encoder-decoder model")
-    p.add_argument("model")
-    p.add_argument("texts", nargs="*")
+    p = _verb(sub, "summarize", cmd_summarize, "summaries by an encoder-decoder model",
+              "min_new_tokens, num_beams, prefix, truncate", texts="*")
     p.add_argument("--file", default="", help="a UTF-8 text file to summarise")
     p.add_argument("--max-new-tokens", type=int, default=0, help="default: the model's summarization setting")
-    p.add_argument("--option", action="append", help="key=value: min_new_tokens, num_beams, prefix, truncate")
-    p.set_defaults(func=cmd_summarize)
-    p = sub.add_parser("speak", help="text-to-speech into a WAV file (MODEL 'piper': the optional piper voice)")
-    p.add_argument("model")
-    p.add_argument("texts", nargs="+")
+    p = _verb(sub, "speak", cmd_speak, "text-to-speech into a WAV file (MODEL 'piper': the optional piper voice)",
+              "seed", texts="+")
     p.add_argument("--out", default="", help="output file (default speech.wav; one per text: speech_0.wav ...)")
     p.add_argument("--format", default="wav", choices=["wav", "pcm_s16le", "pcm_f32le"], help="what the service sends")
     p.add_argument("--raw", action="store_true", help="write PCM formats as raw samples instead of a WAV file")
     p.add_argument("--speed", type=float, default=None, help="speaking rate (1.0; 0.25..4)")
-    p.add_argument("--option", action="append", help="key=value: seed")
-    p.set_defaults(func=cmd_speak)

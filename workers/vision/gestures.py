@@ -65,26 +65,32 @@ class HandShape:
     index_up: float          # index finger points up in the image
 
 
-def finger_extension(p: np.ndarray, finger: str) -> float:
+def _reach_and_bend(p: np.ndarray, finger: str):
+    """(tip-to-wrist / pip-to-wrist distance, bend at pip + dip in degrees) of a finger; None when the pip
+    lies on the wrist (degenerate landmarks)."""
     mcp, pip, dip, tip = FINGERS[finger]
     d_pip = np.linalg.norm(p[pip] - p[WRIST])
     if d_pip < 1e-12:
-        return 0.0
+        return None
     ratio = np.linalg.norm(p[tip] - p[WRIST]) / d_pip
     bend = _angle(p[dip] - p[pip], p[pip] - p[mcp]) + _angle(p[tip] - p[dip], p[dip] - p[pip])
-    return 0.5 * _ramp(ratio, 1.0, 1.25) + 0.5 * _ramp(bend, 110.0, 50.0)
+    return ratio, bend
+
+
+def finger_extension(p: np.ndarray, finger: str) -> float:
+    rb = _reach_and_bend(p, finger)
+    if rb is None:
+        return 0.0
+    return 0.5 * _ramp(rb[0], 1.0, 1.25) + 0.5 * _ramp(rb[1], 110.0, 50.0)
 
 
 def finger_folded(p: np.ndarray, finger: str) -> float:
     """Stricter than 'not extended': the tip is pulled back toward the wrist and the finger bends hard
     (a fist), so a half-curled (hooked) finger does not count as folded."""
-    mcp, pip, dip, tip = FINGERS[finger]
-    d_pip = np.linalg.norm(p[pip] - p[WRIST])
-    if d_pip < 1e-12:
+    rb = _reach_and_bend(p, finger)
+    if rb is None:
         return 0.0
-    ratio = np.linalg.norm(p[tip] - p[WRIST]) / d_pip
-    bend = _angle(p[dip] - p[pip], p[pip] - p[mcp]) + _angle(p[tip] - p[dip], p[dip] - p[pip])
-    return 0.5 * _ramp(ratio, 1.05, 0.8) + 0.5 * _ramp(bend, 90.0, 140.0)
+    return 0.5 * _ramp(rb[0], 1.05, 0.8) + 0.5 * _ramp(rb[1], 90.0, 140.0)
 
 
 def thumb_extension(p: np.ndarray) -> float:

@@ -10,25 +10,23 @@ import math
 
 import numpy as np
 
-# MediaPipe pose landmark indices.
-L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 11, 12, 13, 14, 15, 16
-L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
-L_INDEX, R_INDEX, L_FOOT, R_FOOT = 19, 20, 31, 32
-
-JOINTS = {
-    "left_elbow": (L_SHOULDER, L_ELBOW, L_WRIST),
-    "right_elbow": (R_SHOULDER, R_ELBOW, R_WRIST),
-    "left_shoulder": (L_HIP, L_SHOULDER, L_ELBOW),
-    "right_shoulder": (R_HIP, R_SHOULDER, R_ELBOW),
-    "left_hip": (L_SHOULDER, L_HIP, L_KNEE),
-    "right_hip": (R_SHOULDER, R_HIP, R_KNEE),
-    "left_knee": (L_HIP, L_KNEE, L_ANKLE),
-    "right_knee": (R_HIP, R_KNEE, R_ANKLE),
-    "left_ankle": (L_KNEE, L_ANKLE, L_FOOT),
-    "right_ankle": (R_KNEE, R_ANKLE, R_FOOT),
-    "left_wrist": (L_ELBOW, L_WRIST, L_INDEX),
-    "right_wrist": (R_ELBOW, R_WRIST, R_INDEX),
+# MediaPipe pose landmark indices of each side's body points.
+SIDES = {
+    "left": dict(shoulder=11, elbow=13, wrist=15, index=19, hip=23, knee=25, ankle=27, foot=31),
+    "right": dict(shoulder=12, elbow=14, wrist=16, index=20, hip=24, knee=26, ankle=28, foot=32),
 }
+# joint -> (the point before it, the joint itself, the point after it)
+CHAINS = {
+    "elbow": ("shoulder", "elbow", "wrist"),
+    "shoulder": ("hip", "shoulder", "elbow"),
+    "hip": ("shoulder", "hip", "knee"),
+    "knee": ("hip", "knee", "ankle"),
+    "ankle": ("knee", "ankle", "foot"),
+    "wrist": ("elbow", "wrist", "index"),
+}
+# "left_elbow" -> (11, 13, 15), ...: every joint, left then right
+JOINTS = {f"{side}_{joint}": tuple(SIDES[side][point] for point in chain)
+          for joint, chain in CHAINS.items() for side in SIDES}
 
 
 def angle_at(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
