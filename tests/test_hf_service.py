@@ -15,7 +15,7 @@ import pytest
 
 from protos import ml_inference_pb2 as ML
 from protos import ml_inference_pb2_grpc as MLG
-from tests.service import PYTHON, ROOT, start_service
+from tests.service import PYTHON, ROOT, cancel_after, start_service
 from tests.test_hf_fixtures import build_tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,7 @@ def test_cancel_mid_stream_frees_the_worker(svc):
     stub = MLG.TransformersServiceStub(svc.channel())
     call = stub.GenerateText(ML.TextRequest(prompt="the quick brown fox", model="tiny-llama", max_length=60000),
                              timeout=60)
-    n = 0
-    for _ in call:
-        n += 1
-        if n == 5:
-            call.cancel()
-            break
+    cancel_after(call, 5)
     # the worker is free again straight away: a short request completes quickly
     t0 = time.time()
     pieces = list(stub.GenerateText(ML.TextRequest(prompt="to be", model="tiny-llama", max_length=4), timeout=30))

@@ -12,7 +12,7 @@ import pytest
 
 from protos import ml_inference_pb2 as ML
 from protos import ml_inference_pb2_grpc as MLG
-from tests.service import start_service
+from tests.service import cancel_after, start_service
 from tests.test_litert_lm import ALIAS, bundle_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -56,13 +56,7 @@ def test_the_orchestrators_cache_path_reaches_the_bundle(svc):
 def test_cancel_frees_the_engine(svc):
     stub = MLG.TransformersServiceStub(svc.channel())
     call = stub.GenerateText(ML.TextRequest(prompt=STORY, model=ALIAS, max_length=900), timeout=300)
-    got = 0
-    for _ in call:
-        got += 1
-        if got == 3:
-            call.cancel()
-            break
-    assert got == 3
+    assert cancel_after(call, 3) == 3
     parts = generate(svc, max_length=32)                     # served: nothing holds the engine
     assert parts[-1].done
 

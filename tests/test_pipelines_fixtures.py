@@ -4,13 +4,9 @@ Nothing comes from a hub."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-from tests.test_hf_fixtures import LINES  # noqa: E402
+from tests.test_hf_fixtures import LINES   # first: it switches transformers to offline mode
 
 WORDS = sorted({w for line in LINES for w in line.split()})
 
@@ -39,6 +35,16 @@ def _bert_tokenizer(out: Path):
     return tok
 
 
+def tiny_stack(**kw) -> dict:
+    """Config values of the smallest transformer stack these models use (32 wide, 1 layer, 2 heads), plus kw."""
+    return dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, **kw)
+
+
+def tiny_text(tok, **kw) -> dict:
+    """tiny_stack over the tokenizer's vocabulary."""
+    return tiny_stack(vocab_size=len(tok), **kw)
+
+
 def _mk(out) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,12 +57,9 @@ def build_clip(out):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
     out = _mk(out)
     tok = _bpe_tokenizer(out)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                                        image_size=32, patch_size=8),
-                     projection_dim=16)
+    cfg = CLIPConfig(text_config=tiny_text(tok, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id),
+                     vision_config=tiny_stack(image_size=32, patch_size=8), projection_dim=16)
     CLIPModel(cfg).save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
     return out
@@ -77,9 +80,8 @@ def build_bert_classifier(out, labels: dict):
     from transformers import BertConfig, BertForSequenceClassification
     out = _mk(out)
     tok = _bert_tokenizer(out)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                     num_attention_heads=2, max_position_embeddings=128, num_labels=len(labels),
-                     id2label=labels, label2id={v: k for k, v in labels.items()})
+    cfg = BertConfig(**tiny_text(tok, max_position_embeddings=128, num_labels=len(labels),
+                                 id2label=labels, label2id={v: k for k, v in labels.items()}))
     BertForSequenceClassification(cfg).save_pretrained(out)
     return out
 
@@ -146,9 +148,8 @@ def build_clap(out):
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
     out = _mk(out)
     tok = _bpe_tokenizer(out)
-    cfg = ClapConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
-                                      projection_dim=16),
+    cfg = ClapConfig(text_config=tiny_text(tok, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                                           projection_dim=16),
                      audio_config=dict(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1],
                                        num_attention_heads=[2, 2], num_mel_bins=64, spec_size=256, window_size=8,
                                        projection_dim=16, enable_fusion=False),

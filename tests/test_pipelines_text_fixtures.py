@@ -4,13 +4,9 @@ is known) and summarization, built from a config and saved with save_pretrained.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-from tests.test_hf_fixtures import LINES  # noqa: E402
+from tests.test_hf_fixtures import LINES   # first: it switches transformers to offline mode
 
 CODE = [
     "def add(a, b):\n    return a + b\n",

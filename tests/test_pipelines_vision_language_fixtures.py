@@ -10,14 +10,10 @@ generate -> decode -> post_process_generation path gives known text, boxes and q
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-from tests.test_hf_fixtures import LINES  # noqa: E402
-from tests.test_pipelines_fixtures import _bpe_tokenizer, _mk  # noqa: E402
+from tests.test_hf_fixtures import LINES   # first: it switches transformers to offline mode
+from tests.test_pipelines_fixtures import _bpe_tokenizer, _mk, tiny_stack, tiny_text
 
 # a chat template that places images where they stand in a turn (like real VLM templates)
 CHAT_TEMPLATE = (
@@ -88,11 +84,22 @@ def build_florence2(out, script: str = "<s>fox<loc_100><loc_200><loc_300><loc_40
         for p, t in enumerate(ids):   # decoder position p (after the start token) writes the script's token p
             head[t, p] += 10.0
     m.generation_config.decoder_start_token_id = tok.eos_token_id
-    m.generation_config.eos_token_id = tok.eos_token_id
+    return _save(m, proc, tok, out)
+
+
+def _save(m, proc, tok, out) -> Path:
+    """Save a generating model (it stops at, and pads with, the tokenizer's eos / pad) and its processor."""
     m.generation_config.pad_token_id = tok.pad_token_id
+    m.generation_config.eos_token_id = tok.eos_token_id
     m.save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+def _llama(tok, **kw) -> dict:
+    """The Llama text model of the chat fixtures."""
+    return tiny_text(tok, num_key_value_heads=1, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
 
 
 def _chat_tokenizer(out: Path, extra: dict):
@@ -113,21 +120,10 @@ def build_llava(out, chat_template: bool = True):
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
                           chat_template=CHAT_TEMPLATE.replace("IMAGE", "<image>") if chat_template else None,
                           image_token="<image>", num_additional_image_tokens=1)
-    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                                     num_attention_heads=2, image_size=32, patch_size=8,
-                                                     projection_dim=16),
-                      text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37,
-                                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                              max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-                                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-                      image_token_id=tok.image_token_id, vision_feature_select_strategy="default",
-                      vision_feature_layer=-1)
-    m = LlavaForConditionalGeneration(cfg)
-    m.generation_config.pad_token_id = tok.pad_token_id
-    m.generation_config.eos_token_id = tok.eos_token_id
-    m.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**tiny_stack(image_size=32, patch_size=8, projection_dim=16)),
+                      text_config=LlamaConfig(**_llama(tok)), image_token_id=tok.image_token_id,
+                      vision_feature_select_strategy="default", vision_feature_layer=-1)
+    return _save(LlavaForConditionalGeneration(cfg), proc, tok, out)
 
 
 def build_janus(out):
@@ -146,14 +142,5 @@ def build_janus(out):
                            projection_dim=32, num_image_tokens=16, mlp_ratio=2),
         vq_config=dict(embed_dim=8, num_embeddings=32, latent_channels=32, base_channels=32, channel_multiplier=[1, 1],
                        num_res_blocks=1, projection_dim=32, image_token_embed_dim=32, num_hidden_layers=1),
-        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id),
-        image_token_id=tok.image_token_id)
-    m = JanusForConditionalGeneration(cfg)
-    m.generation_config.pad_token_id = tok.pad_token_id
-    m.generation_config.eos_token_id = tok.eos_token_id
-    m.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
+        text_config=_llama(tok, model_type="llama"), image_token_id=tok.image_token_id)
+    return _save(JanusForConditionalGeneration(cfg), proc, tok, out)

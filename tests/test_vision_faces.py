@@ -33,6 +33,9 @@ BASKETBALL_PROFILE = (505, 45, 612, 135)  # basketball1.png: right man's head, f
 GESTURE_05 = (100, 85, 175, 178)         # video/gestures_part1/frame_05.png 320x240
 CARPHONE_0 = (60, 38, 118, 105)          # video/carphone.mp4 frame 0, 176x144
 
+# one face each, in a frame of its own: (file under tests/assets, its face region)
+PORTRAITS = [("images/astronaut.png", ASTRONAUT), ("images/grace_hopper.jpg", GRACE),
+             ("video/gestures_part1/frame_05.png", GESTURE_05)]
 NEGATIVES = ["images/happyfish.jpg", "images/open_palm.jpg", "images/index_up.jpg", "images/fist.jpg",
              "images/half_curl.jpg"]
 
@@ -109,8 +112,7 @@ def stream_detect(svc, rgb, state, **meta):
 
 
 # ------------------------------------------------------------------ every face, no box without one
-@pytest.mark.parametrize("rel,region", [("images/astronaut.png", ASTRONAUT), ("images/grace_hopper.jpg", GRACE),
-                                        ("video/gestures_part1/frame_05.png", GESTURE_05)])
+@pytest.mark.parametrize("rel,region", PORTRAITS)
 def test_portraits_one_face_each(svc, rel, region):
     rgb = rgb_of(rel)
     check_faces(detect(svc, rgb), rgb.shape[1], rgb.shape[0], [region])

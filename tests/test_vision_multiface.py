@@ -18,8 +18,8 @@ import pytest
 
 from protos import ml_inference_pb2 as pb
 from tests import video_media
-from tests.test_vision_faces import (ASTRONAUT, BASKETBALL_FRONTAL, BASKETBALL_PROFILE, CARPHONE_0, GESTURE_05,
-                                     GRACE, MESSI, NEGATIVES, group_photo, inside, rgb_of)
+from tests.test_vision_faces import (ASTRONAUT, BASKETBALL_FRONTAL, BASKETBALL_PROFILE, CARPHONE_0, GESTURE_05, MESSI,
+                                     NEGATIVES, PORTRAITS, group_photo, inside, rgb_of)
 from workers.context import WorkerError, make_test_context
 from workers.vision import face_landmarks, face_search, solutions
 from workers.vision.service import VisionService
@@ -105,9 +105,7 @@ def check_meshes(found, w, h, required, allowed=()):
 
 
 # ------------------------------------------------------------------ one mesh per face, in images
-@pytest.mark.parametrize("rel,region", [("images/astronaut.png", ASTRONAUT), ("images/grace_hopper.jpg", GRACE),
-                                        ("images/messi5.jpg", MESSI),
-                                        ("video/gestures_part1/frame_05.png", GESTURE_05)])
+@pytest.mark.parametrize("rel,region", PORTRAITS + [("images/messi5.jpg", MESSI)])
 def test_one_mesh_on_each_portrait_and_small_face(svc, rel, region):
     """messi5's face (~45 px, three-quarter, looking down) had no mesh before."""
     rgb = rgb_of(rel)
