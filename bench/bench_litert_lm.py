@@ -20,22 +20,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+from bench.common import offline  # noqa: E402
+
+offline()
 
 THREADS = 2
 PROMPT = "Write a detailed story about a dragon who learns to cook."
 ALIAS = "SmolLM2-135M-Instruct-litertlm"
-
-
-def bundle():
-    from common import litertlm_builtin as B
-    from common.model_resolver import _content_key, smollm2_gguf_path
-    g = smollm2_gguf_path()
-    p = B.built_bundle(_content_key(g)) if g is not None else None
-    if p is None:
-        raise RuntimeError(B.not_built_message())
-    return p
 
 
 def in_process(path, max_new: int, reps: int) -> dict:
@@ -96,7 +87,8 @@ def via_service(max_new: int, reps: int) -> dict:
 
 def run(quick: bool = True) -> list:
     max_new, reps = (64, 2) if quick else (256, 3)
-    path = bundle()
+    from common.model_resolver import smollm2_litertlm_bundle
+    path = smollm2_litertlm_bundle()   # FAILED_PRECONDITION saying how to build it, when it is not built
     b = in_process(path, max_new, reps)
     s = via_service(max_new, reps)
     lt, hf = s["litert"], s["hf"]

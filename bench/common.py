@@ -1,4 +1,5 @@
-"""Shared helpers for benchmarks: percentiles, row building, concurrent async load."""
+"""Shared helpers for benchmarks: the project root on sys.path, offline Hugging Face libraries, percentiles,
+row building, concurrent async load."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,12 @@ from typing import Awaitable, Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def offline() -> None:
+    """Hugging Face libraries in this process never reach a hub (call before they are imported)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def pct(values, q: float) -> float:
