@@ -282,6 +282,18 @@ def finish_flows(flows: list, since: float, key: str) -> None:
         assert gap < GAP_BOUND_S, f"{name} stream stalled {gap:.2f}s during {key}"
 
 
+def recovered(svc, ch, pool: str, models: list, w, flows: list, since: float, key: str):
+    """After a fault at `since` to worker `w`: waits for its replacement with the models back (recorded as
+    `key`.recovered_with_models_s), checks the other pool's streams went on, the pool serves and nothing
+    extra was left behind. Returns the new worker's Stats row."""
+    back = wait_for(lambda: ready_worker(ch, pool, models, not_pid=w.pid), RECOVERY_BOUND_S, what=f"{pool} back")
+    record(f"{key}.recovered_with_models_s", round(time.time() - since, 2))
+    finish_flows(flows, since, key)
+    check_pool_works(ch, pool)
+    check_nothing_extra(svc)
+    return back
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_kill_9_mid_request_and_mid_stream(svc, pool):
     ch = svc.channel()
@@ -304,12 +316,8 @@ def test_kill_9_mid_request_and_mid_stream(svc, pool):
         assert ("crashed" in details or "died" in details) and ("retry" in details or "new stream" in details), details
         record(f"kill9.{pool}.{name}.error_after_s", round(t_err - t_kill, 3))
         assert t_err - t_kill < ERROR_BOUND_S
-    back = wait_for(lambda: ready_worker(ch, pool, models, not_pid=w.pid), RECOVERY_BOUND_S, what=f"{pool} back")
-    record(f"kill9.{pool}.recovered_with_models_s", round(time.time() - t_kill, 2))
+    back = recovered(svc, ch, pool, models, w, flows, t_kill, f"kill9.{pool}")
     assert back.restarts >= w.restarts + 1
-    finish_flows(flows, t_kill, f"kill9.{pool}")
-    check_pool_works(ch, pool)
-    check_nothing_extra(svc)
 
 
 @pytest.mark.parametrize("pool", POOLS)
@@ -329,13 +337,9 @@ def test_sigstop_hang_is_detected_and_replaced(svc, pool):
     assert code == grpc.StatusCode.UNAVAILABLE and "retry" in details, (code, details)
     record(f"sigstop.{pool}.error_after_s", round(t_err - t_stop, 2))
     assert t_err - t_stop < HANG_BOUND_S
-    wait_for(lambda: ready_worker(ch, pool, models, not_pid=w.pid), RECOVERY_BOUND_S, what=f"{pool} back")
-    record(f"sigstop.{pool}.recovered_with_models_s", round(time.time() - t_stop, 2))
+    recovered(svc, ch, pool, models, w, flows, t_stop, f"sigstop.{pool}")
     assert stats(ch).worker_hangs == hangs_before + 1
     assert not psutil.pid_exists(w.pid) or psutil.Process(w.pid).status() == psutil.STATUS_ZOMBIE
-    finish_flows(flows, t_stop, f"sigstop.{pool}")
-    check_pool_works(ch, pool)
-    check_nothing_extra(svc)
 
 
 @pytest.mark.parametrize("pool", POOLS)
