@@ -155,6 +155,17 @@ def test_typed_contents_equal_raw_and_requested_outputs_honoured(svc):
     np.testing.assert_array_equal(raw["classificators"], typed["classificators"])
 
 
+def test_boolean_options_and_parameters_are_read_by_the_one_reader(svc):
+    """common/options.as_bool: a typo is INVALID_ARGUMENT naming the option, never a silent "false"."""
+    expect_error("INVALID_ARGUMENT", infer, svc, face_req(params={"reset_state": "maybe"}),
+                 contains=("reset_state='maybe' is not a boolean",))
+    expect_error("INVALID_ARGUMENT", lambda: load(svc, "face_typo", alias=FACE_MODEL, xnnpack="ture"),
+                 contains=("xnnpack='ture' is not a boolean",))
+    resp, out = infer(svc, face_req(params={"sequence_start": "Yes"}))   # case and spaces ignored
+    assert best_face_score(out["classificators"]) > 0.5
+    assert "face_typo" not in svc.loaded()
+
+
 def test_xnnpack_off_and_threads_give_the_same_scores(svc):
     resp = load(svc, "face_ref", alias=FACE_MODEL, xnnpack="false", threads="2")
     assert "cpu-reference" in resp.message and "2 thread(s)" in resp.message

@@ -2,7 +2,9 @@
 
 KServe v2 (`inference.GRPCInferenceService`): ModelInfer, ModelMetadata, ModelReady.
 Model management (`ml.ModelManagementService`): LoadModel, UnloadModel — the facade also routes the
-KServe repository extension here, so there is one model list whichever API loaded a model.
+KServe repository extension here, so there is one model list whichever API loaded a model: the worker's
+registry (workers.base.ModelRegistry, passed in as `models`), each record carrying its ModelInstance as
+`runtime`; every load and unload is announced through it (the worker tells the broker).
 
 Model versions are signatures: a model without SignatureDefs has the single version "1"; a model with
 SignatureDefs exposes each key as a version ("" = "serving_default", else the first). ModelInfer
