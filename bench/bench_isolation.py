@@ -1,15 +1,16 @@
 """Isolation: does a busy LLM slow a camera stream down, and a camera stream the LLM? Ours vs the
 single-process peer, in one run.
 
-For each server, ours (run.py --pools vision,hf, default thread budgets) and the single-process peer
-(bench/peers/single_process.py: one grpc.aio process, the same vision and hf handlers on thread pools):
+For each server, ours (run.py --pools vision,hf with its default CPU policy; and, for the before, with
+--cpu-policy off) and the single-process peer (bench/peers/single_process.py: one grpc.aio process, the
+same vision and hf handlers on thread pools):
 - pose alone: a StreamPoseTracking stream of 640x480 rgb frames (the gesture clip, cycled): frames per
   second with IN_FLIGHT frames in flight, then the per-frame round trip p99 with one frame in flight;
 - pose while an LLM streams: the same while another client keeps greedy GenerateText streams going
   (SmolLM2-135M-Instruct, one after another);
 - LLM alone: tokens/s of one greedy GenerateText stream (request to last token);
 - LLM while pose streams: the same while another client keeps a pose stream going (IN_FLIGHT in flight).
-Both servers stay up and are measured in turns (REPEATS each). Rows, per server: value = median under
+The servers stay up and are measured in turns (REPEATS each). Rows, per server: value = median under
 load, baseline = median alone, ratio = median of the turns' own ratios (each turn measures alone and under
 load back to back); goals (issue 16): pose p99 <= 1.1x, pose fps >= 0.95x, LLM tokens/s >= 0.6x.
 """
@@ -164,18 +165,25 @@ def _rows(who: str, runs: list, note: str) -> list:
     return rows
 
 
-def run(quick: bool = True, peer: bool = True) -> list:
-    """Both servers stay up; they are measured in turns (ours, peer; REPEATS times), so that a burst of
-    someone else's work on this shared machine does not fall on one of them only."""
+POLICY_OFF = "ours, --cpu-policy off"
+
+
+def run(quick: bool = True, peer: bool = True, policy_off: bool = True) -> list:
+    """The servers stay up; they are measured in turns (ours, ours without the CPU policy, peer; REPEATS
+    times), so that a burst of someone else's work on this shared machine does not fall on one of them only.
+    `policy_off`: also ours started with --cpu-policy off (the before of issue 16's CPU policy)."""
     from contextlib import ExitStack
 
     from bench.bench_vision import load_frames, payloads
     from tests.service import start_service
     n, max_new = (100, 128) if quick else (400, 256)
     data = payloads("rgb", load_frames(), n)
+    args = ["--pools", "vision,hf", "--cuda", "off"]
     with ExitStack() as stack:
-        servers = {"ours": stack.enter_context(start_service(
-            args=["--pools", "vision,hf", "--cuda", "off"], wait_service="ml.MediapipeService")).address}
+        servers = {"ours": stack.enter_context(start_service(args=args, wait_service="ml.MediapipeService")).address}
+        if policy_off:
+            servers[POLICY_OFF] = stack.enter_context(start_service(
+                args=args + ["--cpu-policy", "off"], wait_service="ml.MediapipeService")).address
         if peer:
             from bench.peers.launch import start_peer
             servers["single-process peer"] = stack.enter_context(start_peer("vision,hf")).address
@@ -183,7 +191,8 @@ def run(quick: bool = True, peer: bool = True) -> list:
         for _ in range(REPEATS):
             for who, address in servers.items():
                 runs[who].append(measure(address, data, max_new))
-    notes = {"ours": "run.py --pools vision,hf, default thread budgets",
+    notes = {"ours": "run.py --pools vision,hf (default CPU policy and thread budgets)",
+             POLICY_OFF: "run.py --pools vision,hf --cpu-policy off",
              "single-process peer": "one grpc.aio process, the same handlers on thread pools"}
     rows = []
     for who, rs in runs.items():

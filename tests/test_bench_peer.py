@@ -67,13 +67,17 @@ def test_error_status_kept(servers):
 def test_summary_table_picks_ratios():
     from bench.peers import summary
     rows = [{"metric": "pose FPS via service vs in-process (rgb)", "ratio": 0.8},
+            {"metric": "pose fps while an LLM streams / alone (ours)", "ratio": 0.9},
+            {"metric": "pose fps while an LLM streams / alone (ours, --cpu-policy off)", "ratio": 0.7},
             {"metric": "pose FPS via single-process peer vs in-process (rgb)", "ratio": 0.9},
             {"metric": "p50 no-op, 1 clients (ms)", "ratio": 3.0},
             {"metric": "p50 no-op via single-process peer, 32 clients (ms)", "ratio": float("nan")}]
-    got = {t["label"]: (t["ours"], t["peer"]) for t in summary.table(rows)}
-    assert got == {"pose stream 640x480 (rgb), ratio to in-process": ([0.8], [0.9]),
-                   "no-op p50, ratio to bare gRPC (1 client / 32 clients)": ([3.0, None], [None, None])}
+    got = {t["label"]: (t["ours"], t["off"], t["peer"]) for t in summary.table(rows)}
+    assert got == {"pose stream 640x480 (rgb), ratio to in-process": ([0.8], [None], [0.9]),
+                   "pose fps while an LLM streams / alone": ([0.9], [0.7], [None]),
+                   "no-op p50, ratio to bare gRPC (1 client / 32 clients)": ([3.0, None], [None, None], [None, None])}
     md = "\n".join(summary.markdown(rows))
-    assert "| pose stream 640x480 (rgb), ratio to in-process | 0.80 | 0.90 | >= 0.9 | 0.86 | 0.87 |" in md
-    assert "| 3.00 / - | - / - |" in md
+    assert "| pose stream 640x480 (rgb), ratio to in-process | 0.80 | - | 0.90 | >= 0.9 | 0.86 | 0.87 |" in md
+    assert "| pose fps while an LLM streams / alone | 0.90 | 0.70 | - | >= 0.95 |" in md
+    assert "| 3.00 / - | - / - | - / - |" in md
     assert summary.markdown([{"metric": "other", "ratio": 1.0}]) == []

@@ -1,12 +1,14 @@
 """The issue-16 table: ours vs the single-process peer, one ratio each, picked from a run's rows.
 
-`table(rows)` -> [{label, ours, peer, goal, before_ours, before_peer}] for the lines whose rows the run has;
+`table(rows)` -> [{label, ours, off, peer, goal, before_ours, before_peer}] for the lines whose rows the run
+has (`off`: ours with --cpu-policy off, where the run measured it: bench_isolation);
 `markdown(rows)` its lines for bench/results.md; `plot(ax, rows)` grouped bars for bench/results.png.
 "before" is the issue's own run (medians of 3, the same 2-core machine, before this peer existed).
 """
 from __future__ import annotations
 
 PEER = "single-process peer"
+OFF = "ours, --cpu-policy off"
 # (label, ours metric(s), peer metric(s), goal for ours, issue's ours, issue's single process)
 LINES = (
     ("pose stream 640x480 (rgb), ratio to in-process", ("pose FPS via service vs in-process (rgb)",),
@@ -42,9 +44,10 @@ def table(rows: list) -> list:
     out = []
     for label, ours, peer, goal, before_ours, before_peer in LINES:
         o, p = _ratios(by_metric, ours), _ratios(by_metric, peer)
+        off = _ratios(by_metric, tuple(m.replace("(ours)", f"({OFF})") if m.endswith("(ours)") else "" for m in ours))
         if all(v is None for v in o + p):
             continue
-        out.append({"label": label, "ours": o, "peer": p, "goal": goal,
+        out.append({"label": label, "ours": o, "off": off, "peer": p, "goal": goal,
                     "before_ours": before_ours, "before_peer": before_peer})
     return out
 
@@ -60,11 +63,11 @@ def markdown(rows: list) -> list:
     out = ["## Ours vs the single-process peer (issue 16)", "",
            "Ratios from this run's rows below; the peer is bench/peers/single_process.py (one grpc.aio process, "
            "the same handlers and models on thread pools). Before: the issue's figures.", "",
-           "| | ours | single-process peer | goal (ours) | before: ours | before: single process |",
-           "|---|---|---|---|---|---|"]
+           "| | ours | ours, --cpu-policy off | single-process peer | goal (ours) | before: ours | "
+           "before: single process |", "|---|---|---|---|---|---|---|"]
     for t in lines:
-        out.append(f"| {t['label']} | {_cell(t['ours'])} | {_cell(t['peer'])} | {t['goal']} | {t['before_ours']} | "
-                   f"{t['before_peer']} |")
+        out.append(f"| {t['label']} | {_cell(t['ours'])} | {_cell(t['off'])} | {_cell(t['peer'])} | {t['goal']} | "
+                   f"{t['before_ours']} | {t['before_peer']} |")
     return out + [""]
 
 
