@@ -28,6 +28,14 @@ Frames (built from the shared photos as the tests build them):
     of messi alone, and one more row runs the multi-person path on that same 768x480 frame.
 Per-target marginal cost: the least-squares slope of ms/frame over N (its ratio: to the baseline's ms).
 Rows report ms per frame (mean; the stream means include the periodic detector runs).
+
+People tracking (StreamObjectTracking, metadata track=people, one stream): the first 200 frames of vtest.avi
+(../shared/assets; street, 768x576, small walkers), run twice in one process: with the person tracker's
+options of before (ByteTrack's rule: an id after 3 detections in a row, no box while a track is unseen) as
+the baseline, then as now (workers/vision/tracking.py TRACKER_OPTIONS). Rows: ms per frame of the handler
+(person detector with tiles, the look-again crops, the tracker), and how many of the walkers marked by hand
+over 50+ frames (tests/assets/video/vtest_walkers.csv) keep one id for 50 frames or more (as
+tests/test_vision_people_tracking.py counts them).
 """
 from __future__ import annotations
 
@@ -174,6 +182,72 @@ def _slope(ns, ms) -> tuple[float, float]:
     return float(a), float(b)
 
 
+# ------------------------------------------------------------------ people tracking (vtest.avi)
+TRACK_FRAMES = 200
+OLD_PERSON_OPTIONS = dict(high=0.5, low=0.2, new_track=0.6, min_hits=3)   # before: no tentative_misses
+
+
+def tracking_run(hd: _Handlers, frames: int, options: dict) -> tuple[list, dict]:
+    """(per-frame seconds, {frame: [(id, x0, y0, x1, y1)]} of the person boxes) of one StreamObjectTracking
+    stream over vtest.avi's first `frames` frames, with the person tracker's `options`."""
+    import cv2
+    from protos import ml_inference_pb2 as pb
+    from tests.test_vision_people_tracking import VTEST
+    from workers.vision import tracking
+    saved = tracking.TRACKER_OPTIONS["person"]
+    tracking.TRACKER_OPTIONS["person"] = options
+    cap = cv2.VideoCapture(VTEST)
+    st, times, boxes = {}, [], {}
+    try:
+        for n in range(frames):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            h, w = rgb.shape[:2]
+            t0 = time.perf_counter()
+            r = pb.ObjectTrackingResponse.FromString(
+                hd.call("StreamObjectTracking", _frame_req(rgb, n, {"track": "people"}), rgb, st))
+            times.append(time.perf_counter() - t0)
+            boxes[n] = [(o.track_id, o.bbox.x * w, o.bbox.y * h, (o.bbox.x + o.bbox.width) * w,
+                         (o.bbox.y + o.bbox.height) * h) for o in r.objects]
+    finally:
+        cap.release()
+        hd.close_state(st)
+        tracking.TRACKER_OPTIONS["person"] = saved
+    return times, boxes
+
+
+def tracking_rows(hd: _Handlers, frames: int = TRACK_FRAMES) -> list:
+    """The people-tracking rows: before / now, ms per frame and walkers keeping one id for 50+ frames."""
+    from tests.test_vision_people_tracking import KEEP_FRAMES, VTEST, ids_kept, marked_walkers
+    from workers.vision import tracking
+    if not os.path.exists(VTEST):
+        return [{"bench": BENCH, "metric": "people tracking", "value": "", "baseline": "", "ratio": "", "goal": "",
+                 "unit": "", "note": f"skipped: {VTEST} is missing"}]
+    marks = {f: m for f, m in marked_walkers().items() if f < frames}
+    runs = {}
+    for name, options in (("before", OLD_PERSON_OPTIONS), ("now", dict(tracking.TRACKER_OPTIONS["person"]))):
+        times, boxes = tracking_run(hd, frames, options)
+        kept = ids_kept(boxes, marks)
+        runs[name] = (_ms(times), kept, sum(n >= KEEP_FRAMES for _, n in kept.values()),
+                      len({i for b in boxes.values() for i, *_ in b}))
+    (b_ms, b_kept, b_n, b_ids), (ms, kept, n_kept, ids) = runs["before"], runs["now"]
+    detail = lambda k: ", ".join(f"{w} {n}" for w, (_, n) in sorted(k.items()))   # noqa: E731
+    return [
+        {"bench": BENCH, "metric": "people tracking ms/frame, vtest.avi 768x576 (track=people)",
+         "value": round(ms, 1), "baseline": round(b_ms, 1), "ratio": round(ms / b_ms, 2), "goal": "", "unit": "ms",
+         "note": f"StreamObjectTracking, first {frames} frames, one stream; baseline: the person tracker's "
+                 f"options of before (3 detections in a row for an id, no box while unseen), same run"},
+        {"bench": BENCH, "metric": f"walkers keeping one id >= {KEEP_FRAMES} frames, vtest.avi",
+         "value": n_kept, "baseline": b_n, "ratio": round(n_kept / b_n, 2) if b_n else "",
+         "goal": f"> {len(kept) / 2:g} (most of {len(kept)})", "unit": "walkers",
+         "note": f"of {len(kept)} walkers marked by hand over {KEEP_FRAMES}+ frames (tests/assets/video/"
+                 f"vtest_walkers.csv); longest one-id run per walker now: {detail(kept)}; before: "
+                 f"{detail(b_kept)}; person ids now {ids}, before {b_ids}"},
+    ]
+
+
 # ------------------------------------------------------------------ rows
 def run(quick: bool = True, frames: int | None = None) -> list:
     """`frames` (tests) overrides the measured frames per row: same rows, fast, numbers too noisy to judge by."""
@@ -242,11 +316,21 @@ def run(quick: bool = True, frames: int | None = None) -> list:
                          "goal": "", "unit": "ms",
                          "note": f"least-squares slope over N={list(PEOPLE_COUNTS)} at 1536x480 (intercept "
                                  f"{icpt:.1f} ms); baseline: the legacy single-person pose per frame"})
+        rows += tracking_rows(hd, frames or TRACK_FRAMES)
     finally:
         hd.close()
     return rows
 
 
+def run_tracking() -> list:
+    """The people-tracking rows alone (`--tracking`)."""
+    hd = _Handlers()
+    try:
+        return tracking_rows(hd)
+    finally:
+        hd.close()
+
+
 if __name__ == "__main__":
-    for row in run(quick="--full" not in sys.argv):
+    for row in (run_tracking() if "--tracking" in sys.argv else run(quick="--full" not in sys.argv)):
         print(row)

@@ -229,6 +229,18 @@ def test_ids_are_never_reused_after_max_age():
     assert ids_of(out, 0) == {1, 2}
 
 
+def test_tentative_misses_let_a_flickering_walker_get_an_id():
+    # detected every other frame: ByteTrack's rule (3 matches in a row) never confirms him; with up to 2
+    # missed frames between matches he gets an id on his third detection
+    w = Walker(0, 100, 5, 0)
+    seen = {}
+    for misses in (0, 2):
+        tr = st.ByteTracker("person", min_hits=3, tentative_misses=misses)
+        tr.update([], [])                                    # not the stream's first frame
+        seen[misses] = [n for n in range(1, 20) if tr.update([w.box(n)] if n % 2 else [], [0.9] if n % 2 else [])]
+    assert seen[0] == [] and seen[2] == [5, 7, 9, 11, 13, 15, 17, 19]
+
+
 def test_shared_id_counter_and_trajectory_length():
     ids = itertools.count(1)
     faces, people = st.ByteTracker("face", ids=ids, trajectory_len=5), st.ByteTracker("person", ids=ids)
@@ -318,30 +330,132 @@ def vtest_tracks(svc):
     return people, face_ids, bg
 
 
-def longest_stretch(frames_seen, max_gap):
-    """Longest span of frames in which the id is missing at most `max_gap` frames in a row."""
-    best, start = 1, frames_seen[0]
-    for a, b in zip(frames_seen, frames_seen[1:]):
-        if b - a - 1 > max_gap:
-            start = b
-        best = max(best, b - start + 1)
-    return best
+# The walkers, marked by hand on 17 frames (every 12-13) of the 200: tests/assets/video/vtest_walkers.csv, one
+# row per visible person: frame, walker letter, torso centre in pixels (tests/assets/ATTRIBUTION.md tells who
+# is who). 10 people; 9 of them are marked over 50 frames or more (the couple D and E side by side, C hidden
+# behind the lamp post's sign for 100 frames, T 25-40 px tall on the far path among them).
+WALKERS = os.path.join(ASSETS, "video", "vtest_walkers.csv")
+KEEP_FRAMES = 50
+
+
+def marked_walkers(path=WALKERS):
+    """{frame: {walker: (x, y)}} of the hand-marked table."""
+    out = {}
+    with open(path) as f:
+        next(f)
+        for line in f:
+            frame, walker, x, y = line.strip().split(",")
+            out.setdefault(int(frame), {})[walker] = (float(x), float(y))
+    return out
+
+
+def boxes_on_walkers(boxes, marks):
+    """{track id: walker, or None}: the frame's boxes [(id, x0, y0, x1, y1)] matched one to one to the marked
+    walkers whose point lies in the box, least total distance to the box centres (Hungarian, as CLEAR-MOT
+    matches hypotheses to objects: where three people meet, each box goes to its own person)."""
+    names = sorted(marks)
+    cost = np.array([[math.hypot(marks[k][0] - (b[1] + b[3]) / 2, marks[k][1] - (b[2] + b[4]) / 2) for k in names]
+                     for b in boxes]).reshape(len(boxes), len(names))
+    inside = np.array([[b[1] <= marks[k][0] <= b[3] and b[2] <= marks[k][1] <= b[4] for k in names]
+                       for b in boxes], dtype=bool).reshape(cost.shape)
+    pairs, _, _ = st.assign(cost, inside)
+    out = {b[0]: None for b in boxes}
+    out.update({boxes[i][0]: names[j] for i, j in pairs})
+    return out
+
+
+def ids_kept(boxes_by_frame, marks, min_span=KEEP_FRAMES):
+    """{walker: (track id, frames)} for each walker marked over at least `min_span` frames: the longest run
+    of one id on him, from the first to the last marked frame where it is on him (`boxes_on_walkers`),
+    counted inclusive. A marked frame where the id is not answered, or where its box holds the walker but
+    went to someone nearer its centre (people overlapping), neither extends nor ends the run; one where
+    its box is away from the walker ends it. boxes_by_frame: {frame: [(id, x0, y0, x1, y1)]}."""
+    frames = sorted(marks)
+    on = {f: boxes_on_walkers(boxes_by_frame.get(f, []), marks[f]) for f in frames}
+    box = {(f, b[0]): b for f in frames for b in boxes_by_frame.get(f, [])}
+    out = {}
+    for walker in sorted({k for m in marks.values() for k in m}):
+        mine = [f for f in frames if walker in marks[f]]
+        if mine[-1] - mine[0] + 1 < min_span:
+            continue
+        best = (0, 0)
+        for tid in {t for f in mine for t, k in on[f].items() if k == walker}:
+            start = None
+            for f in mine:
+                if on[f].get(tid) == walker:
+                    start = f if start is None else start
+                    best = max(best, (f - start + 1, tid))
+                elif (f, tid) in box:
+                    _, x0, y0, x1, y1 = box[f, tid]
+                    x, y = marks[f][walker]
+                    if not (x0 <= x <= x1 and y0 <= y <= y1):
+                        start = None
+        out[walker] = (best[1], best[0])
+    return out
+
+
+def test_ids_kept_counts_a_run_until_the_id_is_on_someone_else():
+    marks = {0: {"a": (10, 10), "b": (50, 10)}, 30: {"a": (20, 10), "b": (60, 10)}, 60: {"a": (30, 10), "b": (70, 10)},
+             90: {"a": (40, 10), "b": (80, 10)}}
+    box = lambda tid, x: (tid, x - 5, 0, x + 5, 20)          # noqa: E731
+    frames = {0: [box(1, 10), box(2, 50)], 30: [box(2, 60)],           # a unseen at 30: the run goes on
+              60: [box(1, 30), box(2, 70)], 90: [box(2, 40), box(3, 80)]}   # id 2 passed to a at 90
+    assert ids_kept(frames, marks) == {"a": (1, 61), "b": (2, 61)}
+    # a box over both walkers, nearer a: it neither extends nor ends b's run
+    frames[30] = [(2, 10, 0, 65, 20)]
+    assert ids_kept(frames, marks) == {"a": (1, 61), "b": (2, 61)}
+    frames[30] = [(2, 10, 0, 25, 20)]                                   # away from b: the run ends
+    assert ids_kept(frames, marks)["b"][1] == 1
+    assert ids_kept(frames, marks, min_span=100) == {}
+    # one box over both walkers goes to the nearer one, and a second box there to the other
+    assert boxes_on_walkers([(7, 0, 0, 70, 20)], {"a": (10, 10), "b": (50, 10)}) == {7: "b"}
+    assert boxes_on_walkers([(7, 0, 0, 70, 20), (8, 0, 0, 30, 20)], {"a": (10, 10), "b": (50, 10)}) == {7: "b", 8: "a"}
+    assert boxes_on_walkers([(7, 100, 0, 120, 20)], {"a": (10, 10)}) == {7: None}
+
+
+def test_marked_walkers_table():
+    marks = marked_walkers()
+    assert sorted(marks) == [0, 12, 25, 37, 50, 62, 75, 87, 100, 112, 125, 137, 150, 162, 175, 187, 199]
+    assert sorted({k for m in marks.values() for k in m}) == list("ABCDEFKNTW")
+    assert all(0 <= x < 768 and 0 <= y < 576 for m in marks.values() for x, y in m.values())
+
+
+def vtest_boxes(people):
+    """{frame: [(id, x0, y0, x1, y1)]} of the fixture's person tracks."""
+    out = {}
+    for tid, seen in people.items():
+        for n, cx, cy, w, h, _ in seen:
+            out.setdefault(n, []).append((tid, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+    return out
 
 
 @pytest.mark.slow
 @needs_vtest
-def test_vtest_walkers_keep_one_id_for_50_frames(vtest_tracks):
-    # Measured: 5 ids over >= 50 frames (172, 73, 65, 58, 55) of 11 on the 200 frames, N = 4 asked; the
-    # detector misses people in the group by the lamp post and the woman in white most of the time, and a
-    # walker for a frame or two now and then (the tracker keeps the id through such a gap: `max_gap`).
-    # HOG before: 21 ids, 9 of them living under 10 frames. The old default (pose, one person) tracked
-    # nobody for 170 frames.
+def test_vtest_most_walkers_keep_one_id_for_50_frames(vtest_tracks):
+    # Measured: 5 of the 9 walkers marked over 50+ frames keep one id that long (A 151 frames, B 51, D 175,
+    # F 51, N 63); C 25 (hidden behind the lamp post's sign for 100 frames, then in a group of three with A
+    # and N: his old id is gone, his new one passes from W), W 26 (his id passes to C, standing behind the
+    # sign, as W walks behind him; a new one after), E none (beside D: the detector gives the couple one
+    # box), T none (25-40 px tall). The tracker of before (an id only after 3 detections in a row) also
+    # kept 5, not the same: C 50 instead of N (its id passed to A where the three met). The detector finds
+    # 60 of the 111 marks (54 %) on their frame; what is missing is detections more than association.
     people, _, _ = vtest_tracks
-    stretches = sorted((longest_stretch([p[0] for p in v], max_gap=3) for v in people.values()), reverse=True)
-    assert sum(s >= 50 for s in stretches) >= 4, stretches
-    assert stretches[0] >= 100, stretches           # the couple crossing the square: one id nearly throughout
+    kept = ids_kept(vtest_boxes(people), marked_walkers())
+    assert len(kept) == 9
+    assert 2 * sum(n >= KEEP_FRAMES for _, n in kept.values()) > len(kept), kept      # most of them
+    assert len({tid for tid, n in kept.values() if n >= KEEP_FRAMES}) == sum(n >= KEEP_FRAMES for _, n in kept.values())
     short = [i for i, v in people.items() if len(v) < 10]
-    assert len(short) <= 2, (short, stretches)      # no id churn: few ids that live less than a second
+    assert len(short) <= 3, short                    # no id churn: few ids that live less than a second
+
+
+@pytest.mark.slow
+@needs_vtest
+def test_vtest_every_box_is_on_a_marked_walker(vtest_tracks):
+    # On the marked frames each person box holds a marked person's torso centre, one box per person.
+    people, _, _ = vtest_tracks
+    boxes, marks = vtest_boxes(people), marked_walkers()
+    stray = [(f, tid) for f in marks for tid, k in boxes_on_walkers(boxes.get(f, []), marks[f]).items() if k is None]
+    assert not stray, stray
 
 
 @pytest.mark.slow
@@ -379,6 +493,28 @@ def test_vtest_background_alone_gives_no_track(svc, vtest_tracks):
     state = {}
     for n in range(20):
         assert list(track_frame(svc, rgb, state, n).objects) == []
+
+
+@needs_vtest
+def test_frame_high_windows_take_no_group_for_one_large_person():
+    # vtest frame 113: a frame-high window saw the walkers by the lamp post as one person twice their size
+    # (body square 194 px of the 576 px window, verified on its crop at 0.63); windows now keep large people
+    # only (the side-by-side photo's: 0.58-0.9 of the window), the tiles find the walkers
+    from workers.vision import person_detector as pdet
+    cap = cv2.VideoCapture(VTEST)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 113)
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    det = pdet.PersonDetector(threads=1)
+    try:
+        assert det.detect(rgb) == []
+        people = pdet.detect_people(det, rgb, "auto")
+    finally:
+        det.close()
+    assert len(people) >= 3 and all(p.box[3] - p.box[1] < 0.2 for p in people)
+    assert not any(p.source.startswith("window") for p in people)
 
 
 def gesture_frames():

@@ -16,9 +16,11 @@ A frame's update (ByteTrack, Zhang et al. 2022):
    never starts one;
 4. tentative tracks are matched to the high-score detections left;
 5. high-score detections left start tentative tracks (score >= `new_track`); a tentative track gets an id
-   once it was matched on `min_hits` consecutive frames, so a one-frame spurious box never gets an id;
-   a tentative track missed once is dropped. On the stream's first frame detections are confirmed at
-   once (as ByteTrack does), so a stream starts with its objects;
+   once it was matched on `min_hits` frames, so a one-frame spurious box never gets an id; a tentative
+   track missed more than `tentative_misses` frames in a row is dropped (0, ByteTrack's rule: the
+   matches must be consecutive; a detector that misses a person every other frame needs more). On the
+   stream's first frame detections are confirmed at once (as ByteTrack does), so a stream starts with
+   its objects;
 6. a confirmed track that is not matched becomes lost; its box keeps moving with the filter's velocity
    and it can be matched again for `max_age` frames, then it is deleted. Ids are never reused.
 
@@ -192,12 +194,13 @@ class ByteTracker:
                  match_iou: float = 0.2, low_match_iou: float = 0.5, tentative_iou: float = 0.3,
                  min_hits: int = 3, max_age: int = 30, trajectory_len: int = 30,
                  max_scale_change: float = 1.5, max_appearance: float = 1.0, feature_momentum: float = 0.9,
-                 ids: Optional[Iterator[int]] = None):
+                 tentative_misses: int = 0, ids: Optional[Iterator[int]] = None):
         self.label = label
         self.high, self.low, self.new_track = high, low, new_track
         self.match_iou, self.low_match_iou, self.tentative_iou = match_iou, low_match_iou, tentative_iou
         self.min_hits, self.max_age, self.trajectory_len = max(1, min_hits), max(0, max_age), max(1, trajectory_len)
         self.max_scale_change = max(1.0, max_scale_change)
+        self.tentative_misses = max(0, tentative_misses)
         self.max_appearance, self.feature_momentum = max_appearance, feature_momentum
         self.ids = ids if ids is not None else itertools.count(1)
         self.kf = KalmanBoxFilter()
@@ -222,7 +225,7 @@ class ByteTracker:
         if feat is not None:
             f = np.asarray(feat, dtype=float)
             t.feature = f if t.feature is None else self.feature_momentum * t.feature + (1 - self.feature_momentum) * f
-        t.hits = t.hits + 1 if t.missed == 0 else 1
+        t.hits = t.hits + 1 if t.missed == 0 or t.state == TENTATIVE else 1
         t.missed = 0
         if t.state == LOST:
             t.state = CONFIRMED
@@ -295,9 +298,12 @@ class ByteTracker:
         for t in self.tracks:
             if id(t) not in matched:
                 t.missed += 1
-                t.hits = 0
                 if t.state == TENTATIVE:
+                    if t.missed > self.tentative_misses:
+                        continue
+                    alive.append(t)
                     continue
+                t.hits = 0
                 t.state = LOST
                 if t.missed > self.max_age:
                     continue

@@ -10,6 +10,11 @@ People come from the BlazePose person detector (`person_detector.py`), whose box
 the whole body (wider than a standing person, so neighbours' squares overlap); `person_box` makes it
 a person-shaped box from the detector's keypoints: the square's height (head to feet) and
 `PERSON_ASPECT` of it wide, centred between the hip and shoulder centres.
+
+A person track is confirmed after 3 matches with up to 2 missed frames between them (ByteTrack's rule,
+3 in a row, kept for faces): the detector misses a small walker every few frames (on vtest.avi its
+tile pass finds 60 of 111 hand-marked walkers on their frame), and walkers seen every other frame
+never got an id.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ PERSON_ASPECT = 0.45        # width / height of a walking person's box (arms and
 # ByteTracker settings per label. Faces come from BlazeFace at its own 0.5 threshold (no low-score
 # boxes); people from the person detector down to `low` (partly hidden people keep their track).
 TRACKER_OPTIONS = {
-    "person": dict(high=0.5, low=0.2, new_track=0.6, min_hits=3),
+    "person": dict(high=0.5, low=0.2, new_track=0.6, min_hits=3, tentative_misses=2),
     "face": dict(high=0.5, low=0.3, new_track=0.5, min_hits=2),
 }
 
@@ -59,9 +64,8 @@ def person_box(p, width: int, height: int) -> tuple[float, float, float, float]:
 
 def find_people(detector, rgb, tiles: str = "auto", min_score: float = PERSON_MIN_SCORE) -> list:
     """The frame's people (person_detector.Person), `tiles` auto / on / off as person_detector.detect_people,
-    except that the tile pass runs without the frame-high windows: the windows are for large people side
-    by side, and a frame that needs tiles shows nobody large (on vtest.avi a window found a 'person'
-    twice the walkers' size around the lamp post, verified on its crop at 0.9)."""
+    except that the tile pass runs without the frame-high windows: they are for large people side by
+    side, and a frame that needs tiles shows nobody large (two passes fewer per frame)."""
     from workers.vision import person_detector as pd
     h, w = rgb.shape[:2]
     if tiles == "on":
