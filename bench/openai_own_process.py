@@ -74,7 +74,11 @@ async def serve(args: argparse.Namespace) -> int:
     token = os.environ.get(args.token_env, "") if args.token_env else ""
     http = OpenAIHTTP(client, ByteBudget(args.buffer_mb * 2**20), token, max_bytes,
                       int(args.max_response_mb * 2**20))
-    port = await http.start(args.host, args.http_port)
+    try:
+        port = await http.start(args.host, args.http_port)
+    except OSError as exc:
+        sys.stderr.write(f"cannot listen for HTTP on {args.host}:{args.http_port}: {exc}\n")
+        return 2
     await client.start({"pid": os.getpid(), "role": "openai-http"})
     sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()

@@ -193,7 +193,8 @@ def test_answer_over_max_response_mb_413(svc):
     assert status == 413, body
     err = _error(body)
     assert err["code"] == "response_too_large"
-    assert "above the client's 0.03125 MiB limit (--max-response-mb): send fewer texts per GenerateEmbeddings" in err["message"]
+    assert ("above the client's 0.03125 MiB limit (--max-response-mb): send fewer texts per GenerateEmbeddings"
+            in err["message"])
     status, _, body = _req(svc.http_port, "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": texts,
                                                             "encoding_format": "base64"})
     assert status == 200 and len(json.loads(body)["data"]) == 8
