@@ -4,12 +4,15 @@ Synthetic (workers/vision/sort_tracker.py): the Hungarian assignment against bru
 at constant velocity with noise keep one id each through crossings, occlusions and missed detections;
 a one-frame spurious box never gets an id; low-score boxes keep a track alive but start none; a box of
 another size or (with features) another appearance does not take over a track; a track
-deleted after `max_age` frames comes back with a new id (ids are never reused).
+deleted after `max_age` frames comes back with a new id (ids are never reused); a person seen every
+other frame gets an id with `tentative_misses`.
 
 Real media, through the handler in-process: the first 200 frames of vtest.avi (street video, small
-walkers): walkers keep one id for 50+ frames, every person box holds foreground against the video's
-median background (no box on empty ground), no per-frame jump beyond walking speed, the empty square
-alone gives no track; the gesture frames give one face id and one person id; the `track` metadata.
+walkers) against walkers marked by hand (tests/assets/video/vtest_walkers.csv): most of them keep one id
+for 50+ frames, every box on a marked frame holds a marked person, every person box holds foreground
+against the video's median background (no box on empty ground), no per-frame jump beyond walking speed,
+the empty square alone gives no track; a frame-high window takes no group of walkers for one large
+person; the gesture frames give one face id and one person id; the `track` metadata.
 """
 import itertools
 import math
