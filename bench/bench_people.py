@@ -31,8 +31,7 @@ Rows report ms per frame (mean; the stream means include the periodic detector r
 
 People tracking (StreamObjectTracking, metadata track=people, one stream): the first 200 frames of vtest.avi
 (../shared/assets; street, 768x576, small walkers), run twice in one process: with the person tracker's
-options of before (ByteTrack's rule: an id after 3 detections in a row, no box while a track is unseen) as
-the baseline, then as now (workers/vision/tracking.py TRACKER_OPTIONS). Rows: ms per frame of the handler
+options of before (ByteTrack's rule: an id only after 3 detections in a row) as the baseline, then as now (workers/vision/tracking.py TRACKER_OPTIONS). Rows: ms per frame of the handler
 (person detector with tiles, the look-again crops, the tracker), and how many of the walkers marked by hand
 over 50+ frames (tests/assets/video/vtest_walkers.csv) keep one id for 50 frames or more (as
 tests/test_vision_people_tracking.py counts them).
@@ -238,7 +237,7 @@ def tracking_rows(hd: _Handlers, frames: int = TRACK_FRAMES) -> list:
         {"bench": BENCH, "metric": "people tracking ms/frame, vtest.avi 768x576 (track=people)",
          "value": round(ms, 1), "baseline": round(b_ms, 1), "ratio": round(ms / b_ms, 2), "goal": "", "unit": "ms",
          "note": f"StreamObjectTracking, first {frames} frames, one stream; baseline: the person tracker's "
-                 f"options of before (3 detections in a row for an id, no box while unseen), same run"},
+                 f"options of before (an id only after 3 detections in a row), same run"},
         {"bench": BENCH, "metric": f"walkers keeping one id >= {KEEP_FRAMES} frames, vtest.avi",
          "value": n_kept, "baseline": b_n, "ratio": round(n_kept / b_n, 2) if b_n else "",
          "goal": f"> {len(kept) / 2:g} (most of {len(kept)})", "unit": "walkers",
