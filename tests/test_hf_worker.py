@@ -63,6 +63,8 @@ def test_greedy_matches_model_generate(worker):
         out = lm.model.generate(ids, max_new_tokens=10, do_sample=False)
     ref = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "".join(p.text for p in parts) + final.text == ref
+    # the prompt's token count travels with every answer (the OpenAI API's usage.prompt_tokens)
+    assert final.prompt_tokens == ids.shape[1] and {p.prompt_tokens for p in parts} == {ids.shape[1]}
 
 
 def test_sampling_top_p_small_equals_greedy(worker):

@@ -72,21 +72,26 @@ class TextHandlers:
         params = validate_params(req.max_length, req.temperature, req.top_p, self.default_max_new, req.top_k)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
         turn = [{"role": "user", "content": req.prompt}]
+        prompt_tokens = 0   # reported when known: LiteRT-LM's engine does not say how many it read
         if self._is_litert_lm(lm):
             pieces = self._litert_stream(ctx, lm, turn, req.prompt if lm.raw_prompt else None, params)
         else:
             raw = lm.raw_prompt or not chatmod.has_template(lm.tokenizer)
-            pieces = self._stream(ctx, lm, self._prompt_ids(lm, turn, req.prompt if raw else None), params)
+            prompt_ids = self._prompt_ids(lm, turn, req.prompt if raw else None)
+            prompt_tokens = len(prompt_ids)
+            pieces = self._stream(ctx, lm, prompt_ids, params)
         n = 0
         for piece in pieces:
             n = piece.tokens
             if piece.finish_reason is None:
-                ctx.send_partial(ML.TextResponse(text=piece.text, tokens_generated=n).SerializeToString())
+                ctx.send_partial(ML.TextResponse(text=piece.text, tokens_generated=n,
+                                                 prompt_tokens=prompt_tokens).SerializeToString())
                 continue
             if piece.finish_reason in ("cancelled", "deadline"):
                 raise_for(piece.finish_reason, ctx, n)
-            return ML.TextResponse(text=piece.text, done=True, tokens_generated=n).SerializeToString()
-        return ML.TextResponse(done=True, tokens_generated=n).SerializeToString()
+            return ML.TextResponse(text=piece.text, done=True, tokens_generated=n,
+                                   prompt_tokens=prompt_tokens).SerializeToString()
+        return ML.TextResponse(done=True, tokens_generated=n, prompt_tokens=prompt_tokens).SerializeToString()
 
     def _check_chat(self, payload: bytes) -> "ML.ChatRequest":
         """Bounds first: request bytes, then message count, then total characters; then the messages."""
@@ -106,16 +111,20 @@ class TextHandlers:
         messages = chatmod.validate_messages(req.messages, self.chat_max_chars)
         params = validate_params(req.max_length, req.temperature, req.top_p, self.chat_max_new, req.top_k)
         lm = self._acquire(req.model or self.default_gen_model, "generate")
+        prompt_tokens = 0   # reported when known: LiteRT-LM's engine does not say how many it read
         if self._is_litert_lm(lm):
             pieces = self._litert_stream(ctx, lm, messages, None, params)
         else:
-            pieces = self._stream(ctx, lm, self._prompt_ids(lm, messages), params)
+            prompt_ids = self._prompt_ids(lm, messages)
+            prompt_tokens = len(prompt_ids)
+            pieces = self._stream(ctx, lm, prompt_ids, params)
         for piece in pieces:
             if piece.finish_reason is None:
-                ctx.send_partial(ML.ChatResponse(content=piece.text, tokens_generated=piece.tokens).SerializeToString())
+                ctx.send_partial(ML.ChatResponse(content=piece.text, tokens_generated=piece.tokens,
+                                                 prompt_tokens=prompt_tokens).SerializeToString())
                 continue
             if piece.finish_reason in ("cancelled", "deadline"):
                 raise_for(piece.finish_reason, ctx, piece.tokens)
             return ML.ChatResponse(content=piece.text, done=True, finish_reason=piece.finish_reason,
-                                   tokens_generated=piece.tokens).SerializeToString()
-        return ML.ChatResponse(done=True, finish_reason="stop").SerializeToString()
+                                   tokens_generated=piece.tokens, prompt_tokens=prompt_tokens).SerializeToString()
+        return ML.ChatResponse(done=True, finish_reason="stop", prompt_tokens=prompt_tokens).SerializeToString()
