@@ -215,7 +215,8 @@ class Router:
             return False
 
     def _finish(self, req: Request, command: bytes, header: dict, frames=(), raw_header: Optional[bytes] = None) -> None:
-        """Send the terminal reply of a request (exactly once) and forget it."""
+        """Send the terminal reply of a request (exactly once) and forget it. DONE: the worker sent the
+        reply straight to the facade; only forget it."""
         if self.requests.pop(req.id, None) is None:
             return
         if req.worker_id:
@@ -225,7 +226,8 @@ class Router:
         if req.internal:
             self._on_internal_reply(req, command, header)
             return
-        self._send_facade(req.facade, command, raw_header or header, frames)
+        if command != P.DONE:
+            self._send_facade(req.facade, command, raw_header or header, frames)
 
     def _error(self, req: Request, code: str, message: str) -> None:
         self._finish(req, P.ERROR, P.error_header(req.id, code, message))
@@ -439,7 +441,7 @@ class Router:
             log.warning("message %s from unknown worker %r dropped", command, wid[:40])
             return
         ws.last_seen = time.time()
-        if command in (P.PARTIAL, P.FINAL, P.ERROR):
+        if command in (P.PARTIAL, P.FINAL, P.ERROR, P.DONE):
             ws.last_reply = ws.last_seen
             req = ws.inflight.get(str(header.get("id", "")))
             if req is None:

@@ -11,6 +11,11 @@ one per request, also when a worker dies), so slots always come back. A caller t
 CANCEL; the slot is still released only when the terminal reply arrives, because the worker may be
 reading it until then.
 
+Workers send the terminal reply of a request without partials straight to this process: a PULL socket
+`reply-<pid>.sock` in the run folder, named in every REQUEST header as `reply` and watched like the
+broker's socket (docs/ARCHITECTURE.md, Wire). Whichever terminal reply of a request arrives first is
+taken; a later one (the broker's UNAVAILABLE for a worker that died before telling it DONE) is ignored.
+
 Each REQUEST carries `caller`, the client connection of the gRPC call it serves (facade/caller.py), by
 which the broker shares each pool round robin between callers.
 """
@@ -34,6 +39,14 @@ from shm.pool import SlotAllocator, SlotRef
 log = logging.getLogger("facade.broker")
 
 
+def reply_endpoint_for(broker_endpoint: str) -> str:
+    """The facade's direct-reply socket: `ipc://<run folder>/reply-<pid>.sock` beside the broker's ipc
+    frontend (the private 0700 folder); '' when the broker is not reached over ipc."""
+    if not broker_endpoint.startswith("ipc://"):
+        return ""
+    return f"ipc://{os.path.dirname(broker_endpoint[len('ipc://'):])}/reply-{os.getpid()}.sock"
+
+
 class BrokerClient:
     def __init__(self, endpoint: str, allocator: Optional[SlotAllocator], max_message_bytes: int = 256 * 2**20):
         self.endpoint = endpoint
@@ -54,11 +67,28 @@ class BrokerClient:
         self.on_pools: list[Callable[[dict], None]] = []
         self.malformed = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._drain_scheduled = False
+        # direct replies: workers send a request's terminal reply (when it had no partials) straight to this
+        # PULL socket, named in the REQUEST header `reply`, and tell the broker DONE (common/wire.py)
+        self.reply_endpoint = reply_endpoint_for(endpoint)
+        self.replies: Optional[zmq.Socket] = None
+        if self.reply_endpoint:
+            self.replies = self.ctx.socket(zmq.PULL)
+            self.replies.setsockopt(zmq.LINGER, 0)
+            self.replies.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            self.replies.setsockopt(zmq.RCVHWM, 1000000)
+            try:
+                self.replies.bind(self.reply_endpoint)
+            except zmq.ZMQError as exc:  # replies then all come through the broker, as before
+                log.warning("direct reply socket %s not bound (%s): replies go through the broker",
+                            self.reply_endpoint, exc)
+                self.replies.close(0)
+                self.replies, self.reply_endpoint = None, ""
 
     async def start(self, hello: dict) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.getsockopt(zmq.FD), self._drain)
+        if self.replies is not None:
+            self._loop.add_reader(self.replies.getsockopt(zmq.FD), self._drain_replies)
         self._send(P.encode(P.HELLO, hello))
 
     def new_id(self) -> str:
@@ -70,17 +100,18 @@ class BrokerClient:
             self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:  # HWM reached (never in practice): block briefly rather than lose a request
             self.sock.send_multipart(parts, copy=False)
-        # ZeroMQ's FD is edge-triggered and a send can consume the edge: look for input now
-        self._schedule_drain()
-
-    def _schedule_drain(self) -> None:
-        if not self._drain_scheduled and self._loop is not None:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
+        # ZeroMQ's FD is edge-triggered and a send can consume the edge: look for input now, in this
+        # turn of the loop (reading EVENTS re-arms the edge; a reply arriving later signals the FD again)
+        if self._loop is not None:
+            self._drain()
 
     def _drain(self) -> None:
-        self._drain_scheduled = False
-        sock = self.sock
+        self._drain_socket(self.sock)
+
+    def _drain_replies(self) -> None:
+        self._drain_socket(self.replies)
+
+    def _drain_socket(self, sock: zmq.Socket) -> None:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
@@ -128,6 +159,8 @@ class BrokerClient:
         header = {"id": rid, "method": method, "pool": pool, "model": model or "", "device": device or "",
                   "deadline": (time.time() + timeout) if timeout is not None else None, "stream": stream,
                   "caller": CALLER.get()}
+        if self.reply_endpoint:
+            header["reply"] = self.reply_endpoint
         if extra:
             header.update(extra)
         frames = [payload]

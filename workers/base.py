@@ -35,6 +35,7 @@ ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
 # stream's close by one hop, so a few thousand is plenty): about 0.2 KB each
 CLOSED_STREAMS_KEPT = 4096
 FAULT_INJECTION_ENV = "PML_FAULT_INJECTION"
+DIRECT_SENDERS_KEPT = 4   # direct-reply sockets per handler thread (one per facade endpoint seen lately)
 
 
 @dataclass
@@ -151,6 +152,9 @@ class Worker:
         self._tls = threading.local()
         self._thread_socks: list = []
         self._thread_socks_lock = threading.Lock()
+        # direct replies go only to ipc sockets in the folder of the broker's own socket (the run folder)
+        connect = str(getattr(args, "connect", ""))
+        self._reply_dir = (os.path.dirname(connect) + "/reply-") if connect.startswith("ipc://") else ""
 
     # ---- to override -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -235,6 +239,47 @@ class Worker:
             self._thread_socks.append(sock)
         self._tls.own = (sock, threading.Lock())
 
+    def _reply(self, ctx: RequestContext, streamed: list, command: bytes, header: dict, frames=()) -> None:
+        """A request's terminal reply. Without partials, from a handler thread, to a facade that named its
+        direct-reply socket: straight to the facade, then DONE to the broker (which frees the credit and
+        forgets the request without forwarding anything). Otherwise, or when the facade cannot take it
+        now, through the broker as before."""
+        sender = None if streamed else self._direct_sender(ctx.header.get("reply"))
+        if sender is not None:
+            try:
+                sender.send_multipart(P.encode(command, header, frames), flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:   # the facade is gone or not connected (yet): the broker's path
+                pass
+            else:
+                self._send(P.DONE, {"id": ctx.request_id})
+                return
+        self._send(command, header, frames)
+
+    def _direct_sender(self, endpoint) -> Optional[zmq.Socket]:
+        """This handler thread's PUSH socket to a facade's direct-reply endpoint; None when the request
+        names none, the thread has no own socket, or the endpoint is not an ipc socket in the folder of
+        the broker's (remote workers, a header naming anything else)."""
+        if not isinstance(endpoint, str) or getattr(self._tls, "own", None) is None or not self._reply_dir:
+            return None
+        senders = getattr(self._tls, "direct", None)
+        if senders is None:
+            senders = self._tls.direct = OrderedDict()
+        sock = senders.get(endpoint)
+        if sock is not None:
+            senders.move_to_end(endpoint)
+            return sock
+        if not endpoint.startswith(self._reply_dir) or "/" in endpoint[len(self._reply_dir):]:
+            return None
+        sock = zmq.Context.instance().socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)       # queue only to a connected facade: else EAGAIN, the broker's path
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.connect(endpoint)
+        senders[endpoint] = sock
+        while len(senders) > DIRECT_SENDERS_KEPT:  # facades restarted: drop the oldest endpoints
+            senders.popitem(last=False)[1].close(0)
+        return sock
+
     @staticmethod
     def _send_on(own: tuple, command: bytes, header: dict, frames=()) -> None:
         sock, lock = own
@@ -267,22 +312,25 @@ class Worker:
     def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
         rid = ctx.request_id
         own = getattr(self._tls, "own", None)
+        streamed = []   # non-empty once a partial left: the terminal reply then follows it through the broker
         if own is not None:
             # partials leave on the same socket as the final reply, from whichever thread sends them,
             # so they can never overtake it
-            ctx._send_partial = lambda data, rid=rid, own=own: self._send_on(own, P.PARTIAL, {"id": rid}, [data])
+            def send_partial(data, rid=rid, own=own):
+                streamed.append(True)
+                self._send_on(own, P.PARTIAL, {"id": rid}, [data])
+            ctx._send_partial = send_partial
         try:
             ctx.check_cancelled()
             result = fn(ctx)
             if ctx.cancelled.is_set():
                 raise Cancelled()
-            frames = [result] if result is not None else []
-            self._send(P.FINAL, {"id": rid}, frames)
+            self._reply(ctx, streamed, P.FINAL, {"id": rid}, [result] if result is not None else [])
         except WorkerError as exc:
-            self._send(P.ERROR, P.error_header(rid, exc.code, exc.message))
+            self._reply(ctx, streamed, P.ERROR, P.error_header(rid, exc.code, exc.message))
         except Exception as exc:  # a bug or a library error: INTERNAL, the worker stays up
             self.log.error("handler %s failed: %s", ctx.method, traceback.format_exc())
-            self._send(P.ERROR, P.error_header(rid, "INTERNAL", f"{ctx.method} failed in the {self.pool} worker: {type(exc).__name__}: {exc}"))
+            self._reply(ctx, streamed, P.ERROR, P.error_header(rid, "INTERNAL", f"{ctx.method} failed in the {self.pool} worker: {type(exc).__name__}: {exc}"))
         finally:
             with self._inflight_lock:
                 self._inflight.pop(rid, None)
