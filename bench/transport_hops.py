@@ -95,6 +95,9 @@ def main(n: int, extra: list) -> None:
     finally:
         bare.kill()
         zecho.kill()
+        zecho.wait()
+        if os.path.exists(zep[len("ipc://"):]):
+            os.unlink(zep[len("ipc://"):])
     base = statistics.median(rows["bare gRPC Echo"])
     print("| hop | p50 ms | p90 ms | p50 / bare gRPC |\n|---|---|---|---|")
     for name, lat in rows.items():
