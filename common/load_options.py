@@ -15,6 +15,7 @@ import os
 import re
 from typing import Callable, Dict
 
+from common.options import is_boolean
 from common.status import StatusError
 
 # request option -> the operator setting that replaces it
@@ -31,8 +32,6 @@ OPERATOR_ONLY: Dict[str, str] = {
 MAX_VALUE_CHARS = 4096
 MAX_CONFIG_CHARS = 64 * 1024
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def _text(max_chars: int = 256) -> Callable:
@@ -43,7 +42,7 @@ def _text(max_chars: int = 256) -> Callable:
 
 
 def _boolean(name: str, v: str, budget: int) -> None:
-    if v.strip().lower() not in _TRUE + _FALSE + ("", "auto"):
+    if v.strip().lower() != "auto" and not is_boolean(v):
         raise StatusError("INVALID_ARGUMENT", f"option {name}='{v[:40]}' is not a boolean (true/false)")
 
 

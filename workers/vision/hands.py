@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from common.options import as_bool
 from protos import ml_inference_pb2 as pb
 from workers.vision import gestures, landmarks
 
@@ -77,4 +78,5 @@ def to_proto(h: Hand) -> pb.HandDetection:
 
 
 def is_mirrored(metadata) -> bool:
-    return (metadata.get("mirrored", "true") if metadata else "true").strip().lower() not in ("false", "0", "no")
+    """The frame's `mirrored` metadata (default true: a selfie camera); a value that is not a boolean is refused."""
+    return as_bool((metadata or {}).get("mirrored"), True, name="metadata mirrored")
