@@ -44,7 +44,12 @@ def env_default(name: str, default, cast=str):
     if raw is None:
         return default
     if cast is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        from common.options import as_bool
+        from common.status import StatusError
+        try:
+            return as_bool(raw, default, name="PML_" + name.upper().replace("-", "_"))
+        except StatusError as exc:
+            raise SystemExit(f"PythonML cannot start: {exc.message}") from None
     return cast(raw)
 
 
@@ -110,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--startup-timeout-s", type=float, default=env_default("startup_timeout_s", 300.0, float))
     a("--drain-s", type=float, default=env_default("drain_s", 10.0, float), help="SIGTERM: longest wait for in-flight work")
     a("--worker-threads", type=int, default=env_default("worker_threads", 0, int),
-      help="thread budget per worker (0 = automatic: a throughput pool's cores, half of them for a latency pool; "
-           "a pool's threads= setting wins)")
+      help="thread budget per worker (0 = automatic: half of the cores for a latency pool, the other half for a "
+           "throughput pool beside it, every core for a throughput pool alone; a pool's threads= setting wins)")
     a("--model-dir", action="append", default=[d for d in env_default("model_dir", "").split(os.pathsep) if d],
       help="folder holding local models (repeatable)")
     a("--no-working-dir-models", action="store_true", default=env_default("no_working_dir_models", False, bool),

@@ -80,7 +80,7 @@ ITEM = re.compile(r"^(?P<pool>[A-Za-z0-9_-]+)(@(?P<device>[A-Za-z0-9_:.-]+))?(\*
 
 def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, worker_threads: int = 0) -> list:
     """The --pools flag -> [PoolSpec]; ValueError with what is wrong (run.py refuses to start)."""
-    out = []
+    out, parsed = [], []
     for item in _items(spec):
         m = ITEM.match(item)
         if not m:
@@ -89,7 +89,10 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
         count = int(m["count"] or 1)
         if count < 1:
             raise ValueError(f"{item!r}: the count must be at least 1")
-        policy = policy_for(family.latency, _settings(m["settings"] or ""), cpu_policy, worker_threads)
+        parsed.append((m, family, count))
+    beside_latency = any(family.latency for _, family, _ in parsed)
+    for m, family, count in parsed:
+        policy = policy_for(family.latency, _settings(m["settings"] or ""), cpu_policy, worker_threads, beside_latency)
         out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy))
     if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
         wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device}

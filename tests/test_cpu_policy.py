@@ -20,8 +20,11 @@ def test_default_pools_latency_first():
     specs = {s.pool: s for s in parse_pool_specs("vision,hf,litert", cuda="off")}
     assert specs["vision"].policy.nice == 0 and specs["litert"].policy.nice == 0
     assert specs["hf"].policy.nice == THROUGHPUT_NICE
-    assert specs["hf"].policy.threads == len(CORES)
+    # the budgets add up to the machine: half for the latency pools, the other half for hf beside them
     assert specs["vision"].policy.threads == max(1, len(CORES) // 2)
+    assert specs["hf"].policy.threads == max(1, len(CORES) - len(CORES) // 2)
+    (alone,) = parse_pool_specs("hf", cuda="off")
+    assert alone.policy.threads == len(CORES)   # a throughput pool alone takes every core
     assert all(s.policy.cpus is None for s in specs.values())
 
 
