@@ -74,3 +74,70 @@ def test_unload_ends_waiting_requests_with_model_unloaded():
     assert err.code == "UNAVAILABLE" and err.model_id == "tiny-bert" and "unloaded while this request waited" in str(err)
     with pytest.raises(ModelUnloaded):
         b.embed(["c"], CancelToken())
+
+
+class CountingEncoder:
+    """encode() that records its batch sizes and takes `seconds` per call."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.sizes: list = []
+        self.seconds = seconds
+
+    def __call__(self, texts):
+        self.sizes.append(len(texts))
+        time.sleep(self.seconds)
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+def test_a_lone_client_is_served_without_waiting_for_company():
+    enc = CountingEncoder()
+    b = EmbeddingBatcher(enc, max_wait_s=2.0, name="m")   # the old timer would hold every call 2 s
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            b.embed(["a"], CancelToken())
+        assert time.monotonic() - t0 < 1.0 and enc.sizes == [1, 1, 1]
+    finally:
+        b.close()
+
+
+def test_a_closed_loop_of_clients_gets_full_batches_not_halves():
+    """8 clients, each sending its next request when the last is answered: once the first round is in,
+    each batch closes when all 8 are back, long before the timer (1 s here; the old batcher waited it out
+    for every batch short of max_batch). Only the last batch may wait for clients that finished."""
+    clients, rounds = 8, 6
+    enc = CountingEncoder(seconds=0.01)
+    b = EmbeddingBatcher(enc, max_wait_s=1.0, name="m")
+    start = threading.Barrier(clients)
+
+    def client(i):
+        start.wait()
+        for r in range(rounds):
+            assert b.embed([f"{i}-{r}"], CancelToken()).shape == (1, 3)
+    try:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+        assert time.monotonic() - t0 < 2.5, enc.sizes       # at most one timer: the tail
+        assert sum(enc.sizes) == clients * rounds
+        assert enc.sizes.count(clients) >= rounds - 2, enc.sizes
+    finally:
+        b.close()
+
+
+def test_when_callers_leave_only_one_batch_waits_for_them():
+    """After a batch of 4 only one caller goes on: its first request waits out max_wait (its company
+    does not come), the next ones are served at once."""
+    enc = CountingEncoder()
+    b = EmbeddingBatcher(enc, max_wait_s=0.3, name="m")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: b.embed([str(i)], CancelToken()), range(4)))
+        waits = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            b.embed(["x"], CancelToken())
+            waits.append(time.monotonic() - t0)
+        assert waits[0] < 1.0 and max(waits[1:]) < 0.15, waits
+    finally:
+        b.close()

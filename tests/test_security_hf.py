@@ -212,9 +212,9 @@ def test_small_request_is_not_held_behind_a_big_one(worker):
         t2, box2 = in_thread(lambda: call(worker.generate_embeddings, EMB,
                                           ML.GenerateEmbeddingsRequest(texts=["small one"], model="tiny-bert")))
         end = time.monotonic() + 30
-        while lm.batcher._q.empty() and time.monotonic() < end:   # the small one queues behind the held sub-batch
+        while not lm.batcher.waiting() and time.monotonic() < end:   # the small one queues behind the held sub-batch
             time.sleep(0.001)
-        assert not lm.batcher._q.empty()
+        assert lm.batcher.waiting()
         spy.release.set()
         t.join(60)
         t2.join(60)

@@ -9,7 +9,13 @@ tokenising a 30k-character text only to keep its first 256 tokens is wasted time
 
 `EmbeddingBatcher` runs one thread per model. Waiting requests are served in sub-batches of at most
 `max_batch` texts and `max_batch_chars` characters, filled round-robin across requests (a big request
-does not hold a small one back for its whole duration). Each request hands in its cancel token
+does not hold a small one back for its whole duration). When the model is idle and a request arrives,
+the batch closes as soon as the callers the last batch answered are back, with those who came while it
+ran (a closed loop of 32 clients gives batches of 32 while the model waits out the round trip, rather
+than half batches whose transport competes with the model for the cores; one client is served at once,
+with no timer), else once `max_wait_s` passed since that first request, or when `max_batch` texts
+wait. The batcher thread is woken once per batch, not per request: a request wakes it only when it
+completes what the batcher waits for. Each request hands in its cancel token
 (workers/hf/cancel.py); before every sub-batch the batcher asks each token: a cancelled or expired
 request is dropped there, so it stops within one sub-batch, and its caller (blocked on the result, not
 polling) is answered only then (a request counts as in flight until its work stopped). A request still
@@ -17,9 +23,9 @@ waiting when the model is unloaded ends with common.status.ModelUnloaded.
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Optional
 
@@ -119,9 +125,12 @@ class EmbeddingBatcher:
         self.clip_chars = clip_chars or None
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.name = name
-        self._q: "queue.Queue[Optional[_Item]]" = queue.Queue()
+        self._cv = threading.Condition()      # guards the fields below; no request is queued after close()
+        self._waiting: deque = deque()        # requests not yet taken by the batcher thread
+        self._waiting_texts = 0
+        self._wake_at = 1                     # requests waiting that wake the batcher thread
         self._closed = False
-        self._close_lock = threading.Lock()   # no request is queued behind close()'s end marker
+        self._expect = 1                      # requests the last batch answered: whom to wait for next
         self.batches = 0          # statistics: forward passes (sub-batches) run
         self.batched_texts = 0
         self.dropped_texts = 0    # texts of cancelled / expired requests never encoded
@@ -136,45 +145,54 @@ class EmbeddingBatcher:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         item = _Item(texts, cancel)
-        with self._close_lock:
+        with self._cv:
             if self._closed:
                 raise ModelUnloaded(self.name)
-            self._q.put(item)
+            self._waiting.append(item)
+            self._waiting_texts += len(texts)
+            if len(self._waiting) >= self._wake_at or self._waiting_texts >= self.max_batch:
+                self._cv.notify()
         return item.future.result()   # always set: by a sub-batch, a stop, or the loop's exit
 
+    def waiting(self) -> int:
+        """Requests handed in and not yet taken by the batcher thread."""
+        with self._cv:
+            return len(self._waiting)
+
     def close(self) -> None:
-        with self._close_lock:
+        with self._cv:
             self._closed = True
-            self._q.put(None)
+            self._cv.notify()
 
     # ---- batcher thread ----------------------------------------------------------------------------
     def _gather(self, active: list, block: bool) -> bool:
-        """Move queued requests into `active`; when `block`, wait for a first one and then up to
-        max_wait_s for company. Returns False once close() was called."""
-        if block:
-            item = self._q.get()
-            if item is None:
+        """Move waiting requests into `active`. When `block`: wait for a first one, then until as many
+        requests wait as the last batch answered (or max_batch texts), at most max_wait_s after the
+        first. Returns False once close() was called."""
+        cv = self._cv
+        with cv:
+            if block:
+                self._wake_at = 1
+                # whom to wait for: the callers the last batch answered (a closed loop sends them
+                # again) plus those who came while it ran
+                target = min(self._expect + len(self._waiting), self.max_batch)
+                self._expect = 1
+                while not self._waiting and not self._closed:
+                    cv.wait()
+                deadline = time.monotonic() + self.max_wait_s
+                self._wake_at = target
+                while (len(self._waiting) < target and self._waiting_texts < self.max_batch
+                       and not self._closed):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not cv.wait(left):
+                        break
+                self._wake_at = 1 << 30   # busy: nobody needs to wake this thread until it looks again
+            if self._closed:
                 return False
-            active.append(item)
-            deadline = time.monotonic() + self.max_wait_s
-            while sum(len(it.texts) - it.taken for it in active) < self.max_batch:
-                left = deadline - time.monotonic()
-                try:
-                    item = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
-                except queue.Empty:
-                    return True
-                if item is None:
-                    return False
-                active.append(item)
+            active.extend(self._waiting)
+            self._waiting.clear()
+            self._waiting_texts = 0
             return True
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                return True
-            if item is None:
-                return False
-            active.append(item)
 
     def _drop_stopped(self, active: list) -> list:
         live = []
@@ -226,13 +244,15 @@ class EmbeddingBatcher:
             return [it for it in active if id(it) not in failed]
         self.batches += 1
         self.batched_texts += len(texts)
-        pos = 0
+        pos = answered = 0
         for it, a, b in spans:
             it.parts.append(vecs[pos:pos + b - a])
             pos += b - a
             it.taken = b
             if it.taken == len(it.texts):
+                answered += 1
                 it.future.set_result(np.concatenate(it.parts, axis=0) if len(it.parts) > 1 else it.parts[0])
+        self._expect = max(1, answered)
         return [it for it in active if not it.future.done()]
 
     def _loop(self) -> None:
@@ -247,13 +267,10 @@ class EmbeddingBatcher:
                 if active:
                     active = self._run(active)
         finally:   # fail whatever is left after close (or a crash of this loop)
-            while True:
-                try:
-                    it = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if it is not None:
-                    active.append(it)
+            with self._cv:
+                self._closed = True
+                active.extend(self._waiting)
+                self._waiting.clear()
             for it in active:
                 if not it.future.done():
                     it.future.set_exception(ModelUnloaded(self.name))

@@ -1,8 +1,12 @@
 """ml.TransformersService/GenerateEmbeddings: bounded, then batched across requests (workers/hf/embeddings.py).
 
-`EmbeddingHandlers` is a mixin of workers/hf/service.py's HFService.
+`EmbeddingHandlers` is a mixin of workers/hf/service.py's HFService. The reply is written straight from the
+float32 vectors (`encode_reply`: the wire bytes of a GeneratedEmbeddingsResponse, the same bytes protobuf
+writes) instead of through 384 Python floats per vector.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from common.status import ModelUnloaded
 from protos import ml_inference_pb2 as ML
@@ -46,7 +50,25 @@ class EmbeddingHandlers:
         except Stopped as exc:
             raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
                                                  "or send fewer texts per request")
-        resp = ML.GeneratedEmbeddingsResponse()
-        for v in vecs:
-            resp.embeddings.add().values.extend(v.tolist())
-        return resp.SerializeToString()
+        return encode_reply(vecs)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_reply(vecs) -> bytes:
+    """GeneratedEmbeddingsResponse bytes for the rows of `vecs`: each row one `embeddings` entry whose
+    `values` (field 1) are packed little-endian float32, as protobuf itself serialises them."""
+    rows = np.ascontiguousarray(vecs, dtype="<f4")
+    if rows.ndim != 2:
+        rows = rows.reshape(len(rows), -1)
+    dim = rows.shape[1] if rows.size else 0
+    inner = b"\x0a" + _varint(4 * dim) if dim else b""     # GeneratedEmbedding.values, packed
+    entry = b"\x0a" + _varint(len(inner) + 4 * dim) + inner  # GeneratedEmbeddingsResponse.embeddings
+    return b"".join(entry + row.tobytes() for row in rows)
