@@ -2,7 +2,8 @@
 
 1. Embeddings: 32 concurrent gRPC clients each sending one sentence per request (GenerateEmbeddings,
    all-MiniLM-L6-v2, dynamic batching in the worker) vs sentence-transformers `encode` of batches
-   of 32 in-process. Goal: throughput ratio >= 0.8.
+   of 32 in-process. Goal: throughput ratio >= 0.8. Beside it, one client's latency for one sentence
+   (calls in a row) vs `encode` of one sentence: what batching costs a lone caller.
 2. Generation: tokens/s of a greedy GenerateText stream (SmolLM2-135M-Instruct) vs `model.generate`
    in-process with the same model, prompt, settings and thread count. Goal: ratio >= 0.9.
 3. Time to first token through the service minus in-process time to first token (prefill + 1 step).
@@ -31,6 +32,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 THREADS = 2
 REPEATS = 3
 CLIENTS = 32
+ONE_CLIENT_CALLS = 20     # one client's sentences in a row, per turn: its latency
 EMBED_MODEL = "all-MiniLM-L6-v2"
 GEN_MODEL = "SmolLM2-135M-Instruct"
 SENTENCES = [f"Sentence {i}: the quick brown fox jumps over the lazy dog near river {i % 7}." for i in range(256)]
@@ -96,6 +98,15 @@ class InProcess:
             n += len(batch)
         return n / (time.perf_counter() - t0)
 
+    def one_client(self, n: int) -> float:
+        """Median seconds of encode() of one sentence, `n` times."""
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.embedder.encode([SENTENCES[i % len(SENTENCES)]], show_progress_bar=False)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     def generation(self, max_new: int) -> dict:
         with self.torch.inference_mode():
             t0 = time.perf_counter()
@@ -151,6 +162,16 @@ class Remote:
             return dt
         return CLIENTS * rounds / asyncio.run(load())
 
+    def one_client(self, n: int) -> float:
+        """Median seconds of one client's GenerateEmbeddings of one sentence, `n` calls in a row."""
+        times = []
+        for i in range(n):
+            req = self.ML.GenerateEmbeddingsRequest(texts=[SENTENCES[i % len(SENTENCES)]], model=EMBED_MODEL)
+            t0 = time.perf_counter()
+            self.stub.GenerateEmbeddings(req, timeout=60)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     def generation(self, max_new: int) -> dict:
         req = self.ML.TextRequest(prompt=PROMPT, model=GEN_MODEL, max_length=max_new, temperature=0.0)
         t0 = time.perf_counter()
@@ -167,11 +188,13 @@ class Remote:
 
 
 def measure(sides: dict, rounds: int, max_new: int) -> dict:
-    """side name -> medians of REPEATS turns: emb_rate, gen_rate, ttft, gen_tokens (and errors)."""
+    """side name -> medians of REPEATS turns: emb_rate, one_client, gen_rate, ttft, gen_tokens (and errors)."""
     runs: dict = {name: [] for name in sides}
     for _ in range(REPEATS):
         for name, side in sides.items():
             runs[name].append({"emb_rate": side.embeddings(rounds)})
+        for name, side in sides.items():
+            runs[name][-1]["one_client"] = side.one_client(ONE_CLIENT_CALLS)
         for name, side in sides.items():
             runs[name][-1].update(side.generation(max_new))
     out = {}
@@ -187,6 +210,10 @@ def _rows(via: str, s: dict, b: dict, goals: bool, note_emb: str, note_gen: str,
          "value": round(s["emb_rate"], 1), "baseline": round(b["emb_rate"], 1),
          "ratio": round(s["emb_rate"] / b["emb_rate"], 2), "goal": ">= 0.8" if goals else "", "unit": "sentences/s",
          "note": note_emb},
+        {"bench": "hf", "metric": f"embeddings latency of 1 client, 1 sentence, via {via} vs encode() in-process",
+         "value": round(s["one_client"] * 1000, 1), "baseline": round(b["one_client"] * 1000, 1),
+         "ratio": round(s["one_client"] / b["one_client"], 2), "goal": "", "unit": "ms",
+         "note": f"median of {ONE_CLIENT_CALLS} calls in a row per turn; medians of {REPEATS} turns"},
         {"bench": "hf", "metric": f"GenerateText tokens/s via {via} vs model.generate in-process",
          "value": round(s["gen_rate"], 1), "baseline": round(b["gen_rate"], 1),
          "ratio": round(s["gen_rate"] / b["gen_rate"], 2), "goal": ">= 0.9" if goals else "", "unit": "tokens/s",
