@@ -23,8 +23,8 @@ while streaming, the last len(longest stop)-1 characters are held back until the
 `seed` is accepted only with temperature 0 (greedy decoding is deterministic already); a seed with
 sampling is refused (400, param "seed"): the workers take no seed. Only n=1. usage.completion_tokens is the
 worker's tokens_generated (TextResponse / ChatResponse); usage.prompt_tokens is the worker's prompt_tokens
-(TextResponse, ChatResponse, GeneratedEmbeddingsResponse), 0 while the worker does not report it (the facade
-loads no tokenizer). /v1/completions goes through GenerateText, which renders
+(TextResponse, ChatResponse, GeneratedEmbeddingsResponse): the tokens the model read, counted by the hf
+worker (LiteRT-LM models report 0; the facade loads no tokenizer). /v1/completions goes through GenerateText, which renders
 the prompt with the model's chat template when it has one (as on gRPC). A deadline, as gRPC's: request header
 `X-Request-Timeout: <seconds>` (else none); past it the worker stops and the answer is 504.
 Answers are capped like gRPC's (--max-response-mb, facade/response_limit.py): a JSON body over the limit is

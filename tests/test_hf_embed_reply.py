@@ -22,6 +22,14 @@ def test_the_bytes_are_protobufs_own(shape):
     assert encode_reply(vecs) == _protobuf(vecs)
 
 
+@pytest.mark.parametrize("tokens", [0, 1, 127, 128, 300000])
+def test_prompt_tokens_follow_as_protobuf_writes_them(tokens):
+    vecs = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    want = ML.GeneratedEmbeddingsResponse.FromString(_protobuf(vecs))
+    want.prompt_tokens = tokens
+    assert encode_reply(vecs, tokens) == want.SerializeToString()
+
+
 def test_special_values_and_float64_rows_survive():
     vecs = np.array([[np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4e38]], dtype=np.float64)
     out = ML.GeneratedEmbeddingsResponse.FromString(encode_reply(vecs))

@@ -175,6 +175,13 @@ def test_embeddings_plain_encoder_normalized_and_ordered(worker):
         assert math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4)
     single = emb(worker, ["all that glitters is not gold"])[0]
     assert max(abs(a - b) for a, b in zip(single, vecs[1])) < 1e-4
+    # usage: the tokens the encoder read, special tokens included
+    texts = ["the quick brown fox", "to be"]
+    req = ML.GenerateEmbeddingsRequest(texts=texts, model="tiny-bert")
+    ctx, _ = make_test_context(EMB, payload=req.SerializeToString(), model="tiny-bert")
+    got = ML.GeneratedEmbeddingsResponse.FromString(worker.generate_embeddings(ctx)).prompt_tokens
+    tok = worker._loaded["tiny-bert"].embedder.tokenizer
+    assert got == sum(len(tok(t)["input_ids"]) for t in texts) > len(texts)
 
 
 def test_embeddings_batch_across_concurrent_requests(worker):

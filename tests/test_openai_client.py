@@ -153,6 +153,8 @@ def test_embeddings(client):
     # a single string and explicit float encoding
     one = client.embeddings.create(model=EMBED_MODEL, input="The cat sits on the mat.", encoding_format="float")
     assert len(one.data) == 1 and len(one.data[0].embedding) == 384
+    # the worker counts the tokens it read ([CLS] the cat sits on the mat . [SEP])
+    assert one.usage.prompt_tokens == 9 and r.usage.prompt_tokens > one.usage.prompt_tokens
     assert cos(one.data[0].embedding, vecs[0]) > 0.999
 
 

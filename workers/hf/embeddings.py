@@ -74,6 +74,14 @@ class Embedder:
             return int(self.model.get_sentence_embedding_dimension() or 0)
         return int(self.model.config.hidden_size)
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the model reads for `texts` (special tokens included, after truncation, as encode does):
+        the OpenAI API's usage.prompt_tokens. About 2 us per short sentence, outside the batch."""
+        limit = int(getattr(self.model, "max_seq_length", 0) or 0) if self.is_st else self.max_len
+        enc = self.tokenizer([t[:self.max_chars] for t in texts], add_special_tokens=True, truncation=bool(limit),
+                             max_length=limit or None)
+        return sum(len(ids) for ids in enc["input_ids"])
+
     def encode(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
         texts = [t[:self.max_chars] for t in texts]

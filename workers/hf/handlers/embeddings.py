@@ -50,7 +50,8 @@ class EmbeddingHandlers:
         except Stopped as exc:
             raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
                                                  "or send fewer texts per request")
-        return encode_reply(vecs)
+        embedder = getattr(lm, "embedder", None)
+        return encode_reply(vecs, embedder.count_tokens(texts) if embedder is not None else 0)
 
 
 def _varint(n: int) -> bytes:
@@ -62,13 +63,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_reply(vecs) -> bytes:
+def encode_reply(vecs, prompt_tokens: int = 0) -> bytes:
     """GeneratedEmbeddingsResponse bytes for the rows of `vecs`: each row one `embeddings` entry whose
-    `values` (field 1) are packed little-endian float32, as protobuf itself serialises them."""
+    `values` (field 1) are packed little-endian float32, as protobuf itself serialises them; then
+    `prompt_tokens` (field 100, varint) when not 0."""
     rows = np.ascontiguousarray(vecs, dtype="<f4")
     if rows.ndim != 2:
         rows = rows.reshape(len(rows), -1)
     dim = rows.shape[1] if rows.size else 0
     inner = b"\x0a" + _varint(4 * dim) if dim else b""     # GeneratedEmbedding.values, packed
     entry = b"\x0a" + _varint(len(inner) + 4 * dim) + inner  # GeneratedEmbeddingsResponse.embeddings
-    return b"".join(entry + row.tobytes() for row in rows)
+    tail = b"\xa0\x06" + _varint(prompt_tokens) if prompt_tokens else b""   # field 100, wire type 0
+    return b"".join(entry + row.tobytes() for row in rows) + tail
