@@ -23,6 +23,7 @@ from common import logs
 
 log = logging.getLogger("children")
 
+
 @dataclass
 class Backoff:
     """Capped exponential back-off; resets after a child ran healthy for `reset_after` seconds."""
