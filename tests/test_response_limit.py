@@ -185,8 +185,9 @@ def test_too_many_embeddings_is_resource_exhausted_with_what_to_do(channel):
                                                              model="all-MiniLM-L6-v2"), timeout=180)
     e = ei.value
     assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
-    assert "the answer is 308400 bytes, above the client's 0.25 MiB limit (--max-response-mb)" in e.details()
-    assert "fewer texts per GenerateEmbeddings" in e.details() and "at most 170 fit" in e.details()
+    # 200 vectors of 384 floats (1542 bytes each) + prompt_tokens (4 bytes)
+    assert "the answer is 308404 bytes, above the client's 0.25 MiB limit (--max-response-mb)" in e.details()
+    assert "fewer texts per GenerateEmbeddings" in e.details() and "at most 169 fit" in e.details()
 
 
 def test_echo_stream_message_above_the_limit_is_refused(channel):
