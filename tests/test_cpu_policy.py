@@ -81,3 +81,8 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         assert p.cpu_affinity() == [core] and p.nice() == own_nice + 4
         assert psutil.Process(free.pid).nice() == own_nice
         assert p.environ().get("OMP_NUM_THREADS") == "1"
+        out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "call", "--address", svc.address, "stats"],
+                             capture_output=True, text=True, timeout=60).stdout
+        row = next(line.split() for line in out.splitlines() if line.startswith(pinned.worker_id))
+        assert out.splitlines()[1].split()[-4:] == ["cpus", "nice", "thr", "models"]
+        assert row[-4:] == [str(core), "4", "1", "-"]   # no model loaded
