@@ -47,6 +47,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from bench.common import row  # noqa: E402
 
 SVC = "ml.MediapipeService/"
 FACE_COUNTS = (1, 2, 3, 5)
@@ -217,6 +218,12 @@ def tracking_run(hd: _Handlers, frames: int, options: dict) -> tuple[list, dict]
     return times, boxes
 
 
+def _ms_row(metric: str, value_ms: float, base_ms: float, note: str) -> dict:
+    """A per-frame cost row in ms, rounded as this bench reports them, against the legacy baseline."""
+    return row(BENCH, metric, round(value_ms, 2), round(base_ms, 2), unit="ms", ratio=round(value_ms / base_ms, 2),
+               note=note)
+
+
 def tracking_rows(hd: _Handlers, frames: int = TRACK_FRAMES) -> list:
     """The people-tracking rows: before / now, ms per frame and walkers keeping one id for 50+ frames."""
     from tests.test_vision_people_tracking import KEEP_FRAMES, VTEST, ids_kept, marked_walkers
@@ -268,53 +275,41 @@ def run(quick: bool = True, frames: int | None = None) -> list:
                 t, found = mesh_times(hd, faces[k], n, warm, stream, max_faces=k if stream else 16)
                 lt, lfound = (base_t, base_found) if k == 1 else legacy_times("face_mesh", faces[k], n, warm, stream)
                 ms_by_n[k] = _ms(t)
-                rows.append({"bench": BENCH, "metric": f"face mesh ms/frame, {mode}, {k} face{'s' if k > 1 else ''}",
-                             "value": round(ms_by_n[k], 2), "baseline": round(base, 2),
-                             "ratio": round(ms_by_n[k] / base, 2), "goal": "", "unit": "ms",
-                             "note": f"StreamFaceMesh {'max_faces ' + str(k) if stream else 'detected afresh'}, "
-                                     f"2560x1600, n={n}: {found} of {k} meshes; baseline legacy face_mesh "
-                                     f"(max_num_faces=1, {how}) on the 1-face frame: {base_found} mesh; "
-                                     f"legacy on this frame {_ms(lt):.1f} ms, {lfound} mesh"})
+                rows.append(_ms_row(f"face mesh ms/frame, {mode}, {k} face{'s' if k > 1 else ''}", ms_by_n[k], base,
+                                    f"StreamFaceMesh {'max_faces ' + str(k) if stream else 'detected afresh'}, "
+                                    f"2560x1600, n={n}: {found} of {k} meshes; baseline legacy face_mesh "
+                                    f"(max_num_faces=1, {how}) on the 1-face frame: {base_found} mesh; "
+                                    f"legacy on this frame {_ms(lt):.1f} ms, {lfound} mesh"))
             slope, icpt = _slope(list(ms_by_n), list(ms_by_n.values()))
-            rows.append({"bench": BENCH, "metric": f"face mesh marginal ms per face, {mode}",
-                         "value": round(slope, 2), "baseline": round(base, 2), "ratio": round(slope / base, 2),
-                         "goal": "", "unit": "ms",
-                         "note": f"least-squares slope over N={list(FACE_COUNTS)} (intercept {icpt:.1f} ms); "
-                                 f"baseline: the legacy single-face mesh per frame"})
+            rows.append(_ms_row(f"face mesh marginal ms per face, {mode}", slope, base,
+                                f"least-squares slope over N={list(FACE_COUNTS)} (intercept {icpt:.1f} ms); "
+                                f"baseline: the legacy single-face mesh per frame"))
             if stream:   # the default max_faces (4) on one face: the detector runs every 10 frames
                 t, found = mesh_times(hd, faces[1], n, warm, True, max_faces=4)
-                rows.append({"bench": BENCH, "metric": "face mesh ms/frame, stream, 1 face, max_faces 4",
-                             "value": round(_ms(t), 2), "baseline": round(base, 2), "ratio": round(_ms(t) / base, 2),
-                             "goal": "", "unit": "ms",
-                             "note": f"fewer faces than max_faces: face_search every 10 frames (amortised), n={n}: "
-                                     f"{found} mesh"})
+                rows.append(_ms_row("face mesh ms/frame, stream, 1 face, max_faces 4", _ms(t), base,
+                                    f"fewer faces than max_faces: face_search every 10 frames (amortised), n={n}: "
+                                    f"{found} mesh"))
             # ---- people
             base_t, base_found = legacy_times("pose", one_person, n, warm, stream)
             base = _ms(base_t)
             method = "StreamPoseTracking" if stream else "DetectPose"
             t, found = pose_times(hd, one_person, n, warm, stream)
-            rows.append({"bench": BENCH, "metric": f"pose ms/frame, {mode}, 1 person, 768x480 (baseline's frame)",
-                         "value": round(_ms(t), 2), "baseline": round(base, 2), "ratio": round(_ms(t) / base, 2),
-                         "goal": "", "unit": "ms",
-                         "note": f"{method}, n={n}: {found} pose; baseline legacy pose ({how}) on the same frame: "
-                                 f"{base_found} pose"})
+            rows.append(_ms_row(f"pose ms/frame, {mode}, 1 person, 768x480 (baseline's frame)", _ms(t), base,
+                                f"{method}, n={n}: {found} pose; baseline legacy pose ({how}) on the same frame: "
+                                f"{base_found} pose"))
             ms_by_n = {}
             for k in PEOPLE_COUNTS:
                 t, found = pose_times(hd, people[k], n, warm, stream)
                 lt, lfound = legacy_times("pose", people[k], n, warm, stream)
                 ms_by_n[k] = _ms(t)
-                rows.append({"bench": BENCH, "metric": f"pose ms/frame, {mode}, {k} {'people' if k > 1 else 'person'}",
-                             "value": round(ms_by_n[k], 2), "baseline": round(base, 2),
-                             "ratio": round(ms_by_n[k] / base, 2), "goal": "", "unit": "ms",
-                             "note": f"{method}{' (detector every 10 frames)' if stream else ''}, 1536x480, n={n}: "
-                                     f"{found} of {k} poses; baseline legacy pose ({how}) on the 768x480 1-person "
-                                     f"photo: {base_found} pose; legacy on this frame {_ms(lt):.1f} ms, {lfound} pose"})
+                rows.append(_ms_row(f"pose ms/frame, {mode}, {k} {'people' if k > 1 else 'person'}", ms_by_n[k], base,
+                                    f"{method}{' (detector every 10 frames)' if stream else ''}, 1536x480, n={n}: "
+                                    f"{found} of {k} poses; baseline legacy pose ({how}) on the 768x480 1-person "
+                                    f"photo: {base_found} pose; legacy on this frame {_ms(lt):.1f} ms, {lfound} pose"))
             slope, icpt = _slope(list(ms_by_n), list(ms_by_n.values()))
-            rows.append({"bench": BENCH, "metric": f"pose marginal ms per person, {mode}",
-                         "value": round(slope, 2), "baseline": round(base, 2), "ratio": round(slope / base, 2),
-                         "goal": "", "unit": "ms",
-                         "note": f"least-squares slope over N={list(PEOPLE_COUNTS)} at 1536x480 (intercept "
-                                 f"{icpt:.1f} ms); baseline: the legacy single-person pose per frame"})
+            rows.append(_ms_row(f"pose marginal ms per person, {mode}", slope, base,
+                                f"least-squares slope over N={list(PEOPLE_COUNTS)} at 1536x480 (intercept "
+                                f"{icpt:.1f} ms); baseline: the legacy single-person pose per frame"))
         rows += tracking_rows(hd, frames or TRACK_FRAMES)
     finally:
         hd.close()
