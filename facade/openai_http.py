@@ -374,11 +374,13 @@ class OpenAIHTTP:
         raise OpenAIError(404, f"model {request.match_info['model']!r:.200} not found", "not_found_error", "model",
                           "model_not_found")
 
-    async def chat(self, request):
+    async def _generation_request(self, request) -> tuple:
+        """What chat and completions read alike: (body, model, sampling, stream, include_usage)."""
         body = await self._json(request)
-        model = _model(body)
-        s = _sampling(body)
-        stream, include_usage = _stream_flags(body)
+        return (body, _model(body), _sampling(body), *_stream_flags(body))
+
+    async def chat(self, request):
+        body, model, s, stream, include_usage = await self._generation_request(request)
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise bad_request("'messages' must be a non-empty list", "messages")
@@ -400,10 +402,7 @@ class OpenAIHTTP:
                                     nbytes=request.content_length or len(req.SerializeToString()))
 
     async def completions(self, request):
-        body = await self._json(request)
-        model = _model(body)
-        s = _sampling(body)
-        stream, include_usage = _stream_flags(body)
+        body, model, s, stream, include_usage = await self._generation_request(request)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]

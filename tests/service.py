@@ -132,15 +132,15 @@ def stats(channel, metadata=None):
     return XG.StatsStub(channel).GetStats(X.StatsRequest(), timeout=5, metadata=metadata)
 
 
-def wait_for(cond, timeout: float = 30.0, interval: float = 0.05):
-    """cond()'s first truthy value, polled every `interval` s; AssertionError after `timeout` s."""
+def wait_for(cond, timeout: float = 30.0, interval: float = 0.05, message: str = "condition not met in time"):
+    """cond()'s first truthy value, polled every `interval` s; AssertionError(message) after `timeout` s."""
     end = time.time() + timeout
     while time.time() < end:
         v = cond()
         if v:
             return v
         time.sleep(interval)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(message)
 
 
 # ------------------------------------------------------------------ the service's processes, from a test

@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai")
 
 from protos import pythonml_pb2 as X  # noqa: E402
 from protos import pythonml_pb2_grpc as XG  # noqa: E402
-from tests.service import ROOT, free_port, start_service  # noqa: E402
+from tests.service import ROOT, free_port, start_service, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -76,16 +76,6 @@ def _inflight(svc) -> int:
     st = XG.StatsStub(svc.channel()).GetStats(X.StatsRequest(), timeout=10,
                                                metadata=[("authorization", f"Bearer {TOKEN}")])
     return sum(w.inflight for w in st.workers)
-
-
-def _wait(cond, timeout: float, interval: float = 0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    return cond()
 
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -204,5 +194,6 @@ def test_cancelled_stream(svc, client):
     stream.close()
     r = client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=8, temperature=0)
     assert r.choices[0].message.content.strip()
-    assert _wait(lambda: _inflight(svc) == 0, timeout=90), "the worker kept generating for a closed stream"
+    wait_for(lambda: _inflight(svc) == 0, timeout=90, interval=0.2,
+             message="the worker kept generating for a closed stream")
     assert svc.proc.poll() is None
