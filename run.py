@@ -159,7 +159,7 @@ def main(argv=None) -> int:
                          f"{MAX_RESPONSE_MB}]; the orchestrator's client reads 4 MiB messages (the default)\n")
         return 2
     try:
-        parse_pool_specs(args.pools, "off", args.cpu_policy == "auto", args.worker_threads)
+        pools = parse_pool_specs(args.pools, args.cuda, args.cpu_policy == "auto", args.worker_threads)
     except ValueError as exc:
         sys.stderr.write(f"PythonML cannot start: --pools {args.pools!r}: {exc}\n")
         return 2
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     # children run from the project folder: tell them the service's working directory (whose models/ is a
     # model folder: the orchestrator's cache of models/<org>/<repo>/<file>, common/model_access.py)
     os.environ.setdefault("PYTHONML_WORKING_DIR", os.getcwd())
-    return Service(args).run()
+    return Service(args, pools).run()
 
 
 def _importable(module: str) -> bool:
@@ -193,8 +193,9 @@ class Service:
     """Wiring: the run's resources (run folder, shared-memory pool, sockets, keys), the process manager
     with the facade and every pool's workers, the metrics endpoint, signals. The manager does the rest."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, pools: list):
         self.args = args
+        self.pools = pools               # [PoolSpec], parsed and checked by main()
         self.stop_requested = False
         self.port = args.port
 
@@ -254,7 +255,6 @@ class Service:
         from broker.router import RouterConfig
         from shm.pool import create_pool_fd
 
-        self.pools = parse_pool_specs(a.pools, a.cuda, a.cpu_policy == "auto", a.worker_threads)
         run_dir = proc.make_run_dir()
         manager = None
         exit_code = 0

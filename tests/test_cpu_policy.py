@@ -70,8 +70,10 @@ def test_run_refuses_a_bad_spec_before_starting():
 def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
     core = CORES[-1]
     with start_service(["--pools", f"fake[cpus={core};nice=4;threads=1],fake2"]) as svc:
-        ws = wait_for(lambda: [w for w in stats(svc.channel()).workers if w.state == "ready"] if len(
-            [w for w in stats(svc.channel()).workers if w.state == "ready"]) == 2 else None)
+        def both_ready():
+            ready = [w for w in stats(svc.channel()).workers if w.state == "ready"]
+            return ready if len(ready) == 2 else None
+        ws = wait_for(both_ready)
         by_pool = {w.pool: w for w in ws}
         pinned, free = by_pool["fake"], by_pool["fake2"]
         assert (pinned.cpus, pinned.nice, pinned.threads) == (str(core), 4, 1)
