@@ -540,9 +540,6 @@ class Router:
         if any(self.queues.values()):
             self._dispatch_queued(sweep=True)
 
-    def busy(self) -> bool:
-        return bool(self.requests)
-
     def close(self) -> None:
         self.frontend.close(0)
         self.backend.close(0)

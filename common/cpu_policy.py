@@ -38,9 +38,6 @@ class CpuPolicy:
             out["PML_CPUS"] = ",".join(str(c) for c in self.cpus)
         return out
 
-    def describe(self) -> str:
-        return f"cpus={format_cpus(self.cpus)} nice={self.nice} threads={self.threads}"
-
 
 def available_cpus() -> tuple:
     try:
