@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
            "libtensorflowlite_gpu_delegate.so); an operator setting, never a request option")
     a("--worker-endpoint", default=env_default("worker_endpoint", ""),
       help="bind the worker socket on tcp://host:port (CurveZMQ keys required) instead of a private ipc socket")
+    a("--ray-address", default=env_default("ray_address", ""),
+      help="Ray cluster for the pools placed with [ray] in --pools (e.g. auto, 10.0.0.5:6379, ray://head:10001): "
+           "their workers become Ray actors on nodes whose resources fit and join the broker over tcp with "
+           "CurveZMQ (after scripts/setup.sh --ray); other pools stay local processes")
+    a("--ray-project-dir", default=env_default("ray_project_dir", ROOT),
+      help="the PythonML folder on the Ray nodes (default: this one's path, the same on every node)")
+    a("--ray-python", default=env_default("ray_python", ""),
+      help="Python of the workers on the Ray nodes (default: .venv/bin/python in --ray-project-dir)")
     return ap
 
 
@@ -166,7 +174,8 @@ def main(argv=None) -> int:
     from common.tls import TlsFiles, check_files, exposure_problem
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
-    problem = check_files(tls) or exposure_problem(args.host, tls, token, args.allow_insecure_network)
+    problem = check_files(tls) or exposure_problem(args.host, tls, token, args.allow_insecure_network) \
+        or _ray_problem(args, pools)
     if problem:
         sys.stderr.write(f"PythonML cannot start: {problem}\n")
         return 2
@@ -179,6 +188,19 @@ def main(argv=None) -> int:
     # model folder: the orchestrator's cache of models/<org>/<repo>/<file>, common/model_access.py)
     os.environ.setdefault("PYTHONML_WORKING_DIR", os.getcwd())
     return Service(args, pools).run()
+
+
+def _ray_problem(args: argparse.Namespace, pools: list) -> str:
+    """Why the Ray settings cannot work, before anything starts ("" when they can)."""
+    placed = sorted({spec.pool for spec in pools if spec.placement is not None})
+    if placed and not args.ray_address:
+        return (f"pool(s) {', '.join(placed)} are placed on Ray ([ray] in --pools) but --ray-address is not set "
+                f"(e.g. --ray-address auto on a node of the cluster)")
+    if placed and not _importable("ray"):
+        return "pools are placed on Ray but the ray package is not installed: run scripts/setup.sh --ray"
+    if args.ray_address and not placed:
+        log.warning("--ray-address is set but no pool is placed on Ray (add [ray] to a pool in --pools)")
+    return ""
 
 
 def _importable(module: str) -> bool:
@@ -232,17 +254,29 @@ class Service:
         logs.write_nonblocking(1, f"READY port={self.port} pid={os.getpid()}\n".encode())
         log.info("listening on %s:%d (ready in %.2fs)", self.args.host, self.port, time.time() - self.t0)
 
-    def _worker_socket(self, run_dir: str) -> tuple:
-        """(bind endpoint, connect endpoint, CurveZMQ server public key, secret key) of the workers' socket."""
+    def _worker_socket(self, run_dir: str, ray_ip: str) -> tuple:
+        """(bind endpoint, extra bind endpoints, connect endpoint, CurveZMQ server public key, secret key) of
+        the workers' socket. With Ray-placed pools (`ray_ip`: this node's address in the cluster) and no
+        --worker-endpoint, local workers keep the ipc socket and remote ones get tcp on that address."""
         a = self.args
-        if not a.worker_endpoint:
-            endpoint = f"ipc://{run_dir}/backend.sock"
-            return endpoint, endpoint, None, None
+        ipc = f"ipc://{run_dir}/backend.sock"
+        if not a.worker_endpoint and not ray_ip:
+            return ipc, (), ipc, None, None
         import zmq
         public, secret = zmq.curve_keypair()
         wpub, wsec = zmq.curve_keypair()
         os.environ["PML_CURVE_PUBLIC"], os.environ["PML_CURVE_SECRET"] = wpub.decode(), wsec.decode()
-        return a.worker_endpoint, a.worker_endpoint.replace("*", "127.0.0.1"), public, secret
+        if not a.worker_endpoint:
+            return ipc, (f"tcp://{ray_ip}:*",), ipc, public, secret
+        return a.worker_endpoint, (), a.worker_endpoint.replace("*", "127.0.0.1"), public, secret
+
+    def _remote_connect(self, manager, ray_ip: str) -> str:
+        """Where a worker on another node reaches the broker (tcp; a wildcard host becomes our node's address)."""
+        endpoint = manager.router.remote_endpoint()
+        for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+            if endpoint.startswith(wildcard):
+                endpoint = f"tcp://{ray_ip or '127.0.0.1'}:" + endpoint[len(wildcard):]
+        return endpoint
 
     def run(self) -> int:
         self.t0 = time.time()
@@ -256,19 +290,29 @@ class Service:
         from shm.pool import create_pool_fd
 
         run_dir = proc.make_run_dir()
-        manager = None
+        manager = ray = None
         exit_code = 0
         try:
             shm_fd = create_pool_fd(a.shm_slots, a.shm_slot_mb * 2**20)
-            backend, backend_connect, curve_public, curve_secret = self._worker_socket(run_dir)
-            res = launch.RunResources(run_dir, shm_fd, f"ipc://{run_dir}/frontend.sock", backend_connect, curve_public)
+            shm_reader = None
+            if any(spec.placement is not None for spec in self.pools):
+                from broker.ray_children import RayChildren
+                from shm.pool import SlotReader
+                ray = RayChildren(a.ray_address)
+                shm_reader = SlotReader(shm_fd, a.shm_slots, a.shm_slot_mb * 2**20)  # frames copied inline for them
+            ray_ip = ray.node_ip() if ray else ""
+            backend, extra, backend_connect, curve_public, curve_secret = self._worker_socket(run_dir, ray_ip)
             manager = ProcessManager(
                 ManagerConfig(heartbeat_timeout_s=a.heartbeat_timeout_s, startup_timeout_s=a.startup_timeout_s,
                               stall_timeout_s=a.stall_timeout_s),
-                RouterConfig(frontend=res.frontend, backend=backend, queue_limit=a.queue_limit,
+                RouterConfig(frontend=f"ipc://{run_dir}/frontend.sock", backend=backend, queue_limit=a.queue_limit,
                              caller_queue_limit=a.caller_queue_limit, queue_timeout_s=a.queue_timeout_s,
                              max_message_bytes=(a.max_message_mb + 16) * 2**20,
-                             curve_secret=curve_secret, curve_public=curve_public))
+                             curve_secret=curve_secret, curve_public=curve_public, extra_backends=extra,
+                             shm_reader=shm_reader),
+                remote=ray)
+            res = launch.RunResources(run_dir, shm_fd, f"ipc://{run_dir}/frontend.sock", backend_connect, curve_public,
+                                      remote_connect=self._remote_connect(manager, ray_ip) if ray else "")
             if curve_secret:
                 self._start_curve_auth(run_dir, os.environ["PML_CURVE_PUBLIC"].encode())
             preload = self._preload_plan()
@@ -303,6 +347,8 @@ class Service:
                     manager.kill_all()
                 except Exception:
                     pass
+            elif ray is not None:
+                ray.shutdown()
             proc.remove_run_dir(run_dir)
         return exit_code
 

@@ -47,16 +47,19 @@ class Child:
     env: dict
     pass_fds: tuple = ()
     popen: Optional[subprocess.Popen] = None
-    pidfd: int = -1
+    pidfd: int = -1                # a pidfd; for a Ray-placed child, a pipe that is readable once it ended
     started_at: float = 0.0
     exit_code: Optional[int] = None
+    placement: Optional[object] = None   # broker.ray_placement.RayPlacement: a worker actor on a Ray cluster
+    cwd: Optional[str] = None            # where it runs (a Ray child: the project folder on its node)
+    exit_note: str = ""                  # how a Ray child ended, when its exit code does not say it
 
     @property
     def pid(self) -> int:
         return self.popen.pid if self.popen else -1
 
     def alive(self) -> bool:
-        return self.popen is not None and self.exit_code is None
+        return self.exit_code is None and (self.popen is not None or self.placement is not None)
 
 
 class LogPump:
@@ -103,15 +106,23 @@ class LogPump:
 
 
 class Children:
-    """The live child processes by pidfd: spawn, reap, kill."""
+    """The live child processes by pidfd: spawn, reap, kill. Children with a placement are Ray actors on
+    other nodes (`remote`: broker/ray_children.RayChildren), handled through the same calls."""
 
-    def __init__(self, python: str = sys.executable, cwd: Optional[str] = None):
+    def __init__(self, python: str = sys.executable, cwd: Optional[str] = None, remote=None):
         self.python = python
         self.cwd = cwd or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.pump = LogPump()
+        self.remote = remote
         self.children: dict[int, Child] = {}   # pidfd -> child
 
     def spawn(self, child: Child) -> Child:
+        if child.placement is not None:
+            if self.remote is None:
+                raise RuntimeError(f"{child.name} is placed on Ray but the service is not connected to a Ray cluster")
+            self.remote.spawn(child)
+            self.children[child.pidfd] = child
+            return child
         env = dict(os.environ)
         env.update(child.env)
         env["PYTHONUNBUFFERED"] = "1"
@@ -140,6 +151,9 @@ class Children:
             pass
         if child is None:
             return None
+        if child.placement is not None:
+            self.remote.reap(child)
+            return child
         try:
             child.exit_code = child.popen.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -147,6 +161,12 @@ class Children:
         return child
 
     def kill(self, child: Child, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL or SIGTERM; a Ray child's actor is killed whatever the signal (the worker's own drain
+        is asked for with STOP through the broker, never with a signal)."""
+        if child.placement is not None:
+            if child.alive():
+                self.remote.kill(child)
+            return
         if child.alive():
             try:
                 os.kill(child.pid, sig)
@@ -158,11 +178,14 @@ class Children:
             self.kill(child, signal.SIGKILL)
         for pidfd in list(self.children.keys()):
             child = self.children[pidfd]
-            try:
-                child.popen.wait(timeout=5)
-            except Exception:
-                pass
+            if child.popen is not None:
+                try:
+                    child.popen.wait(timeout=5)
+                except Exception:
+                    pass
             self.reap(pidfd)
+        if self.remote is not None:
+            self.remote.shutdown()
 
 
 def describe_exit(code: Optional[int]) -> str:

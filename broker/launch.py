@@ -28,11 +28,17 @@ class RunResources:
     frontend: str                        # the facade's broker socket
     backend_connect: str                 # the workers' broker socket
     curve_server_public: Optional[bytes] = None
+    remote_connect: str = ""             # tcp endpoint of the broker for workers on other nodes (Ray)
+
+# our own settings a remote worker needs (a local child inherits the whole environment; a Ray actor on another
+# node has its own): the working folder and model cache, fault injection in tests, the CurveZMQ client keys
+FORWARDED_ENV_PREFIXES = ("PYTHONML_", "PML_")
+NOT_FORWARDED = {"PML_PARENT_PID", "PML_CPUS", "PML_NICE"}
 
 
-def child_argv(sig: int, module: str, args: list) -> list:
+def child_argv(sig: int, module: str, args: list, python: str = sys.executable) -> list:
     """`python -m common.child SIG MODULE ARGS...`: the bootstrap arms the parent-death signal first."""
-    return [sys.executable, "-m", "common.child", str(int(sig)), module, *args]
+    return [python, "-m", "common.child", str(int(sig)), module, *args]
 
 
 def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: str, threads: int) -> dict:
@@ -50,15 +56,16 @@ def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: 
 def worker_factory(a: argparse.Namespace, res: RunResources, spec: PoolSpec) -> Callable[[str], Child]:
     """A worker of `spec`'s pool; its CPU policy (cores, priority) is taken by the child bootstrap
     (common/child.py) before any heavy import, its thread budget by every library inside."""
-    pool, device, policy = spec.pool, spec.device, spec.policy
+    pool, device, policy, placement = spec.pool, spec.device, spec.policy, spec.placement
     module = family_of(pool).module
+    remote = placement is not None
 
     def make(worker_id: str) -> Child:
         opts = worker_options(a, res, pool, device, policy.threads)
         t = str(policy.threads)
         env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, **WORKER_ENV, **policy.env()}
-        args = ["--pool", pool, "--device", device, "--connect", res.backend_connect, "--worker-id", worker_id,
-                "--shm-fd", str(res.shm_fd), "--shm-slots", str(a.shm_slots),
+        args = ["--pool", pool, "--device", device, "--connect", res.remote_connect if remote else res.backend_connect,
+                "--worker-id", worker_id, "--shm-fd", "-1" if remote else str(res.shm_fd), "--shm-slots", str(a.shm_slots),
                 "--shm-slot-size", str(a.shm_slot_mb * 2**20), "--options-json", json.dumps(opts),
                 "--heartbeat-interval", str(a.heartbeat_interval_s), "--drain-seconds", str(a.drain_s),
                 "--max-message-bytes", str((a.max_message_mb + 16) * 2**20),
@@ -66,8 +73,20 @@ def worker_factory(a: argparse.Namespace, res: RunResources, spec: PoolSpec) -> 
         if res.curve_server_public:
             # "=" form: a Z85 key may begin with "-", which argparse would take for an option
             args.append(f"--curve-server-key={res.curve_server_public.decode()}")
+        if remote:
+            return _remote_child(a, worker_id, module, args, env, placement)
         return Child(name=worker_id, argv=child_argv(signal.SIGKILL, module, args), env=env, pass_fds=(res.shm_fd,))
     return make
+
+
+def _remote_child(a: argparse.Namespace, worker_id: str, module: str, args: list, env: dict, placement) -> Child:
+    """A worker placed on a Ray node (broker/ray_children.py): the same command line, run from the project
+    folder of that node with its Python, with the environment it cannot inherit from us."""
+    python = a.ray_python or os.path.join(a.ray_project_dir, ".venv", "bin", "python")
+    env = {**{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in NOT_FORWARDED},
+           **env, "PYTHONUNBUFFERED": "1"}
+    return Child(name=worker_id, argv=child_argv(signal.SIGKILL, module, args, python), env=env,
+                 placement=placement, cwd=a.ray_project_dir)
 
 
 def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: Callable[[], int]) -> Callable[[], Child]:

@@ -42,8 +42,12 @@ class BrokerCollector:
                                       labels=labels[:3] + ["model", "pipeline"])
         model_vram = GaugeMetricFamily("pythonml_model_vram_megabytes", "GPU memory measured for a model's load",
                                        labels=labels[:3] + ["model", "pipeline"])
+        info = GaugeMetricFamily("pythonml_worker_info", "Where the worker runs: placement local or ray, its node "
+                                 "(Ray node id, else the host name) and the node's address",
+                                 labels=labels[:3] + ["placement", "node", "node_ip"])
         for w in snap.get("workers", []):
             lv = [w["worker_id"], w["pool"], w["device"], str(w["pid"]), w["state"]]
+            info.add_metric(lv[:3] + [str(w.get("placement", "")), str(w.get("node", "")), str(w.get("node_ip", ""))], 1.0)
             for key, _, _ in WORKER_GAUGES:
                 gauges[key].add_metric(lv, float(w.get(key) or 0))
             restarts.add_metric(lv[:3], float(w["restarts"]))
@@ -54,6 +58,7 @@ class BrokerCollector:
                 model_ram.add_metric(ml, float(m.get("ram_mb") or 0))
                 model_vram.add_metric(ml, float(m.get("vram_mb") or 0))
         yield from gauges.values()
+        yield info
         yield restarts
         yield served
         yield models

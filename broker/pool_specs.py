@@ -1,15 +1,18 @@
 """--pools: which workers run, where, how many, and with which CPU policy.
 
 `pool[@device][*count][[settings]]`, comma separated: e.g. `vision,hf,litert` (the default),
-`hf@cuda:0*2`, `vision[cpus=0],hf[cpus=1;nice=5;threads=1]` (common/cpu_policy.py). With `--cuda auto`
-and no explicit CUDA device, a family that runs per CUDA device (hf) gets one more worker on each.
+`hf@cuda:0*2`, `vision[cpus=0],hf[cpus=1;nice=5;threads=1]` (common/cpu_policy.py), `hf[ray;num_cpus=2]`
+(placed on a Ray cluster: broker/ray_placement.py). With `--cuda auto` and no explicit CUDA device, a family
+that runs per CUDA device (hf) gets one more (local) worker on each.
 """
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
+from typing import Optional
 
+from broker.ray_placement import RayPlacement, take_placement
 from common.cpu_policy import CpuPolicy, policy_for
 from common.families import family_of
 
@@ -20,6 +23,7 @@ class PoolSpec:
     device: str
     count: int
     policy: CpuPolicy
+    placement: Optional[RayPlacement] = None      # None: local processes; else worker actors on a Ray cluster
 
 
 def detect_cuda_devices() -> list:
@@ -64,7 +68,9 @@ def _settings(body: str) -> dict:
     out: dict = {}
     key = None
     for tok in [t.strip() for t in re.split(r"[;,]", body) if t.strip()]:
-        if "=" in tok:
+        if tok == "ray":          # a bare word: place the pool on the Ray cluster
+            out["ray"], key = "", None
+        elif "=" in tok:
             key, _, value = tok.partition("=")
             key = key.strip()
             out[key] = value.strip()
@@ -89,12 +95,20 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
         count = int(m["count"] or 1)
         if count < 1:
             raise ValueError(f"{item!r}: the count must be at least 1")
-        parsed.append((m, family, count))
-    beside_latency = any(family.latency for _, family, _ in parsed)
-    for m, family, count in parsed:
-        policy = policy_for(family.latency, _settings(m["settings"] or ""), cpu_policy, worker_threads, beside_latency)
-        out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy))
+        settings = _settings(m["settings"] or "")
+        try:
+            placement = take_placement(settings, m["device"] or "cpu")
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc}") from None
+        parsed.append((m, family, count, settings, placement))
+    # thread budgets add up to THIS machine: Ray-placed pools run elsewhere and do not count
+    beside_latency = any(family.latency for _, family, _, _, placement in parsed if placement is None)
+    for m, family, count, settings, placement in parsed:
+        if placement is not None and "threads" not in settings:
+            settings["threads"] = str(placement.threads)
+        policy = policy_for(family.latency, settings, cpu_policy, worker_threads, beside_latency)
+        out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy, placement))
     if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
-        wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device}
+        wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device and s.placement is None}
         out += [PoolSpec(s.pool, dev, 1, s.policy) for s in wanted.values() for dev in detect_cuda_devices()]
     return out

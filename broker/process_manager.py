@@ -56,6 +56,7 @@ class WorkerSlot:
     worker: Optional[WorkerState] = None
     child: Optional[Child] = None
     policy: Optional[CpuPolicy] = None           # cores, priority and thread budget (common/cpu_policy.py)
+    remote: bool = False                         # its workers are Ray actors on other nodes
 
     @property
     def key(self) -> str:
@@ -75,9 +76,10 @@ class FacadeSlot:
 
 
 class ProcessManager:
-    def __init__(self, config: ManagerConfig, router_config: RouterConfig):
+    def __init__(self, config: ManagerConfig, router_config: RouterConfig, remote=None):
+        """`remote`: the Ray launcher (broker/ray_children.py) of the pools placed on a Ray cluster, or None."""
         self.cfg = config
-        self.children = Children()
+        self.children = Children(remote=remote)
         self.router = Router(router_config, self)
         self.slots: list[WorkerSlot] = []
         self.facade: Optional[FacadeSlot] = None
@@ -115,13 +117,23 @@ class ProcessManager:
         slot.generation += 1
         slot.restart_at = None
         worker_id = f"{slot.key}.{slot.generation}"
-        child = self.children.spawn(slot.make_child(worker_id))
+        child = slot.make_child(worker_id)
+        if child.placement is not None:
+            problem = self.children.remote.check_fits(child.placement)
+            if problem:
+                log.warning("%s waits for Ray to place it: %s (it is killed and placed again after "
+                            "--startup-timeout-s)", worker_id, problem)
+        child = self.children.spawn(child)
         slot.child = child
+        remote = slot.remote = child.placement is not None
         slot.worker = WorkerState(worker_id=worker_id, pool=slot.pool, device=slot.device, index=slot.index,
-                                  pid=child.pid, started_at=child.started_at)
+                                  pid=0 if remote else child.pid, started_at=child.started_at, remote=remote)
         self.by_pidfd[child.pidfd] = slot
         self.router.worker_started(slot.worker)
-        log.info("started %s pid=%d", worker_id, child.pid)
+        if remote:
+            log.info("asked Ray to place %s (%s)", worker_id, child.placement.describe())
+        else:
+            log.info("started %s pid=%d", worker_id, child.pid)
 
     def _slot_of(self, ws: WorkerState) -> Optional[WorkerSlot]:
         for slot in self.slots:
@@ -139,20 +151,22 @@ class ProcessManager:
             self._facade_exited(owner, child)
 
     def _worker_exited(self, slot: WorkerSlot, ws: WorkerState, child: Child) -> None:
-        reason = describe_exit(child.exit_code)
+        reason = child.exit_note or describe_exit(child.exit_code)
         expected = ws.stop_sent or self.stopping
+        pid = ws.pid or child.pid
         if not expected and ws.kill_reason is None:
             self.counters["crashes"] += 1
-            log.error("%s (pid %d) died: %s; %d in-flight requests fail", ws.worker_id, child.pid, reason,
+            log.error("%s (pid %d) died: %s; %d in-flight requests fail", ws.worker_id, pid, reason,
                       len(ws.inflight))
-        where = f"the {slot.pool} worker on {slot.device} (pid {child.pid})"
+        node = ws.status.get("node") if ws.remote else ""
+        where = f"the {slot.pool} worker on {slot.device} (pid {pid}{f' on Ray node {node}' if node else ''})"
         if ws.kill_reason is not None and not expected:
             message = f"{where} was killed: {ws.kill_reason}; it is being restarted, retry the request"
         else:
             message = (f"{where} {'stopped' if expected else 'crashed'} while processing this request ({reason}); "
                        f"it is being restarted, retry the request")
         slot.worker = slot.child = None
-        self.router.worker_exited(ws, message, f"the {slot.pool} worker serving this stream (pid {child.pid}) died "
+        self.router.worker_exited(ws, message, f"the {slot.pool} worker serving this stream (pid {pid}) died "
                                                f"({reason}); its tracking state is lost: open a new stream")
         if self.stopping:
             return

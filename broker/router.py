@@ -28,6 +28,8 @@ import zmq
 from common import wire as P
 from broker.fair_queue import FairQueue
 from common.methods import LOAD_MODEL
+from common.payload import INLINE, SHM
+from shm.pool import SlotRef, StaleSlotError
 
 log = logging.getLogger("broker")
 
@@ -72,6 +74,7 @@ class WorkerState:
     served: int = 0
     stop_sent: bool = False
     kill_reason: Optional[str] = None   # set by the process manager when it kills it for lack of progress
+    remote: bool = False             # on another node (a Ray actor): no shared memory, frames travel inline
 
     def free(self) -> int:
         return self.capacity - len(self.inflight) if self.state == "ready" else 0
@@ -96,6 +99,8 @@ class RouterConfig:
     max_message_bytes: int = 256 * 2**20
     curve_secret: Optional[bytes] = None
     curve_public: Optional[bytes] = None
+    extra_backends: tuple = ()       # more endpoints of the worker socket (remote workers' tcp beside local ipc)
+    shm_reader: Optional[object] = None   # shm.pool.SlotReader: copies a frame inline for a remote worker
 
 
 class Router:
@@ -104,7 +109,7 @@ class Router:
         self.events = events
         self.zctx = zmq.Context.instance()
         self.frontend = self._router(config.frontend)
-        self.backend = self._router(config.backend, curve=True)
+        self.backend = self._router(config.backend, curve=True, extra=config.extra_backends)
         self.configured: dict[str, dict[str, int]] = {}      # pool -> device -> workers configured
         self.workers: dict[str, WorkerState] = {}          # worker_id -> state
         self.queues: dict[str, FairQueue] = {}
@@ -116,21 +121,31 @@ class Router:
         self._ids = itertools.count()
         self._last_pools: dict = {}
 
-    def _router(self, endpoint: str, curve: bool = False) -> zmq.Socket:
+    def _router(self, endpoint: str, curve: bool = False, extra: tuple = ()) -> zmq.Socket:
         s = self.zctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
         s.setsockopt(zmq.SNDHWM, 100000)
         s.setsockopt(zmq.RCVHWM, 100000)
-        if curve and endpoint.startswith("tcp://"):
+        endpoints = (endpoint, *extra)
+        if curve and any(e.startswith("tcp://") for e in endpoints):
             if not self.cfg.curve_secret:
                 raise ValueError("a tcp:// worker endpoint requires CurveZMQ keys")
-            s.curve_server = True
+            s.curve_server = True     # every connection of the socket, ipc ones included
             s.curve_secretkey = self.cfg.curve_secret
             s.curve_publickey = self.cfg.curve_public
-        s.bind(endpoint)
+        for e in endpoints:
+            s.bind(e)
         return s
+
+    def remote_endpoint(self) -> str:
+        """The tcp endpoint the worker socket really bound (a wildcard port resolved): what remote workers
+        connect to."""
+        for e in (self.cfg.backend, *self.cfg.extra_backends):
+            if e.startswith("tcp://"):
+                return self.backend.getsockopt_string(zmq.LAST_ENDPOINT) if e.endswith(":*") else e
+        return ""
 
     # ---------------------------------------------------------------- topology (from the process manager)
     def add_pool_slot(self, pool: str, device: str) -> int:
@@ -368,7 +383,9 @@ class Router:
         free = [w for w in cands if w.free() > 0]
         if not free:
             return None
-        return min(free, key=lambda w: (len(w.inflight) / max(1, w.capacity), w.index))
+        # a frame in shared memory goes to a local worker when one is free: a remote one gets a copy inline
+        in_shm = SHM in req.header
+        return min(free, key=lambda w: (in_shm and w.remote, len(w.inflight) / max(1, w.capacity), w.index))
 
     def _try_dispatch(self, req: Request) -> bool:
         ws = self._pick(req)
@@ -379,7 +396,15 @@ class Router:
         ws.inflight[req.id] = req
         if req.stream is not None:
             self.streams.setdefault(req.stream, ws.worker_id)
-        if not self._send_worker(ws, P.REQUEST, req.raw_header or req.header, req.frames):
+        header, frames = req.raw_header or req.header, req.frames
+        if ws.remote and SHM in req.header:
+            try:
+                header, frames = self._inline(req)
+            except (StaleSlotError, ValueError) as exc:
+                ws.inflight.pop(req.id, None)
+                self._error(req, "ABORTED", f"the frame for a remote worker could not be read ({exc}); resend it")
+                return True
+        if not self._send_worker(ws, P.REQUEST, header, frames):
             ws.inflight.pop(req.id, None)
             req.worker_id = None
             return False
@@ -388,6 +413,16 @@ class Router:
             log.debug("dispatched %s %s (model=%r stream=%s) to %s", req.id, req.header.get("method"), req.model,
                       req.stream, ws.worker_id)
         return True
+
+    def _inline(self, req: Request) -> tuple:
+        """The request with its shared-memory frame copied into the message (another node has no access to
+        this machine's shared memory); the facade still frees the slot on the terminal reply."""
+        if self.cfg.shm_reader is None:
+            raise ValueError("the broker has no view of the shared-memory pool")
+        header = dict(req.header)
+        view = self.cfg.shm_reader.view_of(SlotRef.from_wire(header.pop(SHM)))
+        header[INLINE] = True
+        return header, [req.frames[0], bytes(view)]
 
     def _has_credit(self, pool: str) -> bool:
         return any(ws.pool == pool and ws.free() > 0 for ws in self.workers.values())
@@ -468,6 +503,8 @@ class Router:
             self._absorb_status(ws, header)
         elif command == P.READY:
             self._absorb_status(ws, header)
+            if not ws.pid:   # a remote worker: its pid on its node
+                ws.pid = int(header.get("pid") or 0)
             ws.capacity = max(1, int(header.get("capacity") or 1))
             ws.state = "ready"
             ws.ready_at = ws.last_reply = time.time()

@@ -38,6 +38,8 @@ def stats_view(manager) -> dict:
             "cuda_allocated_mb": mem.get("cuda_allocated_mb", 0.0),
             "cuda_reserved_mb": mem.get("cuda_reserved_mb", 0.0),
             "models": list(ws.models.values()) if ws else [],
+            "placement": "ray" if (ws.remote if ws else slot.remote) else "local",
+            "node": st.get("node", ""), "node_ip": st.get("node_ip", ""),
             **policy_view(slot.policy),
         })
     pools = []

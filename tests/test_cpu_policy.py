@@ -86,5 +86,5 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "call", "--address", svc.address, "stats"],
                              capture_output=True, text=True, timeout=60).stdout
         row = next(line.split() for line in out.splitlines() if line.startswith(pinned.worker_id))
-        assert out.splitlines()[1].split()[-4:] == ["cpus", "nice", "thr", "models"]
-        assert row[-4:] == [str(core), "4", "1", "-"]   # no model loaded
+        assert out.splitlines()[1].split()[-5:] == ["cpus", "nice", "thr", "node", "models"]
+        assert row[-5:] == [str(core), "4", "1", "local", "-"]   # a local child, no model loaded

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -293,7 +294,9 @@ class Worker:
                 "pid": os.getpid(), "capacity": self.capacity, "inflight": inflight,
                 "requests_served": self.requests_served, "uptime_s": time.time() - self.started,
                 **self.models.snapshot(),
-                "memory": self.measure_memory(), "recycle": self._recycle_reason}
+                "memory": self.measure_memory(), "recycle": self._recycle_reason,
+                # where it runs: the Ray node id for a worker placed on Ray (broker/ray_host.py), else this host
+                "node": os.environ.get("PML_NODE") or socket.gethostname(), "node_ip": os.environ.get("PML_NODE_IP", "")}
 
     def _heartbeat_loop(self) -> None:
         interval = self.args.heartbeat_interval
