@@ -238,8 +238,11 @@ class ProcessManager:
                     self.children.kill(slot.child)
             elif now - ws.last_seen > self.cfg.heartbeat_timeout_s:
                 self.counters["hangs"] += 1
-                log.error("%s (pid %d) missed heartbeats for %.1fs: killing it as hung", ws.worker_id, ws.pid,
-                          now - ws.last_seen)
+                silent = now - ws.last_seen
+                log.error("%s (pid %d) missed heartbeats for %.1fs: killing it as hung", ws.worker_id, ws.pid, silent)
+                ws.kill_reason = (f"it sent no heartbeat for {silent:.1f}s (hung, or its node unreachable): its Ray "
+                                  f"actor was killed" if ws.remote else
+                                  f"it sent no heartbeat for {silent:.1f}s (hung): SIGKILL")
                 ws.last_seen = now  # do not re-kill every tick
                 self.children.kill(slot.child, signal.SIGKILL)
             else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
@@ -32,6 +33,8 @@ from common.payload import INLINE, SHM
 from shm.pool import SlotRef, StaleSlotError
 
 log = logging.getLogger("broker")
+
+RETIRED_KEPT = 1024     # ids of dead workers remembered, to fence one that comes back after a partition
 
 
 @dataclass
@@ -117,6 +120,7 @@ class Router:
         self.streams: dict[str, str] = {}                    # stream id -> worker id
         self.dead_streams: dict[str, str] = {}               # stream id -> reason (worker died)
         self.facades: set = set()
+        self.retired: "OrderedDict[str, bool]" = OrderedDict()   # dead worker ids -> told to stop (fencing)
         self.counters = {"malformed": 0, "rejected": {}, "expired": {}, "unroutable_replies": 0}
         self._ids = itertools.count()
         self._last_pools: dict = {}
@@ -165,6 +169,9 @@ class Router:
         streams are closed with `streams_message` (their state died with it)."""
         ws.state = "dead"
         self.workers.pop(ws.worker_id, None)
+        self.retired[ws.worker_id] = False
+        while len(self.retired) > RETIRED_KEPT:
+            self.retired.popitem(last=False)
         for req in list(ws.inflight.values()):
             self._error(req, "UNAVAILABLE", requests_message)
         ws.inflight.clear()
@@ -208,6 +215,18 @@ class Router:
         self.requests[rid] = req
         ws.inflight[rid] = req
         self._send_worker(ws, P.REQUEST, req.header, req.frames)
+
+    def _fence(self, wid: str) -> None:
+        """A worker we counted as dead spoke again (its node was unreachable, not gone, and a successor has
+        its place): its replies are dropped and it is told, once, to stop."""
+        if self.retired[wid]:
+            return
+        self.retired[wid] = True
+        log.warning("%s was replaced while it could not be reached and is back: telling it to stop", wid)
+        try:
+            self.backend.send_multipart([wid.encode(), *P.encode(P.STOP, {})], copy=False)
+        except zmq.ZMQError:
+            pass
 
     def send_stop(self, ws: WorkerState) -> None:
         ws.stop_sent = True
@@ -472,6 +491,9 @@ class Router:
             return
         ws = self.workers.get(wid)
         if ws is None or ws.state == "dead":
+            if wid in self.retired:
+                self._fence(wid)
+                return
             self.counters["malformed"] += 1
             log.warning("message %s from unknown worker %r dropped", command, wid[:40])
             return
