@@ -11,6 +11,7 @@ import hashlib
 import os
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.ray_cluster import gone, needs_ray, start_cluster
-from tests.service import start_service, stats, wait_for
+from tests.service import free_port, start_service, stats, wait_for
 
 pytestmark = [needs_ray, pytest.mark.slow]
 
@@ -60,7 +61,9 @@ def node_ids(cluster) -> dict:
 def test_placement_by_resources_stats_and_inline_frames(cluster):
     ids = node_ids(cluster)
     # capacity 1 per worker; the Ray-placed worker is first in the pool (ties in load go to it)
-    with start_service(["--pools", "fake[ray;num_cpus=1;resources=host_c:1],fake", "--ray-address", cluster.address],
+    mport = free_port()
+    with start_service(["--pools", "fake[ray;num_cpus=1;resources=host_c:1],fake", "--ray-address", cluster.address,
+                        "--metrics-port", str(mport)],
                        env={"PML_FAULT_INJECTION": "1", "PML_FAKE_CAPACITY": "1"}) as svc:
         ch = svc.channel()
         remote = ready_on_ray(ch, "fake")
@@ -68,6 +71,10 @@ def test_placement_by_resources_stats_and_inline_frames(cluster):
         assert remote.node == ids["host_c"], "the pool's worker is on the node with host_c"
         assert remote.node_ip and remote.pid > 0 and remote.pid != local.pid
         assert local.node and local.node != remote.node
+        metrics = wait_for(lambda: (lambda t: t if remote.node in t else None)(
+            urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()), 10)
+        assert (f'pythonml_worker_info{{device="cpu",node="{remote.node}",node_ip="{remote.node_ip}",placement="ray",'
+                f'pool="fake",worker="{remote.worker_id}"}} 1.0') in metrics
 
         (r,) = echo(ch, pool="fake")
         assert r.worker_id == remote.worker_id, "a request without a frame: the tie goes to the first worker"
