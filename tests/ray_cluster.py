@@ -2,6 +2,7 @@
 each with its own resources, and the checks that nothing of it is left afterwards."""
 from __future__ import annotations
 
+import shutil
 import time
 
 import psutil
@@ -29,17 +30,31 @@ def start_cluster(nodes: list) -> "Cluster":
     return cluster
 
 
-def ray_processes() -> list:
-    """Processes of any Ray cluster on this machine (raylets, GCS, Ray workers and actors)."""
+def processes_of(address: str) -> list:
+    """Processes on this machine that belong to the cluster whose GCS is at `address` (their command line names
+    it: raylets, the GCS, Ray's workers and our actors)."""
+    port = address.rsplit(":", 1)[-1]
     out = []
-    for p in psutil.process_iter(["name", "cmdline"]):
+    for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
         except (psutil.Error, TypeError):
             continue
-        if any(k in cmd for k in ("raylet", "gcs_server", "ray::", "default_worker.py", "WorkerHost")):
+        if f":{port}" in cmd and ("ray" in cmd or "gcs" in cmd):
             out.append((p.pid, cmd[:160]))
     return out
+
+
+def shutdown(cluster) -> None:
+    """Stop the cluster and check that none of its processes is left."""
+    address = cluster.address
+    before = processes_of(address)
+    assert before, f"no process of the cluster at {address} was found: the check below would prove nothing"
+    session = cluster.head_node.get_session_dir_path()
+    cluster.shutdown()
+    left = gone([pid for pid, _ in before + processes_of(address)], timeout=30)
+    assert not left, f"processes of the Ray cluster left after its shutdown: {left}"
+    shutil.rmtree(session, ignore_errors=True)   # its logs and sockets under /tmp/ray
 
 
 def gone(pids: list, timeout: float = 20.0) -> list:

@@ -18,7 +18,7 @@ import pytest
 
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.ray_cluster import gone, needs_ray, start_cluster
+from tests.ray_cluster import gone, needs_ray, shutdown, start_cluster
 from tests.service import free_port, start_service, stats, wait_for
 
 pytestmark = [needs_ray, pytest.mark.slow]
@@ -45,7 +45,7 @@ def cluster():
     c = start_cluster([{"num_cpus": 1, "resources": {"zone": 1, "host_b": 1}},
                        {"num_cpus": 1, "resources": {"zone": 1, "host_c": 1}}])
     yield c
-    c.shutdown()
+    shutdown(c)
 
 
 def node_ids(cluster) -> dict:

@@ -16,7 +16,7 @@ import pytest
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.netns_host import NetnsHost, netns_available
-from tests.ray_cluster import OBJECT_STORE, gone, needs_ray, start_cluster
+from tests.ray_cluster import OBJECT_STORE, gone, needs_ray, shutdown, start_cluster
 from tests.service import start_service, stats, wait_for
 
 pytestmark = [needs_ray, pytest.mark.slow,
@@ -104,6 +104,6 @@ def test_partitioned_worker_host_fails_fast_recovers_and_is_fenced():
         assert not gone(last), "a Ray-placed worker outlived the service"
     finally:
         host.destroy()
-        cluster.shutdown()
+        shutdown(cluster)
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if host.ns in " ".join(p.info["cmdline"] or [])], "a process of the namespace host is left"
