@@ -61,7 +61,11 @@ class RayChildren:
         need = {"CPU": want["num_cpus"], "GPU": want["num_gpus"], **want.get("resources", {})}
         if "memory" in want:
             need["memory"] = want["memory"]
-        for node in self.ray.nodes():
+        try:
+            nodes = self.ray.nodes()
+        except Exception as exc:
+            return f"the Ray cluster at {self.address} does not answer ({_first_line(exc)})"
+        for node in nodes:
             if not node.get("Alive"):
                 continue
             have = node.get("Resources") or {}
@@ -70,11 +74,21 @@ class RayChildren:
         return f"no live node of the Ray cluster at {self.address} has {placement.describe()}"
 
     def spawn(self, child) -> object:
+        """Ask Ray for the actor and start the worker in it. A refusal (the cluster unreachable, bad options)
+        is an exit at once, so the manager's back-off applies as for a worker that died on start."""
         read_fd, write_fd = os.pipe()
-        actor = self.host_class.options(**child.placement.actor_options()).remote()
-        run_ref = actor.run.remote(child.argv, child.env, child.cwd)
-        rec = _Remote(actor, run_ref, write_fd)
         child.pidfd, child.started_at, child.exit_code, child.exit_note = read_fd, time.time(), None, ""
+        try:
+            actor = self.host_class.options(**child.placement.actor_options()).remote()
+            run_ref = actor.run.remote(child.argv, child.env, child.cwd)
+        except Exception as exc:
+            rec = _Remote(None, None, write_fd)
+            with self.lock:
+                self.remotes[read_fd] = rec
+            log.error("Ray did not take %s: %s", child.name, _first_line(exc))
+            self._signal(child, rec, 1, f"Ray did not place it: {_first_line(exc)}")
+            return child
+        rec = _Remote(actor, run_ref, write_fd)
         with self.lock:
             self.remotes[read_fd] = rec
         threading.Thread(target=self._wait, args=(child, rec), name=f"ray-wait-{child.name}", daemon=True).start()
@@ -134,6 +148,8 @@ class RayChildren:
         with self.lock:
             recs = list(self.remotes.values())
         for rec in recs:
+            if rec.actor is None:
+                continue
             try:
                 self.ray.kill(rec.actor, no_restart=True)
             except Exception:

@@ -88,6 +88,10 @@ def take_placement(settings: dict, device: str) -> Optional[RayPlacement]:
         raise ValueError("cpus= pins cores of this machine; a Ray-placed worker runs on the node Ray picks: "
                          "reserve CPUs there with num_cpus=")
     gpus_default = 1.0 if device.startswith("cuda") else 0.0
+    for key in ("num_cpus", "num_gpus"):
+        value = _number(key, ray_keys.get(key, "1" if key == "num_cpus" else str(gpus_default)))
+        if value > 1 and not value.is_integer():
+            raise ValueError(f"{key}={value:g}: Ray takes a fraction only below 1 (e.g. 0.5), whole numbers above")
     return RayPlacement(
         num_cpus=_number("num_cpus", ray_keys.get("num_cpus", "1")),
         num_gpus=_number("num_gpus", ray_keys.get("num_gpus", str(gpus_default))),

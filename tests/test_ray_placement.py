@@ -28,7 +28,7 @@ def test_ray_settings_become_actor_options():
 @pytest.mark.parametrize("spec,words", [
     ("hf[num_cpus=2]", "add 'ray'"), ("hf[ray;cpus=0]", "num_cpus="), ("hf[ray;num_cpus=x]", "not a number"),
     ("hf[ray;num_gpus=-1]", ">= 0"), ("hf[ray;resources=a]", "NAME:AMOUNT"), ("hf[ray=2]", "bare word"),
-    ("hf[ray;speed=1]", "unknown pool setting"),
+    ("hf[ray;speed=1]", "unknown pool setting"), ("hf[ray;num_gpus=1.5]", "whole numbers"),
 ])
 def test_bad_ray_settings_refused(spec, words):
     with pytest.raises(ValueError) as e:
