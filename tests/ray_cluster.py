@@ -3,10 +3,13 @@ each with its own resources, and the checks that nothing of it is left afterward
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import psutil
 import pytest
+
+from tests.service import wait_gone
 
 ray_available = True
 try:
@@ -52,16 +55,33 @@ def shutdown(cluster) -> None:
     assert before, f"no process of the cluster at {address} was found: the check below would prove nothing"
     session = cluster.head_node.get_session_dir_path()
     cluster.shutdown()
-    left = gone([pid for pid, _ in before + processes_of(address)], timeout=30)
+    left = wait_gone([pid for pid, _ in before + processes_of(address)], timeout=30)
     assert not left, f"processes of the Ray cluster left after its shutdown: {left}"
     shutil.rmtree(session, ignore_errors=True)   # its logs and sockets under /tmp/ray
 
 
-def gone(pids: list, timeout: float = 20.0) -> list:
-    """The pids of `pids` still alive after `timeout`."""
-    end = time.time() + timeout
-    alive = list(pids)
-    while alive and time.time() < end:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.1)
-    return alive
+class OtherPool:
+    """Echoes a pool every 50 ms from a thread while a test breaks another one: `errors` are the codes it got,
+    `pids` the workers that answered (one pid: its worker was never restarted)."""
+
+    def __init__(self, echo, channel, pool: str):
+        self.echo, self.channel, self.pool = echo, channel, pool
+        self.stop, self.errors, self.pids = threading.Event(), [], set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import grpc
+        while not self.stop.is_set():
+            try:
+                self.pids.add(self.echo(self.channel, pool=self.pool, timeout=10)[0].pid)
+            except grpc.RpcError as exc:
+                self.errors.append(exc.code())
+            time.sleep(0.05)
+
+    def start(self) -> "OtherPool":
+        self.thread.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()

@@ -209,3 +209,21 @@ def cancel_after(call, n: int) -> int:
             call.cancel()
             break
     return got
+
+
+def wait_gone(pids, timeout: float = 10.0) -> list:
+    """The pids of `pids` still running (zombies count as gone) after waiting up to `timeout` s for them to end."""
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    end = time.time() + timeout
+    alive = list(pids)
+    while alive and time.time() < end:
+        alive = [p for p in alive if running(p)]
+        if alive:
+            time.sleep(0.05)
+    return alive

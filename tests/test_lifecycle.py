@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import proc as procmod
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.service import PYTHON, ROOT, free_port, start_service
+from tests.service import PYTHON, ROOT, free_port, start_service, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,6 @@ def descendants(pid: int) -> list:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def wait_gone(pids, timeout=10.0) -> list:
-    end = time.time() + timeout
-    alive = list(pids)
-    while alive and time.time() < end:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.05)
-    return alive
 
 
 def echo(channel, **fields):

@@ -18,8 +18,8 @@ import pytest
 
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
-from tests.ray_cluster import gone, needs_ray, shutdown, start_cluster
-from tests.service import free_port, start_service, stats, wait_for
+from tests.ray_cluster import OtherPool, needs_ray, shutdown, start_cluster
+from tests.service import free_port, start_service, stats, wait_for, wait_gone
 
 pytestmark = [needs_ray, pytest.mark.slow]
 
@@ -111,19 +111,7 @@ def test_node_lost_mid_stream_replaced_on_a_survivor(cluster):
         wait_for(lambda: any(m.model_id == "fake-model-a" for w in workers(ch, "fake") for m in w.models), 20)
         (litert_before,) = echo(ch, pool="litert")
 
-        # other pools keep answering the whole time
-        stop, other_errors, other_ok = threading.Event(), [], []
-
-        def other_pool():
-            while not stop.is_set():
-                try:
-                    other_ok.append(echo(ch, pool="litert", timeout=10)[0].pid)
-                except grpc.RpcError as exc:
-                    other_errors.append(exc.code())
-                time.sleep(0.02)
-        watcher = threading.Thread(target=other_pool)
-        watcher.start()
-
+        other = OtherPool(echo, ch, "litert").start()   # other pools keep answering the whole time
         call = XG.DiagnosticsStub(ch).Echo(X.EchoRequest(pool="fake", action="stream", parts=1000, sleep_ms=50),
                                            timeout=120)
         got = [next(call) for _ in range(3)]           # the stream is running on the remote worker
@@ -150,13 +138,12 @@ def test_node_lost_mid_stream_replaced_on_a_survivor(cluster):
                         for m in w.models), 30, message="the load was not replayed on the new worker")
         (r,) = echo(ch, pool="fake")
         assert r.worker_id == back.worker_id
-        stop.set()
-        watcher.join()
-        assert not other_errors, f"the litert pool noticed: {other_errors}"
-        assert set(other_ok) == {litert_before.pid}, "the litert worker was never restarted"
+        other.finish()
+        assert not other.errors, f"the litert pool noticed: {other.errors}"
+        assert other.pids == {litert_before.pid}, "the litert worker was never restarted"
         pids_on_ray = [w.pid for w in workers(ch, "fake")]
     # the service stopped: its actors and their workers are gone, the cluster itself is the test's
-    assert not gone(pids_on_ray), "a Ray-placed worker outlived the service"
+    assert not wait_gone(pids_on_ray, 20), "a Ray-placed worker outlived the service"
     assert not actors_alive(cluster), "a WorkerHost actor outlived the service"
 
 

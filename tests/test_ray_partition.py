@@ -6,7 +6,6 @@ loads replayed, other pools never notice; when the link comes back, the old work
 stop) and nothing of it is left."""
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -16,8 +15,8 @@ import pytest
 from protos import ml_inference_pb2 as ML, ml_inference_pb2_grpc as MLG
 from protos import pythonml_pb2 as X, pythonml_pb2_grpc as XG
 from tests.netns_host import NetnsHost, netns_available
-from tests.ray_cluster import OBJECT_STORE, gone, needs_ray, shutdown, start_cluster
-from tests.service import start_service, stats, wait_for
+from tests.ray_cluster import OBJECT_STORE, OtherPool, needs_ray, shutdown, start_cluster
+from tests.service import start_service, stats, wait_for, wait_gone
 
 pytestmark = [needs_ray, pytest.mark.slow,
               pytest.mark.skipif(not netns_available(), reason="needs root and network namespaces (ip netns)")]
@@ -51,17 +50,7 @@ def test_partitioned_worker_host_fails_fast_recovers_and_is_fenced():
                 ML.LoadModelRequest(model_id="fake-model-p", pipeline_type="fake", options={"pool": "fake"}), timeout=30)
             (litert_before,) = echo(ch, pool="litert")
 
-            stop, other_errors, other_pids = threading.Event(), [], set()
-
-            def other_pool():
-                while not stop.is_set():
-                    try:
-                        other_pids.add(echo(ch, pool="litert", timeout=10)[0].pid)
-                    except grpc.RpcError as exc:
-                        other_errors.append(exc.code())
-                    time.sleep(0.05)
-            watcher = threading.Thread(target=other_pool)
-            watcher.start()
+            other = OtherPool(echo, ch, "litert").start()   # other pools keep answering the whole time
 
             call = XG.DiagnosticsStub(ch).Echo(X.EchoRequest(pool="fake", action="stream", parts=10000, sleep_ms=50),
                                                timeout=120)
@@ -90,18 +79,17 @@ def test_partitioned_worker_host_fails_fast_recovers_and_is_fenced():
             # the link comes back: the old worker (alive all along behind it) is fenced and ends
             host.heal()
             t_heal = time.time()
-            assert not gone([first.pid], timeout=90), "the partitioned worker still runs after the link came back"
+            assert not wait_gone([first.pid], timeout=90), "the partitioned worker still runs after the link came back"
             print(f"old worker gone {time.time() - t_heal:.2f}s after the link came back")
             fenced = "told to stop" in svc.log() or "fenced" in svc.log()
             print("fenced by the broker" if fenced else "ended by Ray")
             (r,) = echo(ch, pool="fake")
             assert r.worker_id == back.worker_id, "requests still go to the successor only"
-            stop.set()
-            watcher.join()
-            assert not other_errors, f"the litert pool noticed: {other_errors}"
-            assert other_pids == {litert_before.pid}
+            other.finish()
+            assert not other.errors, f"the litert pool noticed: {other.errors}"
+            assert other.pids == {litert_before.pid}, "the litert worker was never restarted"
             last = [w.pid for w in fake_workers(ch)]
-        assert not gone(last), "a Ray-placed worker outlived the service"
+        assert not wait_gone(last, 20), "a Ray-placed worker outlived the service"
     finally:
         host.destroy()
         shutdown(cluster)
