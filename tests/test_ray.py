@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
 import time
 import urllib.request
@@ -157,3 +158,17 @@ def actors_alive(cluster) -> list:
                 if a.get("State") == "ALIVE" and "WorkerHost" in str(a.get("ActorClassName", ""))]
     finally:
         ray.shutdown()
+
+
+def test_sigkill_of_the_service_takes_its_actors_with_it(cluster):
+    """The actors belong to the service's driver: when run.py dies without a word, Ray ends its job and
+    its actors, and each worker dies with its actor (parent-death signal)."""
+    svc = start_service(["--pools", "fake[ray;num_cpus=1;resources=zone:1]", "--ray-address", cluster.address])
+    try:
+        worker = ready_on_ray(svc.channel(), "fake")
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(10)
+        assert not wait_gone([worker.pid], 60), "the Ray-placed worker outlived a SIGKILLed service"
+        wait_for(lambda: not actors_alive(cluster), 60, message="its actor outlived a SIGKILLed service")
+    finally:
+        svc.stop()
