@@ -20,6 +20,7 @@ from common import logs, proc
 from common.tls import TlsFiles, grpc_server_credentials, server_ssl_context
 from facade.auth import TokenInterceptor
 from facade.caller import CallerInterceptor
+from facade import event_loop
 from facade.broker_client import BrokerClient
 from facade.budget import DEFAULT_BUFFER_MB, ByteBudget
 from facade.parse_errors import DecodeErrorInterceptor
@@ -149,8 +150,8 @@ async def serve(args: argparse.Namespace) -> int:
             return 2
         log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", "https" if tls.enabled else "http", args.host, http_port)
     await client.start({"port": port, "pid": os.getpid()})
-    log.info("listening on %s:%d%s", args.host, port,
-             " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "")
+    log.info("listening on %s:%d%s, on the %s event loop", args.host, port,
+             " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "", event_loop.loop_name())
 
     stop = asyncio.Event()
     parent = os.getppid()
@@ -178,7 +179,7 @@ def main(argv=None) -> None:
     proc.set_pdeathsig(signal.SIGTERM)
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format, process_name="facade")
-    code = asyncio.run(serve(args))
+    code = event_loop.run(serve(args))
     sys.exit(code)
 
 
