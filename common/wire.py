@@ -6,6 +6,7 @@ with size limits so a hostile frame cannot make us allocate without bound.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Sequence
 
 import msgpack
@@ -80,6 +81,42 @@ def decode(parts: Sequence[Any], allowed: set) -> tuple[bytes, dict, list]:
         raise ProtocolError(f"unknown command {command[:32]!r}")
     header = unpack_header(bytes(parts[2]))
     return command, header, list(parts[3:])
+
+
+# Direct replies as unix datagrams (docs/ARCHITECTURE.md, "Direct replies"): one message in one datagram,
+# [count u32][count x length u32][the parts back to back], little-endian. A datagram costs one system call
+# each side; a ZeroMQ message also wakes each side's I/O thread, ~40 us more per hop on a loaded machine.
+DATAGRAM_MAX = 64 * 1024   # bigger replies take ZeroMQ
+_U32 = struct.Struct("<I")
+
+
+def datagram_buffers(parts: Sequence[Any]) -> list:
+    """The buffers of one datagram holding `parts` (for socket.sendmsg: no copy of the parts)."""
+    sizes = [memoryview(p).nbytes for p in parts]
+    return [struct.pack(f"<{len(sizes) + 1}I", len(sizes), *sizes), *parts]
+
+
+def datagram_size(buffers: Sequence[Any]) -> int:
+    return sum(memoryview(b).nbytes for b in buffers)
+
+
+def split_datagram(data: bytes) -> list:
+    """The parts of a datagram made by datagram_buffers; ProtocolError when it does not add up (also a
+    datagram cut short by a receive buffer smaller than it)."""
+    if len(data) < 4:
+        raise ProtocolError(f"datagram of {len(data)} bytes")
+    count = _U32.unpack_from(data)[0]
+    start = 4 * (count + 1)
+    if count > 64 or start > len(data):
+        raise ProtocolError(f"datagram of {len(data)} bytes announces {count} parts")
+    sizes = struct.unpack_from(f"<{count}I", data, 4)
+    if start + sum(sizes) != len(data):
+        raise ProtocolError(f"datagram of {len(data)} bytes, parts add up to {start + sum(sizes)}")
+    parts = []
+    for n in sizes:
+        parts.append(data[start:start + n])
+        start += n
+    return parts
 
 
 def error_header(request_id: str, code: str, message: str) -> dict:

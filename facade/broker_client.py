@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import time
 from typing import AsyncIterator, Callable, Optional
 
@@ -32,11 +33,20 @@ import zmq
 
 from common import wire as P
 from common import payload as codec
+from common.options import as_bool
 from facade.caller import CALLER
 from facade.errors import BrokerError
 from shm.pool import SlotAllocator, SlotRef
 
 log = logging.getLogger("facade.broker")
+
+
+def reply_datagram_path(reply_endpoint: str) -> str:
+    """The facade's datagram reply socket beside its ZeroMQ one: `<run folder>/reply-<pid>.dgram`; '' when
+    there is no direct-reply endpoint or PML_DGRAM_REPLIES=0 (then every direct reply takes ZeroMQ)."""
+    if not reply_endpoint or not as_bool(os.environ.get("PML_DGRAM_REPLIES"), True, name="PML_DGRAM_REPLIES"):
+        return ""
+    return reply_endpoint[len("ipc://"):-len(".sock")] + ".dgram"
 
 
 def reply_endpoint_for(broker_endpoint: str) -> str:
@@ -83,12 +93,29 @@ class BrokerClient:
                             self.reply_endpoint, exc)
                 self.replies.close(0)
                 self.replies, self.reply_endpoint = None, ""
+        # small terminal replies come as one unix datagram (common/wire.py DATAGRAM_MAX), the rest on `replies`
+        self.dgram_path = reply_datagram_path(self.reply_endpoint)
+        self.dgram: Optional[socket.socket] = None
+        if self.dgram_path:
+            self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                if os.path.exists(self.dgram_path):   # a facade of an earlier life with our pid
+                    os.unlink(self.dgram_path)
+                self.dgram.bind(self.dgram_path)
+                self.dgram.setblocking(False)
+                self.dgram.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
+            except OSError as exc:
+                log.warning("datagram reply socket %s not bound (%s): direct replies take ZeroMQ", self.dgram_path, exc)
+                self.dgram.close()
+                self.dgram, self.dgram_path = None, ""
 
     async def start(self, hello: dict) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.getsockopt(zmq.FD), self._drain)
         if self.replies is not None:
             self._loop.add_reader(self.replies.getsockopt(zmq.FD), self._drain_replies)
+        if self.dgram is not None:
+            self._loop.add_reader(self.dgram.fileno(), self._drain_datagrams)
         self._send(P.encode(P.HELLO, hello))
 
     def new_id(self) -> str:
@@ -110,6 +137,20 @@ class BrokerClient:
 
     def _drain_replies(self) -> None:
         self._drain_socket(self.replies)
+
+    def _drain_datagrams(self) -> None:
+        while True:
+            try:
+                data = self.dgram.recv(P.DATAGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                parts = P.split_datagram(data)
+            except P.ProtocolError as exc:
+                self.malformed += 1
+                log.warning("malformed reply datagram dropped: %s", exc)
+                continue
+            self._on_message(parts)
 
     def _drain_socket(self, sock: zmq.Socket) -> None:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -161,6 +202,8 @@ class BrokerClient:
                   "caller": CALLER.get()}
         if self.reply_endpoint:
             header["reply"] = self.reply_endpoint
+            if self.dgram_path:
+                header["reply_dgram"] = self.dgram_path
         if extra:
             header.update(extra)
         frames = [payload]

@@ -245,6 +245,9 @@ class Worker:
         direct-reply socket: straight to the facade, then DONE to the broker (which frees the credit and
         forgets the request without forwarding anything). Otherwise, or when the facade cannot take it
         now, through the broker as before."""
+        if not streamed and self._datagram_sent(ctx.header.get("reply_dgram"), P.encode(command, header, frames)):
+            self._send(P.DONE, {"id": ctx.request_id})
+            return
         sender = None if streamed else self._direct_sender(ctx.header.get("reply"))
         if sender is not None:
             try:
@@ -255,6 +258,30 @@ class Worker:
                 self._send(P.DONE, {"id": ctx.request_id})
                 return
         self._send(command, header, frames)
+
+    def _datagram_sent(self, path, parts: list) -> bool:
+        """Send a terminal reply as one unix datagram to the facade's `reply_dgram` socket (in the run
+        folder, like `reply`): one system call here and one in the facade, no ZeroMQ I/O thread on either
+        side. False (nothing sent) when the request names none, the thread has no own socket, the reply
+        is over wire.DATAGRAM_MAX, or the facade's socket cannot take it now (gone, or its queue full):
+        the reply then takes ZeroMQ."""
+        if not isinstance(path, str) or getattr(self._tls, "own", None) is None or not self._reply_dir:
+            return False
+        folder = self._reply_dir[len("ipc://"):]
+        if not path.startswith(folder) or "/" in path[len(folder):]:
+            return False
+        buffers = P.datagram_buffers(parts)
+        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
+            return False
+        sock = getattr(self._tls, "dgram", None)
+        if sock is None:
+            sock = self._tls.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+        try:
+            sock.sendmsg(buffers, (), 0, path)
+        except OSError:   # EAGAIN (queue full), ENOENT / ECONNREFUSED (no facade there), EMSGSIZE
+            return False
+        return True
 
     def _direct_sender(self, endpoint) -> Optional[zmq.Socket]:
         """This handler thread's PUSH socket to a facade's direct-reply endpoint; None when the request
