@@ -17,6 +17,12 @@ from workers.vision.image_header import MAX_PIXELS
 # OpenCV's own header pass refuses bigger images too (a second line behind image_header.py). OpenCV
 # reads this once, when cv2 is first imported: nothing above imports it.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+# OpenCV's pthreads pool: a thread out of work sleeps at once instead of spinning (sched_yield) for the
+# next job, also read once at import. Its jobs here are small (a frame's colour conversion, 0.07 ms at
+# 640x480), and a spinning thread takes the cores the facade, the broker and the other stages of a stream
+# need: about 0.4 ms of CPU per H.264 frame (bench_vision, face detection).
+for _wait in ("OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER", "OPENCV_THREAD_POOL_ACTIVE_WAIT_MAIN"):
+    os.environ.setdefault(_wait, "0")
 
 # glibc malloc: 2 arenas; blocks of 16 MiB or more (bigger than a 1080p RGBA frame) mapped on their own.
 # See workers/vision/native_memory.py: without them RSS creeps up with every stream opened and closed.
