@@ -20,7 +20,8 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, Optional
 
@@ -370,9 +371,14 @@ class Worker:
                 self.request_recycle(f"served {self.requests_served} requests (cap {max_requests})")
                 self._send(P.HEARTBEAT, self._status())
 
-    def _run_stream(self, stream: str) -> None:
+    def _run_stream(self, stream: str, executor: Optional[ThreadPoolExecutor] = None) -> None:
         """Run the queued frames of one stream in arrival order on this thread; if the stream was closed
-        meanwhile, close its state here, after its last frame (never under a running frame)."""
+        meanwhile, close its state here, after its last frame (never under a running frame).
+
+        A handler with a `prepare(ctx)` stage (e.g. a video frame's decode) has it run one frame ahead:
+        frame k's prepare is finished before frame k runs, and frame k+1's, when it is already queued,
+        starts on another handler thread while frame k runs (prepares stay in order, one at a time). Its
+        result (or error) reaches the handler as `ctx.prepared`, a finished Future."""
         while True:
             with self._stream_lock:
                 q = self._stream_queues.get(stream)
@@ -380,6 +386,11 @@ class Worker:
                     self._stream_queues.pop(stream, None)
                     return
                 ctx, fn = q[0]
+            prepare = getattr(fn, "prepare", None)
+            if prepare is not None:
+                self._prepare_now(ctx, prepare)
+                with self._stream_lock:
+                    self._prepare_ahead(q, executor)
             self._run_request(ctx, fn)
             with self._stream_lock:
                 q.popleft()
@@ -390,6 +401,41 @@ class Worker:
             if closing is not None:
                 self._close_stream(stream, closing)
             return
+
+    @staticmethod
+    def _prepare_ahead(q: deque, executor: Optional[ThreadPoolExecutor]) -> None:
+        """Under the stream lock: start the next frame's prepare on another handler thread once the running
+        frame's prepare is finished (prepares in order, one frame ahead at most)."""
+        if len(q) < 2 or executor is None:
+            return
+        (cur, _), (nxt, fn) = q[0], q[1]
+        prepare = getattr(fn, "prepare", None)
+        if prepare is None or nxt.prepared is not None or nxt.cancelled.is_set():
+            return
+        if cur.prepared is None or not cur.prepared.done():
+            return
+        try:
+            nxt.prepared = executor.submit(prepare, nxt)
+        except RuntimeError:   # the executor is shutting down: the frame is prepared in its turn
+            pass
+
+    def _prepare_now(self, ctx: RequestContext, prepare: Callable) -> None:
+        """Finish frame k's prepare before frame k runs: wait for it when it already runs ahead; run it here
+        when it never started or still waits behind busy handler threads (taken back, so that no thread
+        waits on a task no thread is free to run). Its Future stays unfinished until then, so the next
+        frame's prepare cannot start before it."""
+        with self._stream_lock:
+            ahead = ctx.prepared
+            mine = ahead is None or ahead.cancel()
+            if mine:
+                ahead = ctx.prepared = Future()
+        if not mine:
+            futures_wait([ahead])
+            return
+        try:
+            ahead.set_result(prepare(ctx))
+        except Exception as exc:   # the handler raises it in its turn, as if it had prepared the frame itself
+            ahead.set_exception(exc)
 
     def _echo(self, ctx: RequestContext) -> Optional[bytes]:
         """Diagnostics/Echo in every worker. Actions other than echo / shm_echo (sleep, block, stream, grow) are
@@ -474,8 +520,10 @@ class Worker:
                 q = self._stream_queues.setdefault(str(stream), deque())
                 q.append((ctx, fn))
                 start = len(q) == 1
+                if len(q) == 2:   # the running frame's step may overlap this frame's prepare
+                    self._prepare_ahead(q, executor)
             if start:
-                executor.submit(self._run_stream, str(stream))
+                executor.submit(self._run_stream, str(stream), executor)
         elif command == P.CANCEL:
             with self._inflight_lock:
                 ctx = self._inflight.get(str(header.get("id", "")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -35,6 +36,8 @@ class RequestContext:
     # set by the worker base: zero-copy view of this request's shared-memory frame, or None
     _frame_view: Optional[Callable[[], Optional[memoryview]]] = None
     _side: Optional[Side] = None
+    # set by the worker base for a stream handler with a prepare stage: a finished Future of prepare(ctx)
+    prepared: Optional[Future] = None
 
     @property
     def model(self) -> str:

@@ -158,28 +158,8 @@ class VisionService:
                             max_bytes=self.max_bytes)
         return req, rgb
 
-    def _video_stream(self, answer_cls, step: Callable) -> Callable[[RequestContext], bytes]:
-        """The handler of one VideoFrame stream: under the stream's state, parse the frame and decode its
-        picture once (compressed video through the stream's decoder), then `step(ctx, state, req, rgb,
-        what, answer)` fills `answer` (an `answer_cls` with the frame's timestamp and number). A compressed
-        frame without a picture gets that answer empty."""
-        def handler(ctx: RequestContext) -> bytes:
-            with _CallState(ctx) as st:
-                req = pb.VideoFrame.FromString(ctx.payload)
-                n = st.get("_frames", 0)
-                st["_frames"] = n + 1
-                what = f"frame {req.frame_number}" if req.frame_number or n == 0 else f"frame #{n} of the stream"
-                rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width,
-                                              req.height, what=what, max_bytes=self.max_bytes,
-                                              threads=self.codec_threads)
-                answer = answer_cls(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
-                if rgb is None:
-                    if answer_cls is pb.VideoFrame:
-                        answer.metadata["no_picture"] = NO_PICTURE
-                else:
-                    step(ctx, st, req, rgb, what, answer)
-                return answer.SerializeToString()
-        return handler
+    def _video_stream(self, answer_cls, step: Callable) -> "_VideoStream":
+        return _VideoStream(self, answer_cls, step)
 
     @staticmethod
     def _unimplemented(name: str, why: str):
@@ -432,3 +412,41 @@ class VisionService:
             seq.add(sequence.FrameRecord(index, req.frame_number, req.timestamp_ms, scores, len(fs), len(hs)),
                     req.features)
             return b""
+
+
+class _VideoStream:
+    """The handler of one VideoFrame stream method, in two stages. `prepare(ctx)` parses the frame and
+    decodes its picture (compressed video through the stream's own decoder); the worker base runs it for
+    frame k+1 on another handler thread while frame k's step runs (workers/base.py), so a stream's decode
+    and its model overlap. `handler(ctx)` then, under the stream's state, has `step(ctx, state, req, rgb,
+    what, answer)` fill `answer` (an `answer_cls` with the frame's timestamp and number). A compressed frame
+    without a picture gets that answer empty. Each stage is one frame at a time, in order: prepares
+    under the state's decode lock, steps under its lock."""
+
+    def __init__(self, service: "VisionService", answer_cls, step: Callable):
+        self.service, self.answer_cls, self.step = service, answer_cls, step
+
+    def prepare(self, ctx: RequestContext, st: Optional[dict] = None) -> tuple:
+        """(req, rgb or None, what) of this frame."""
+        if st is None:
+            st = ctx.stream_state if ctx.stream_state is not None else {}
+        with st.setdefault("_decode_lock", threading.Lock()):
+            req = pb.VideoFrame.FromString(ctx.payload)
+            n = st.get("_frames", 0)
+            st["_frames"] = n + 1
+            what = f"frame {req.frame_number}" if req.frame_number or n == 0 else f"frame #{n} of the stream"
+            svc = self.service
+            rgb = frames.decode_in_stream(st, ctx.side.field(req, "frame_data"), req.format, req.width, req.height,
+                                          what=what, max_bytes=svc.max_bytes, threads=svc.codec_threads)
+        return req, rgb, what
+
+    def __call__(self, ctx: RequestContext) -> bytes:
+        with _CallState(ctx) as st:
+            req, rgb, what = ctx.prepared.result() if ctx.prepared is not None else self.prepare(ctx, st)
+            answer = self.answer_cls(timestamp_ms=req.timestamp_ms, frame_number=req.frame_number)
+            if rgb is None:
+                if self.answer_cls is pb.VideoFrame:
+                    answer.metadata["no_picture"] = NO_PICTURE
+            else:
+                self.step(ctx, st, req, rgb, what, answer)
+            return answer.SerializeToString()
