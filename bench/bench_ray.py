@@ -113,6 +113,7 @@ def _face_stream(address: str, data: list, warmup: int) -> dict:
 
 # ------------------------------------------------------------------ one service, one side, one turn
 def measure_side(workload: str, side: str, cluster_address: str, args, data: list) -> dict:
+    """Start the service with the workload's pool on `side`, wait for its worker, measure, stop the service."""
     from tests.service import start_service
     pool = "hf" if workload == "embeddings" else "vision"
     extra = ["--ray-address", cluster_address] if side == "ray" else []
