@@ -1,8 +1,12 @@
 """Worker process base: connect, READY, heartbeat thread, handler dispatch, stats, graceful stop.
 
-One I/O loop (the main thread) owns the DEALER socket. Handlers run on a thread pool sized by the
-worker's capacity; their replies and the heartbeats go through a queue plus a wake-up pipe, so the
-socket is only ever touched by the I/O thread. A long model load therefore never delays a heartbeat.
+The DEALER socket is read by leader/followers (serve(), _follow, _lead): capacity + 1 threads take turns
+holding it; the holder reads and dispatches, and when a request outside any stream comes while another
+thread waits for the turn, it passes the turn on and runs the request itself (no hand-off to another
+thread on a request's way in). Stream frames, and requests that find no thread waiting, run on a thread
+pool sized by the worker's capacity. Handler threads reply on their own sockets; heartbeats go through a
+queue plus a wake-up pipe to whichever thread holds the socket, which always polls while handlers run.
+A long model load therefore never delays a heartbeat.
 See docs/ARCHITECTURE.md for the handler API.
 """
 from __future__ import annotations
@@ -154,6 +158,12 @@ class Worker:
         self._tls = threading.local()
         self._thread_socks: list = []
         self._thread_socks_lock = threading.Lock()
+        # serve(): the threads that take turns reading the broker's socket (leader/followers)
+        self._lead_lock = threading.Lock()
+        self._followers = 0
+        self._followers_lock = threading.Lock()
+        self._malformed = 0
+        self._io: Optional[tuple] = None
         # direct replies go only to ipc sockets in the folder of the broker's own socket (the run folder)
         connect = str(getattr(args, "connect", ""))
         self._reply_dir = (os.path.dirname(connect) + "/reply-") if connect.startswith("ipc://") else ""
@@ -491,7 +501,10 @@ class Worker:
             time.sleep(0.001)
         return self.echo_reply(req, ctx)
 
-    def _dispatch(self, executor: ThreadPoolExecutor, command: bytes, header: dict, frames: list) -> None:
+    def _dispatch(self, executor: ThreadPoolExecutor, command: bytes, header: dict, frames: list,
+                  take: bool = False) -> Optional[tuple]:
+        """Act on one message from the broker. With `take`, a REQUEST outside any stream is not submitted to
+        the executor but returned as (ctx, fn) for the calling thread to run (serve(): the leader)."""
         if command == P.REQUEST:
             rid = str(header.get("id", ""))
             method = str(header.get("method", ""))
@@ -514,8 +527,10 @@ class Worker:
             with self._inflight_lock:
                 self._inflight[rid] = ctx
             if stream is None:
+                if take:
+                    return ctx, fn
                 executor.submit(self._run_request, ctx, fn)
-                return
+                return None
             with self._stream_lock:
                 q = self._stream_queues.setdefault(str(stream), deque())
                 q.append((ctx, fn))
@@ -563,6 +578,63 @@ class Worker:
         state.clear()
         self.on_stream_close(stream_id, state)
 
+    def _follow(self) -> None:
+        """A leader/follower thread: wait for the turn to read the socket, read until it takes a request,
+        pass the turn on, run the request; until the worker stops."""
+        self._init_handler_thread()
+        while True:
+            with self._followers_lock:
+                self._followers += 1
+            self._lead_lock.acquire()
+            with self._followers_lock:
+                self._followers -= 1
+            try:
+                job = self._lead()
+            finally:
+                self._lead_lock.release()
+            if job is None:
+                return
+            self._run_request(*job)
+
+    def _lead(self) -> Optional[tuple]:
+        """The leader's loop: dispatch what the broker sends and send what other threads queued, until a
+        request comes that this thread may run itself (a follower waits to lead) or the worker stops."""
+        sock, poller, executor = self._io
+        while not self._stopping.is_set():
+            events = dict(poller.poll(200))
+            job = None
+            if sock in events:
+                while True:
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    try:
+                        command, header, frames = P.decode(parts, P.TO_WORKER_COMMANDS)
+                    except P.ProtocolError as exc:
+                        self._malformed += 1
+                        self.log.warning("dropped malformed message (%d so far): %s", self._malformed, exc)
+                        continue
+                    with self._followers_lock:
+                        take = job is None and self._followers > 0
+                    taken = self._dispatch(executor, command, header, frames, take=take)
+                    job = job or taken
+            if self._wake_r in events:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    msg = self._outq.get_nowait()
+                except queue.Empty:
+                    break
+                sock.send_multipart(msg, copy=False)
+            if job is not None:
+                return job
+        return None
+
     def serve(self) -> int:
         sock = self._socket(self.worker_id)
         t0 = time.time()
@@ -578,36 +650,16 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        malformed = 0
-        while True:
-            events = dict(poller.poll(200))
-            if sock in events:
-                while True:
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    try:
-                        command, header, frames = P.decode(parts, P.TO_WORKER_COMMANDS)
-                    except P.ProtocolError as exc:
-                        malformed += 1
-                        self.log.warning("dropped malformed message (%d so far): %s", malformed, exc)
-                        continue
-                    self._dispatch(executor, command, header, frames)
-            if self._wake_r in events:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-            while True:
-                try:
-                    msg = self._outq.get_nowait()
-                except queue.Empty:
-                    break
-                sock.send_multipart(msg, copy=False)
-            if self._stopping.is_set():
-                break
+        self._io = (sock, poller, executor)
+        # leader/followers: capacity + 1 threads take turns reading the socket; the reader of a request
+        # runs it itself after handing the socket to a waiting thread, so a request starts without a
+        # hand-off to (and a wake-up of) another thread; streams and requests that find no waiting thread
+        # go to the executor as before
+        for i in range(self.capacity + 1):
+            threading.Thread(target=self._follow, name=f"leader-{i}", daemon=True).start()
+        while not self._stopping.wait(1.0):
+            pass
+        self._lead_lock.acquire()   # the last leader has seen the stop: nobody reads the socket any more
         # graceful stop: let in-flight requests finish for a bounded time
         deadline = time.time() + self.args.drain_seconds
         executor.shutdown(wait=False)
