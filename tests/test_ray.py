@@ -125,6 +125,7 @@ def test_node_lost_mid_stream_replaced_on_a_survivor(cluster):
             for _ in call:
                 pass
         lost_after = time.time() - t0
+        print(f"node removed -> UNAVAILABLE after {lost_after:.2f}s: {err.value.details()}")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
         assert "fake worker" in err.value.details() and "Ray" in err.value.details(), err.value.details()
         # at once: Ray reports the lost actor; not the 60 s heartbeat timeout of this service
