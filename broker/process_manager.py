@@ -266,6 +266,8 @@ class ProcessManager:
             poller = zmq.Poller()
             poller.register(self.router.backend, zmq.POLLIN)
             poller.register(self.router.frontend, zmq.POLLIN)
+            if self.router.dgram_fd() is not None:
+                poller.register(self.router.dgram_fd(), zmq.POLLIN)
             for fd in fds:
                 poller.register(fd, zmq.POLLIN)
             self._poller_obj, self._poller_fds = poller, fds
@@ -274,7 +276,7 @@ class ProcessManager:
     def poll_once(self, timeout_ms: int = 50) -> None:
         events = dict(self._poller().poll(timeout_ms))
         self.router.on_readable(events)
-        for fd in [fd for fd in events if isinstance(fd, int)]:
+        for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_pidfd]:   # not the datagram fd
             self._on_exit(fd)
         now = time.time()
         if now - self._last_timers >= TIMER_S:

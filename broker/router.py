@@ -14,11 +14,19 @@ Births and deaths of workers come from the process manager (broker/process_manag
 a model was loaded or unloaded, the facade said HELLO, a view was asked for) goes back through
 `RouterEvents`. Liveness fields of a worker (`last_seen`, `last_reply`, its in-flight requests) are
 kept here, where messages arrive, and read by the manager's timers.
+
+Datagram hops (docs/ARCHITECTURE.md): beside the frontend ROUTER the broker binds `frontend.dgram` in the
+run folder; a facade that said HELLO naming its datagram socket may send REQUESTs outside any stream and
+their CANCELs there (known by the sender's address). A local worker that named its `w-<worker id>.dgram`
+in READY gets such REQUESTs, and their CANCELs, as datagrams when they fit. A CANCEL follows the channel
+its REQUEST took; one that comes first anyway (its datagram could not go) is remembered for a while.
+PML_DGRAM_HOPS=0 turns it off.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from shm.pool import SlotRef, StaleSlotError
 log = logging.getLogger("broker")
 
 RETIRED_KEPT = 1024     # ids of dead workers remembered, to fence one that comes back after a partition
+EARLY_CANCELS_KEPT = 1024   # CANCELs of requests not seen (yet): one that overtook its REQUEST is applied
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Request:
     raw_header: Optional[bytes] = None  # the facade's packed header, forwarded to the worker untouched
     caller: str = ""                # who sent it (the client connection): the fair queue's key
     last_activity: float = 0.0      # dispatch time, then the time of its last partial (progress watchdog)
+    dgram: bool = False             # sent to its worker as a datagram: its CANCEL goes the same way
 
 
 @dataclass
@@ -78,6 +88,7 @@ class WorkerState:
     stop_sent: bool = False
     kill_reason: Optional[str] = None   # set by the process manager when it kills it for lack of progress
     remote: bool = False             # on another node (a Ray actor): no shared memory, frames travel inline
+    dgram: str = ""                  # its request datagram socket (READY `dgram`, local workers only)
 
     def free(self) -> int:
         return self.capacity - len(self.inflight) if self.state == "ready" else 0
@@ -113,6 +124,22 @@ class Router:
         self.zctx = zmq.Context.instance()
         self.frontend = self._router(config.frontend)
         self.backend = self._router(config.backend, curve=True, extra=config.extra_backends)
+        # datagram hops: requests from facades (known by address, from their HELLO) and to local workers
+        self.run_dir = ""
+        self.dgram: Optional[socket.socket] = None     # bound: frontend.dgram
+        self.wsend: Optional[socket.socket] = None     # unbound: sends to workers' w-<id>.dgram
+        self.dgram_facades: dict[str, bytes] = {}      # facade datagram address -> its ZeroMQ identity
+        self.early_cancels: "OrderedDict[str, None]" = OrderedDict()
+        if P.ipc_folder(config.frontend) and P.dgram_hops_on():
+            self.run_dir = P.ipc_folder(config.frontend)
+            path = f"{self.run_dir}/frontend.dgram"
+            try:
+                self.dgram = P.bind_datagram(path)
+            except OSError as exc:
+                log.warning("datagram socket %s not bound (%s): requests take ZeroMQ", path, exc)
+            else:
+                self.wsend = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self.wsend.setblocking(False)
         self.configured: dict[str, dict[str, int]] = {}      # pool -> device -> workers configured
         self.workers: dict[str, WorkerState] = {}          # worker_id -> state
         self.queues: dict[str, FairQueue] = {}
@@ -240,13 +267,32 @@ class Router:
             self.counters["unroutable_replies"] += 1
             log.debug("reply to vanished facade dropped: %s", exc)
 
-    def _send_worker(self, ws: WorkerState, command: bytes, header: dict, frames=()) -> bool:
+    def _send_worker(self, ws: WorkerState, command: bytes, header: dict, frames=(), dgram: bool = False) -> bool:
+        """One message to a worker; with `dgram`, as a datagram to its socket when it fits and can go now
+        (see _datagram_to), else on the backend ROUTER."""
+        if dgram and self._datagram_to(ws, P.encode(command, header, frames)):
+            return True
         try:
             self.backend.send_multipart([ws.worker_id.encode(), *P.encode(command, header, frames)], copy=False)
             return True
         except zmq.ZMQError as exc:
             log.warning("cannot reach %s: %s", ws.worker_id, exc)
             return False
+
+    def _datagram_to(self, ws: WorkerState, parts: list) -> bool:
+        """True when `parts` went to the worker's datagram socket; False (nothing sent) when it has none
+        (remote, turned off, not READY), the message is over wire.DATAGRAM_MAX, or the worker's queue is
+        full or its socket gone."""
+        if self.wsend is None or not ws.dgram or ws.remote:
+            return False
+        buffers = P.datagram_buffers(parts)
+        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
+            return False
+        try:
+            self.wsend.sendmsg(buffers, (), 0, ws.dgram)
+        except OSError:
+            return False
+        return True
 
     def _finish(self, req: Request, command: bytes, header: dict, frames=(), raw_header: Optional[bytes] = None) -> None:
         """Send the terminal reply of a request (exactly once) and forget it. DONE: the worker sent the
@@ -267,13 +313,15 @@ class Router:
         self._finish(req, P.ERROR, P.error_header(req.id, code, message))
 
     # ---------------------------------------------------------------- facade messages
-    def _on_frontend(self, parts: list) -> None:
+    def _on_frontend(self, parts: list, via_dgram: bool = False) -> None:
         if len(parts) < 2:
             self.counters["malformed"] += 1
             return
         facade = bytes(parts[0])
         try:
-            command, header, frames = P.decode(parts[1:], P.FACADE_COMMANDS)
+            command, header, frames = P.decode(parts[1:], P.DGRAM_COMMANDS if via_dgram else P.FACADE_COMMANDS)
+            if via_dgram and command == P.REQUEST and header.get("stream") is not None:
+                raise P.ProtocolError("a stream's request as a datagram")   # streams keep ZeroMQ (order)
         except P.ProtocolError as exc:
             self.counters["malformed"] += 1
             log.warning("dropped malformed frontend message: %s", exc)
@@ -287,7 +335,14 @@ class Router:
             self._on_stream_close(str(header.get("stream", "")))
         elif command == P.HELLO:
             self.events.facade_hello(header)
-            self._send_facade(facade, P.POOLS, {"pools": self.pools()})
+            answer = {"pools": self.pools()}
+            path = header.get("dgram")
+            if self.dgram is not None and P.named_in(path, self.run_dir, "reply-", ".dgram"):
+                for old in [a for a, f in self.dgram_facades.items() if f == facade]:
+                    del self.dgram_facades[old]
+                self.dgram_facades[path] = facade
+                answer["dgram"] = f"{self.run_dir}/frontend.dgram"
+            self._send_facade(facade, P.POOLS, answer)
 
     def _on_request(self, facade: bytes, header: dict, frames: list, raw_header: Optional[bytes] = None) -> None:
         rid = header.get("id")
@@ -312,6 +367,9 @@ class Router:
                       deadline=deadline, enqueued_at=time.time(), raw_header=raw_header,
                       caller=str(header.get("caller") or "")[:200])
         self.requests[rid] = req
+        if self.early_cancels and self.early_cancels.pop(rid, 1) is None:
+            self._error(req, "CANCELLED", "cancelled by the client before it reached a worker")
+            return
         if pool not in self.queues:
             configured = ", ".join(sorted(self.queues)) or "none"
             self._error(req, "UNIMPLEMENTED", f"pool '{pool}' is not running in this service (pools: {configured}); "
@@ -342,6 +400,10 @@ class Router:
     def _on_cancel(self, rid: str) -> None:
         req = self.requests.get(rid)
         if req is None:
+            # it may have overtaken its REQUEST (a datagram REQUEST, its CANCEL on ZeroMQ): remember it
+            self.early_cancels[rid] = None
+            while len(self.early_cancels) > EARLY_CANCELS_KEPT:
+                self.early_cancels.popitem(last=False)
             return
         if req.worker_id is None:
             try:
@@ -352,7 +414,7 @@ class Router:
             return
         ws = self.workers.get(req.worker_id)
         if ws is not None:
-            self._send_worker(ws, P.CANCEL, {"id": rid})
+            self._send_worker(ws, P.CANCEL, {"id": rid}, dgram=req.dgram)
 
     def _on_stream_close(self, stream: str) -> None:
         self.dead_streams.pop(stream, None)
@@ -365,6 +427,8 @@ class Router:
         """A facade died: its callers are gone, so drop its queued requests and cancel its in-flight ones
         (workers stop early; their late replies are dropped). Returns how many requests it had."""
         self.facades.discard(facade)
+        for addr in [a for a, f in self.dgram_facades.items() if f == facade]:
+            del self.dgram_facades[addr]
         mine = [r for r in self.requests.values() if r.facade == facade and not r.internal]
         for req in mine:
             if req.worker_id is None:
@@ -376,7 +440,7 @@ class Router:
             else:
                 ws = self.workers.get(req.worker_id)
                 if ws is not None:
-                    self._send_worker(ws, P.CANCEL, {"id": req.id})
+                    self._send_worker(ws, P.CANCEL, {"id": req.id}, dgram=req.dgram)
         return len(mine)
 
     # ---------------------------------------------------------------- routing
@@ -423,7 +487,10 @@ class Router:
                 ws.inflight.pop(req.id, None)
                 self._error(req, "ABORTED", f"the frame for a remote worker could not be read ({exc}); resend it")
                 return True
-        if not self._send_worker(ws, P.REQUEST, header, frames):
+        # a request outside any stream may go as a datagram (its CANCEL then too); a stream's requests and
+        # its STREAM_CLOSE always take the ROUTER, so they keep their order
+        req.dgram = req.stream is None and self._datagram_to(ws, P.encode(P.REQUEST, header, frames))
+        if not req.dgram and not self._send_worker(ws, P.REQUEST, header, frames):
             ws.inflight.pop(req.id, None)
             req.worker_id = None
             return False
@@ -528,6 +595,9 @@ class Router:
             if not ws.pid:   # a remote worker: its pid on its node
                 ws.pid = int(header.get("pid") or 0)
             ws.capacity = max(1, int(header.get("capacity") or 1))
+            dgram = header.get("dgram")
+            ws.dgram = (dgram if self.wsend is not None and not ws.remote
+                        and dgram == f"{self.run_dir}/w-{ws.worker_id}.dgram" else "")
             ws.state = "ready"
             ws.ready_at = ws.last_reply = time.time()
             log.info("%s ready (pid %s, capacity %d) in %.2fs", wid, header.get("pid"), ws.capacity,
@@ -581,6 +651,38 @@ class Router:
             self._drain(self.backend, self._on_backend)
         if self.frontend in sockets:
             self._drain(self.frontend, self._on_frontend)
+        if self.dgram is not None and self.dgram.fileno() in sockets:
+            self._drain_datagrams()
+
+    def dgram_fd(self) -> Optional[int]:
+        """The facades' datagram socket, for the owner's poller (it reports it as this int)."""
+        return self.dgram.fileno() if self.dgram is not None else None
+
+    def _drain_datagrams(self, budget: int = 1000) -> None:
+        """Requests and CANCELs from facades that said HELLO, by datagram; anything else is counted as
+        malformed and dropped."""
+        for _ in range(budget):
+            try:
+                data, addr = self.dgram.recvfrom(P.DATAGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("datagram socket: %s", exc)
+                return
+            facade = self.dgram_facades.get(addr) if isinstance(addr, str) else None
+            try:
+                if facade is None:
+                    raise P.ProtocolError(f"datagram from {str(addr)[:80]!r}, no facade that said HELLO")
+                parts = P.split_datagram(data)
+            except P.ProtocolError as exc:
+                self.counters["malformed"] += 1
+                log.warning("dropped malformed frontend datagram: %s", exc)
+                continue
+            try:
+                self._on_frontend([facade, *parts], via_dgram=True)
+            except Exception:
+                self.counters["malformed"] += 1
+                log.exception("error while handling a datagram; dropped")
 
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], None], budget: int = 1000) -> None:
         for _ in range(budget):
@@ -602,3 +704,8 @@ class Router:
     def close(self) -> None:
         self.frontend.close(0)
         self.backend.close(0)
+        for sock in (self.dgram, self.wsend):
+            if sock is not None:
+                sock.close()
+        if self.dgram is not None:
+            P.unlink_quietly(f"{self.run_dir}/frontend.dgram")

@@ -6,10 +6,14 @@ with size limits so a hostile frame cannot make us allocate without bound.
 """
 from __future__ import annotations
 
+import os
+import socket
 import struct
 from typing import Any, Sequence
 
 import msgpack
+
+from common.options import as_bool
 
 MAGIC = b"PML1"
 
@@ -98,6 +102,50 @@ def datagram_buffers(parts: Sequence[Any]) -> list:
 
 def datagram_size(buffers: Sequence[Any]) -> int:
     return sum(memoryview(b).nbytes for b in buffers)
+
+
+# Datagram hops (docs/ARCHITECTURE.md, "Datagram hops"): requests outside any stream and their CANCELs go
+# facade -> broker -> local worker as datagrams too, when they fit; PML_DGRAM_HOPS=0 turns that off.
+DGRAM_COMMANDS = {REQUEST, CANCEL}
+
+
+def dgram_hops_on() -> bool:
+    """PML_DGRAM_HOPS (default on)."""
+    return as_bool(os.environ.get("PML_DGRAM_HOPS"), True, name="PML_DGRAM_HOPS")
+
+
+def ipc_folder(endpoint: str) -> str:
+    """The folder of an ipc:// endpoint's socket (the run folder); '' for any other transport."""
+    return os.path.dirname(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else ""
+
+
+def named_in(path: Any, folder: str, prefix: str, suffix: str) -> bool:
+    """`path` is a file `<prefix>...<suffix>` directly in `folder`."""
+    return (isinstance(path, str) and bool(folder) and os.path.dirname(path) == folder
+            and os.path.basename(path).startswith(prefix) and path.endswith(suffix))
+
+
+def bind_datagram(path: str) -> socket.socket:
+    """A non-blocking unix datagram socket bound at `path` (a stale file there is replaced); OSError when
+    it cannot be."""
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(path)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def split_datagram(data: bytes) -> list:

@@ -16,6 +16,12 @@ Workers send the terminal reply of a request without partials straight to this p
 broker's socket (docs/ARCHITECTURE.md, Wire). Whichever terminal reply of a request arrives first is
 taken; a later one (the broker's UNAVAILABLE for a worker that died before telling it DONE) is ignored.
 
+Requests outside any stream, and their CANCELs, go to the broker as unix datagrams (`frontend.dgram` in
+the run folder, sent from the `reply-<pid>.dgram` socket whose address the broker learned from HELLO) when
+they fit in wire.DATAGRAM_MAX and the broker answered HELLO naming its socket; the rest, streams and
+STREAM_CLOSE always, take the DEALER. A CANCEL takes the channel its REQUEST took (docs/ARCHITECTURE.md,
+"Datagram hops"). PML_DGRAM_HOPS=0 turns this off.
+
 Each REQUEST carries `caller`, the client connection of the gRPC call it serves (facade/caller.py), by
 which the broker shares each pool round robin between callers.
 """
@@ -41,10 +47,17 @@ from shm.pool import SlotAllocator, SlotRef
 log = logging.getLogger("facade.broker")
 
 
+def dgram_replies_on() -> bool:
+    """PML_DGRAM_REPLIES (default on): workers may send terminal replies as datagrams."""
+    return as_bool(os.environ.get("PML_DGRAM_REPLIES"), True, name="PML_DGRAM_REPLIES")
+
+
 def reply_datagram_path(reply_endpoint: str) -> str:
-    """The facade's datagram reply socket beside its ZeroMQ one: `<run folder>/reply-<pid>.dgram`; '' when
-    there is no direct-reply endpoint or PML_DGRAM_REPLIES=0 (then every direct reply takes ZeroMQ)."""
-    if not reply_endpoint or not as_bool(os.environ.get("PML_DGRAM_REPLIES"), True, name="PML_DGRAM_REPLIES"):
+    """The facade's datagram socket beside its ZeroMQ reply socket: `<run folder>/reply-<pid>.dgram`; ''
+    when there is no direct-reply endpoint, or PML_DGRAM_REPLIES=0 and PML_DGRAM_HOPS=0 (then everything
+    takes ZeroMQ). It receives datagram replies and sends datagram requests (the broker knows it by this
+    address)."""
+    if not reply_endpoint or not (dgram_replies_on() or P.dgram_hops_on()):
         return ""
     return reply_endpoint[len("ipc://"):-len(".sock")] + ".dgram"
 
@@ -108,6 +121,12 @@ class BrokerClient:
                 log.warning("datagram reply socket %s not bound (%s): direct replies take ZeroMQ", self.dgram_path, exc)
                 self.dgram.close()
                 self.dgram, self.dgram_path = None, ""
+        self._dgram_replies = bool(self.dgram_path) and dgram_replies_on()
+        # datagram requests: to the broker's socket named in its answer to our HELLO (POOLS `dgram`), only
+        # after that answer (the broker then knows our address); rids sent so, for their CANCEL's channel
+        self._hops = bool(self.dgram_path) and P.dgram_hops_on()
+        self.broker_dgram = ""
+        self._dgram_rids: set = set()
 
     async def start(self, hello: dict) -> None:
         self._loop = asyncio.get_running_loop()
@@ -116,6 +135,8 @@ class BrokerClient:
             self._loop.add_reader(self.replies.getsockopt(zmq.FD), self._drain_replies)
         if self.dgram is not None:
             self._loop.add_reader(self.dgram.fileno(), self._drain_datagrams)
+        if self._hops:
+            hello = dict(hello, dgram=self.dgram_path)
         self._send(P.encode(P.HELLO, hello))
 
     def new_id(self) -> str:
@@ -169,6 +190,10 @@ class BrokerClient:
             return
         if command == P.POOLS:
             self.pools = header.get("pools") or {}
+            path = header.get("dgram")
+            if (self._hops and isinstance(path, str) and path.endswith("/frontend.dgram")
+                    and os.path.dirname(path) == os.path.dirname(self.dgram_path)):
+                self.broker_dgram = path
             for cb in self.on_pools:
                 try:
                     cb(self.pools)
@@ -178,6 +203,7 @@ class BrokerClient:
         rid = str(header.get("id", ""))
         terminal = command != P.PARTIAL
         if terminal:
+            self._dgram_rids.discard(rid)
             ref = self._slots.pop(rid, None)
             if ref is not None and self.allocator is not None:
                 self.allocator.release(ref)
@@ -202,7 +228,7 @@ class BrokerClient:
                   "caller": CALLER.get()}
         if self.reply_endpoint:
             header["reply"] = self.reply_endpoint
-            if self.dgram_path:
+            if self._dgram_replies:
                 header["reply_dgram"] = self.dgram_path
         if extra:
             header.update(extra)
@@ -212,13 +238,36 @@ class BrokerClient:
             if ref is not None:
                 self._slots[rid] = ref
         self._waiters[rid] = waiter
-        self._send(P.encode(P.REQUEST, header, frames))
+        parts = P.encode(P.REQUEST, header, frames)
+        if stream is None and self._datagram_sent(parts):
+            self._dgram_rids.add(rid)
+        else:
+            self._send(parts)
         return rid
+
+    def _datagram_sent(self, parts: list) -> bool:
+        """One message to the broker as a datagram; False (nothing sent) when the broker named no socket,
+        the message is over wire.DATAGRAM_MAX or the broker's queue is full (it then takes the DEALER)."""
+        if not self.broker_dgram:
+            return False
+        buffers = P.datagram_buffers(parts)
+        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
+            return False
+        try:
+            self.dgram.sendmsg(buffers, (), 0, self.broker_dgram)
+        except OSError:   # EAGAIN (queue full), ENOENT / ECONNREFUSED (broker gone)
+            return False
+        return True
 
     def _cancel(self, rid: str) -> None:
         if self._waiters.pop(rid, None) is not None:
+            parts = P.encode(P.CANCEL, {"id": rid})
+            # the channel of its REQUEST, so it cannot overtake it; if that datagram cannot go now, the
+            # DEALER (the broker remembers a CANCEL that came before its REQUEST)
+            if rid in self._dgram_rids and self._datagram_sent(parts):
+                return
             try:
-                self._send(P.encode(P.CANCEL, {"id": rid}))
+                self._send(parts)
             except zmq.ZMQError:
                 pass
 

@@ -305,6 +305,13 @@ def test_facade_reads_reply_datagrams_and_counts_a_malformed_one(tmp_path):
 def test_facade_without_datagram_replies_when_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("PML_DGRAM_REPLIES", "0")
     client = BrokerClient(f"ipc://{tmp_path}/frontend.sock", None)
+    # the socket stays for datagram requests (PML_DGRAM_HOPS), but no request names it for replies
+    assert client.dgram is not None and not client._dgram_replies and client.reply_endpoint
+    client.sock.close(0)
+    client.replies.close(0)
+    client.dgram.close()
+    monkeypatch.setenv("PML_DGRAM_HOPS", "0")
+    client = BrokerClient(f"ipc://{tmp_path}/frontend.sock", None)
     assert client.dgram is None and client.dgram_path == "" and client.reply_endpoint
     client.sock.close(0)
     client.replies.close(0)

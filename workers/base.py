@@ -7,6 +7,9 @@ thread on a request's way in). Stream frames, and requests that find no thread w
 pool sized by the worker's capacity. Handler threads reply on their own sockets; heartbeats go through a
 queue plus a wake-up pipe to whichever thread holds the socket, which always polls while handlers run.
 A long model load therefore never delays a heartbeat.
+Requests outside any stream, and their CANCELs, may also come as unix datagrams on `w-<worker id>.dgram`
+in the run folder (named in READY; the leader polls it beside the DEALER; PML_DGRAM_HOPS=0 turns it off);
+a CANCEL that comes before its REQUEST is remembered for a while and applied when the REQUEST comes.
 See docs/ARCHITECTURE.md for the handler API.
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ ECHO_METHOD = "pythonml.v1.Diagnostics/Echo"
 CLOSED_STREAMS_KEPT = 4096
 FAULT_INJECTION_ENV = "PML_FAULT_INJECTION"
 DIRECT_SENDERS_KEPT = 4   # direct-reply sockets per handler thread (one per facade endpoint seen lately)
+EARLY_CANCELS_KEPT = 1024   # CANCELs of requests not seen (yet): one that overtook its REQUEST is applied
 
 
 @dataclass
@@ -167,6 +171,13 @@ class Worker:
         # direct replies go only to ipc sockets in the folder of the broker's own socket (the run folder)
         connect = str(getattr(args, "connect", ""))
         self._reply_dir = (os.path.dirname(connect) + "/reply-") if connect.startswith("ipc://") else ""
+        # datagram hops: the broker sends requests outside streams to this socket (bound in serve())
+        self._dgram: Optional[socket.socket] = None
+        self._dgram_path = ""
+        if (connect.startswith("ipc://") and "/" not in self.worker_id
+                and P.dgram_hops_on()):
+            self._dgram_path = f"{os.path.dirname(connect[len('ipc://'):])}/w-{self.worker_id}.dgram"
+        self._early_cancels: "OrderedDict[str, None]" = OrderedDict()
 
     # ---- to override -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -526,6 +537,8 @@ class Worker:
             ctx._frame_view = self._frame_view_for(header, frames)
             with self._inflight_lock:
                 self._inflight[rid] = ctx
+            if self._early_cancels and self._early_cancels.pop(rid, 1) is None:
+                ctx.cancelled.set()   # its CANCEL came first (another channel)
             if stream is None:
                 if take:
                     return ctx, fn
@@ -540,10 +553,15 @@ class Worker:
             if start:
                 executor.submit(self._run_stream, str(stream), executor)
         elif command == P.CANCEL:
+            rid = str(header.get("id", ""))
             with self._inflight_lock:
-                ctx = self._inflight.get(str(header.get("id", "")))
+                ctx = self._inflight.get(rid)
             if ctx is not None:
                 ctx.cancelled.set()
+            else:   # finished, or its REQUEST is still on its way on the other channel
+                self._early_cancels[rid] = None
+                while len(self._early_cancels) > EARLY_CANCELS_KEPT:
+                    self._early_cancels.popitem(last=False)
         elif command == P.STREAM_CLOSE:
             self._on_stream_close(executor, str(header.get("stream", "")))
         elif command == P.STOP:
@@ -619,6 +637,8 @@ class Worker:
                         take = job is None and self._followers > 0
                     taken = self._dispatch(executor, command, header, frames, take=take)
                     job = job or taken
+            if self._dgram is not None and self._dgram.fileno() in events:
+                job = self._drain_datagrams(executor, job)
             if self._wake_r in events:
                 try:
                     while os.read(self._wake_r, 4096):
@@ -635,6 +655,44 @@ class Worker:
                 return job
         return None
 
+    def _drain_datagrams(self, executor: ThreadPoolExecutor, job: Optional[tuple]) -> Optional[tuple]:
+        """The leader reads the request datagrams waiting; like the DEALER's messages, the first request
+        may become the leader's own job. A datagram that does not parse is counted and dropped."""
+        while True:
+            try:
+                data = self._dgram.recv(P.DATAGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return job
+            except OSError as exc:
+                self.log.warning("datagram socket: %s", exc)
+                return job
+            try:
+                command, header, frames = P.decode(P.split_datagram(data), P.DGRAM_COMMANDS)
+                if command == P.REQUEST and header.get("stream") is not None:
+                    raise P.ProtocolError("a stream's request as a datagram")
+            except P.ProtocolError as exc:
+                self._malformed += 1
+                self.log.warning("dropped malformed datagram (%d so far): %s", self._malformed, exc)
+                continue
+            with self._followers_lock:
+                take = job is None and self._followers > 0
+            taken = self._dispatch(executor, command, header, frames, take=take)
+            job = job or taken
+
+    def _bind_dgram(self) -> None:
+        """Bind `w-<worker id>.dgram` (the id carries the generation: a successor never shares it)."""
+        if not self._dgram_path:
+            return
+        try:
+            self._dgram = P.bind_datagram(self._dgram_path)
+        except OSError as exc:
+            self.log.warning("datagram socket %s not bound (%s): requests come by ZeroMQ", self._dgram_path, exc)
+            self._dgram_path = ""
+
+    def unlink_dgram(self) -> None:
+        if self._dgram_path:
+            P.unlink_quietly(self._dgram_path)
+
     def serve(self) -> int:
         sock = self._socket(self.worker_id)
         t0 = time.time()
@@ -642,7 +700,11 @@ class Worker:
         self._handlers = dict(self.handlers())
         self._handlers.setdefault(ECHO_METHOD, self._echo)
         self.log.info("setup done in %.2fs; %d methods", time.time() - t0, len(self._handlers))
-        sock.send_multipart(P.encode(P.READY, self._status()))
+        self._bind_dgram()
+        ready = self._status()
+        if self._dgram is not None:
+            ready["dgram"] = self._dgram_path
+        sock.send_multipart(P.encode(P.READY, ready))
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
         executor = ThreadPoolExecutor(max_workers=max(1, self.capacity), thread_name_prefix="handler",
@@ -650,6 +712,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._dgram is not None:
+            poller.register(self._dgram.fileno(), zmq.POLLIN)
         self._io = (sock, poller, executor)
         # leader/followers: capacity + 1 threads take turns reading the socket; the reader of a request
         # runs it itself after handing the socket to a waiting thread, so a request starts without a
@@ -660,6 +724,7 @@ class Worker:
         while not self._stopping.wait(1.0):
             pass
         self._lead_lock.acquire()   # the last leader has seen the stop: nobody reads the socket any more
+        self.unlink_dgram()
         # graceful stop: let in-flight requests finish for a bounded time
         deadline = time.time() + self.args.drain_seconds
         executor.shutdown(wait=False)
@@ -715,5 +780,6 @@ def run_worker_main(worker_cls: type, argv=None) -> None:
     except Exception:
         logging.getLogger("worker").critical("worker failed: %s", traceback.format_exc())
         code = 3
+    worker.unlink_dgram()
     sys.stdout.flush()
     os._exit(code)

@@ -34,7 +34,7 @@ class FakeWorker(Worker):
 
     def echo(self, ctx: RequestContext):
         """The base Echo actions without the fault-injection gate, plus crash, hang, fail and
-        stream_thread (partials sent from a helper thread)."""
+        stream_thread (partials sent from a helper thread) and seq (the order of a stream's frames)."""
         req = X.EchoRequest.FromString(ctx.payload)
         action = req.action or "echo"
         if action == "stream_thread":
@@ -53,6 +53,10 @@ class FakeWorker(Worker):
             return self.echo_reply(req, ctx)   # only after a SIGCONT
         if action == "fail":
             raise WorkerError("FAILED_PRECONDITION", "fake failure requested")
+        if action == "seq":   # a stream's frames in the order they ran: the payload's first byte of each so far
+            seen = ctx.stream_state.setdefault("seq", []) if ctx.stream_state is not None else []
+            seen.append(req.payload[:1])
+            return X.EchoReply(payload=b"".join(seen), worker_id=self.worker_id).SerializeToString()
         return self.echo_action(req, ctx, action)
 
     def load_model(self, ctx: RequestContext) -> bytes:
