@@ -123,6 +123,9 @@ class Router:
         self.events = events
         self.zctx = zmq.Context.instance()
         self.frontend = self._router(config.frontend)
+        # a facade that connects again under the identity of one whose connection the broker has not seen close
+        # yet (same process: its pid names it) takes that identity over instead of being refused silently
+        self.frontend.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.backend = self._router(config.backend, curve=True, extra=config.extra_backends)
         # datagram hops: requests from facades (known by address, from their HELLO) and to local workers
         self.run_dir = ""
