@@ -165,6 +165,9 @@ def child_process(svc: Service, module: str, timeout: float = 60.0):
         time.sleep(0.1)
 
 
+IDLE_HEARTBEAT_S = 1.5   # > the default --heartbeat-interval-s (1 s)
+
+
 def settle(channel, proc, pool: str = "vision") -> tuple[float, int]:
     """(RSS MB, threads) of a worker once it is idle: nothing of its pool in flight and its thread count steady."""
     last = None
@@ -175,6 +178,7 @@ def settle(channel, proc, pool: str = "vision") -> tuple[float, int]:
             break
         last = now
         time.sleep(0.2)
+    time.sleep(IDLE_HEARTBEAT_S)   # the worker's first heartbeat while idle (Worker.on_idle: memory handed back)
     return proc.memory_info().rss / 2**20, proc.num_threads()
 
 

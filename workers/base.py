@@ -189,6 +189,10 @@ class Worker:
     def on_stream_close(self, stream_id: str, state: dict) -> None:
         """Hook after a stream's state values have been closed."""
 
+    def on_idle(self) -> None:
+        """Hook from the heartbeat thread, at most once per heartbeat: nothing is in flight and requests
+        were served since the last call (e.g. hand freed memory back to the system)."""
+
     # ---- helpers for subclasses --------------------------------------------------------------
     def note_loaded(self, record: ModelRecord) -> None:
         self.models.add(record)
@@ -350,8 +354,15 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         interval = self.args.heartbeat_interval
         max_rss = float(self.options.get("max_rss_mb") or 0)
+        idle_mark = -1
         while not self._stopping.wait(interval):
             status = self._status()
+            if status["inflight"] == 0 and self.requests_served != idle_mark:
+                idle_mark = self.requests_served
+                try:
+                    self.on_idle()
+                except Exception:
+                    self.log.exception("on_idle failed")
             if max_rss and status["memory"]["rss_mb"] > max_rss and not self._recycle_reason:
                 self._recycle_reason = (f"rss {status['memory']['rss_mb']:.0f} MB above the "
                                         f"{max_rss:.0f} MB cap")

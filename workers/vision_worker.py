@@ -57,6 +57,11 @@ class VisionWorker(Worker):
     def on_stream_close(self, stream_id: str, state: dict) -> None:
         native_memory.trim()   # the stream's MediaPipe graphs were just freed: give their pages back
 
+    def on_idle(self) -> None:
+        # frames and graphs freed by other threads after the last stream's close (a cancelled stream's
+        # decode one frame ahead, a reply's buffers) sit below the trim threshold until the next trim
+        native_memory.trim()
+
 
 if __name__ == "__main__":
     run_worker_main(VisionWorker)
