@@ -243,7 +243,6 @@ class ProcessManager:
                 ws.kill_reason = (f"it sent no heartbeat for {silent:.1f}s (hung, or its node unreachable): its Ray "
                                   f"actor was killed" if ws.remote else
                                   f"it sent no heartbeat for {silent:.1f}s (hung): SIGKILL")
-                ws.last_seen = now  # do not re-kill every tick
                 self.children.kill(slot.child, signal.SIGKILL)
             else:
                 self._check_progress(slot, ws, now)

@@ -139,11 +139,6 @@ class RayChildren:
         timer.daemon = True
         timer.start()
 
-    def alive(self, child) -> bool:
-        with self.lock:
-            rec = self.remotes.get(child.pidfd)
-        return rec is not None and not rec.signalled
-
     def kill_all(self) -> None:
         with self.lock:
             recs = list(self.remotes.values())

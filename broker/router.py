@@ -288,14 +288,7 @@ class Router:
         full or its socket gone."""
         if self.wsend is None or not ws.dgram or ws.remote:
             return False
-        buffers = P.datagram_buffers(parts)
-        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
-            return False
-        try:
-            self.wsend.sendmsg(buffers, (), 0, ws.dgram)
-        except OSError:
-            return False
-        return True
+        return P.send_datagram(self.wsend, ws.dgram, parts)
 
     def _finish(self, req: Request, command: bytes, header: dict, frames=(), raw_header: Optional[bytes] = None) -> None:
         """Send the terminal reply of a request (exactly once) and forget it. DONE: the worker sent the

@@ -104,6 +104,20 @@ def datagram_size(buffers: Sequence[Any]) -> int:
     return sum(memoryview(b).nbytes for b in buffers)
 
 
+def send_datagram(sock: socket.socket, path: str, parts: Sequence[Any]) -> bool:
+    """`parts` as one datagram from the non-blocking `sock` to the socket at `path`; False (nothing sent) when
+    it is over DATAGRAM_MAX or cannot go now: EAGAIN (the receiver's queue is full), ENOENT / ECONNREFUSED
+    (nobody there), EMSGSIZE. The caller then takes ZeroMQ."""
+    buffers = datagram_buffers(parts)
+    if datagram_size(buffers) > DATAGRAM_MAX:
+        return False
+    try:
+        sock.sendmsg(buffers, (), 0, path)
+    except OSError:
+        return False
+    return True
+
+
 # Datagram hops (docs/ARCHITECTURE.md, "Datagram hops"): requests outside any stream and their CANCELs go
 # facade -> broker -> local worker as datagrams too, when they fit; PML_DGRAM_HOPS=0 turns that off.
 DGRAM_COMMANDS = {REQUEST, CANCEL}

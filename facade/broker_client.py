@@ -250,14 +250,7 @@ class BrokerClient:
         the message is over wire.DATAGRAM_MAX or the broker's queue is full (it then takes the DEALER)."""
         if not self.broker_dgram:
             return False
-        buffers = P.datagram_buffers(parts)
-        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
-            return False
-        try:
-            self.dgram.sendmsg(buffers, (), 0, self.broker_dgram)
-        except OSError:   # EAGAIN (queue full), ENOENT / ECONNREFUSED (broker gone)
-            return False
-        return True
+        return P.send_datagram(self.dgram, self.broker_dgram, parts)
 
     def _cancel(self, rid: str) -> None:
         if self._waiters.pop(rid, None) is not None:

@@ -296,18 +296,11 @@ class Worker:
         folder = self._reply_dir[len("ipc://"):]
         if not path.startswith(folder) or "/" in path[len(folder):]:
             return False
-        buffers = P.datagram_buffers(parts)
-        if P.datagram_size(buffers) > P.DATAGRAM_MAX:
-            return False
         sock = getattr(self._tls, "dgram", None)
         if sock is None:
             sock = self._tls.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.setblocking(False)
-        try:
-            sock.sendmsg(buffers, (), 0, path)
-        except OSError:   # EAGAIN (queue full), ENOENT / ECONNREFUSED (no facade there), EMSGSIZE
-            return False
-        return True
+        return P.send_datagram(sock, path, parts)
 
     def _direct_sender(self, endpoint) -> Optional[zmq.Socket]:
         """This handler thread's PUSH socket to a facade's direct-reply endpoint; None when the request
@@ -644,10 +637,7 @@ class Worker:
                         self._malformed += 1
                         self.log.warning("dropped malformed message (%d so far): %s", self._malformed, exc)
                         continue
-                    with self._followers_lock:
-                        take = job is None and self._followers > 0
-                    taken = self._dispatch(executor, command, header, frames, take=take)
-                    job = job or taken
+                    job = self._dispatch_read(executor, command, header, frames, job)
             if self._dgram is not None and self._dgram.fileno() in events:
                 job = self._drain_datagrams(executor, job)
             if self._wake_r in events:
@@ -665,6 +655,15 @@ class Worker:
             if job is not None:
                 return job
         return None
+
+    def _dispatch_read(self, executor: ThreadPoolExecutor, command: bytes, header: dict, frames: list,
+                       job: Optional[tuple]) -> Optional[tuple]:
+        """Dispatch a message the leader read (from the DEALER or a datagram); the first request it may take
+        as its own job (while a follower waits to take the turn) is returned as the leader's job."""
+        with self._followers_lock:
+            take = job is None and self._followers > 0
+        taken = self._dispatch(executor, command, header, frames, take=take)
+        return job or taken
 
     def _drain_datagrams(self, executor: ThreadPoolExecutor, job: Optional[tuple]) -> Optional[tuple]:
         """The leader reads the request datagrams waiting; like the DEALER's messages, the first request
@@ -685,10 +684,7 @@ class Worker:
                 self._malformed += 1
                 self.log.warning("dropped malformed datagram (%d so far): %s", self._malformed, exc)
                 continue
-            with self._followers_lock:
-                take = job is None and self._followers > 0
-            taken = self._dispatch(executor, command, header, frames, take=take)
-            job = job or taken
+            job = self._dispatch_read(executor, command, header, frames, job)
 
     def _bind_dgram(self) -> None:
         """Bind `w-<worker id>.dgram` (the id carries the generation: a successor never shares it)."""
