@@ -8,6 +8,7 @@ in its stream state, closed by the base when the stream ends.
 """
 from __future__ import annotations
 
+import gc
 import os
 
 from workers.base import Worker, run_worker_main
@@ -59,7 +60,10 @@ class VisionWorker(Worker):
 
     def on_idle(self) -> None:
         # frames and graphs freed by other threads after the last stream's close (a cancelled stream's
-        # decode one frame ahead, a reply's buffers) sit below the trim threshold until the next trim
+        # decode one frame ahead, a reply's buffers) sit below the trim threshold until the next trim; a
+        # cancelled frame's exception holds its traceback's frames (and their arrays) in a cycle until the
+        # cyclic collector runs: collect first, so their memory is free when trimmed
+        gc.collect()
         native_memory.trim()
 
 
