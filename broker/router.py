@@ -18,7 +18,8 @@ kept here, where messages arrive, and read by the manager's timers.
 Datagram hops (docs/ARCHITECTURE.md): beside the frontend ROUTER the broker binds `frontend.dgram` in the
 run folder; a facade that said HELLO naming its datagram socket may send REQUESTs outside any stream and
 their CANCELs there (known by the sender's address). A local worker that named its `w-<worker id>.dgram`
-in READY gets such REQUESTs, and their CANCELs, as datagrams when they fit. A CANCEL follows the channel
+in READY gets such REQUESTs, and their CANCELs, as datagrams when they fit, and sends its DONEs from that
+socket to `frontend.dgram` (known by that address, only DONE accepted so). A CANCEL follows the channel
 its REQUEST took; one that comes first anyway (its datagram could not go) is remembered for a while.
 PML_DGRAM_HOPS=0 turns it off.
 """
@@ -132,6 +133,7 @@ class Router:
         self.dgram: Optional[socket.socket] = None     # bound: frontend.dgram
         self.wsend: Optional[socket.socket] = None     # unbound: sends to workers' w-<id>.dgram
         self.dgram_facades: dict[str, bytes] = {}      # facade datagram address -> its ZeroMQ identity
+        self.dgram_workers: dict[str, bytes] = {}      # local worker's w-<id>.dgram -> its ZeroMQ identity
         self.early_cancels: "OrderedDict[str, None]" = OrderedDict()
         if P.ipc_folder(config.frontend) and P.dgram_hops_on():
             self.run_dir = P.ipc_folder(config.frontend)
@@ -199,6 +201,7 @@ class Router:
         streams are closed with `streams_message` (their state died with it)."""
         ws.state = "dead"
         self.workers.pop(ws.worker_id, None)
+        self.dgram_workers.pop(ws.dgram, None)
         self.retired[ws.worker_id] = False
         while len(self.retired) > RETIRED_KEPT:
             self.retired.popitem(last=False)
@@ -540,14 +543,14 @@ class Router:
         return None
 
     # ---------------------------------------------------------------- worker messages
-    def _on_backend(self, parts: list) -> None:
+    def _on_backend(self, parts: list, via_dgram: bool = False) -> None:
         if len(parts) < 2:
             self.counters["malformed"] += 1
             return
         # handler threads reply on their own sockets, named '<worker id>/<n>'
         wid = bytes(parts[0]).decode("utf-8", "replace").split("/", 1)[0]
         try:
-            command, header, frames = P.decode(parts[1:], P.WORKER_COMMANDS)
+            command, header, frames = P.decode(parts[1:], P.DGRAM_WORKER_COMMANDS if via_dgram else P.WORKER_COMMANDS)
         except P.ProtocolError as exc:
             self.counters["malformed"] += 1
             log.warning("dropped malformed backend message from %r: %s", wid[:40], exc)
@@ -594,6 +597,8 @@ class Router:
             dgram = header.get("dgram")
             ws.dgram = (dgram if self.wsend is not None and not ws.remote
                         and dgram == f"{self.run_dir}/w-{ws.worker_id}.dgram" else "")
+            if ws.dgram:
+                self.dgram_workers[ws.dgram] = ws.worker_id.encode()
             ws.state = "ready"
             ws.ready_at = ws.last_reply = time.time()
             log.info("%s ready (pid %s, capacity %d) in %.2fs", wid, header.get("pid"), ws.capacity,
@@ -655,8 +660,9 @@ class Router:
         return self.dgram.fileno() if self.dgram is not None else None
 
     def _drain_datagrams(self, budget: int = 1000) -> None:
-        """Requests and CANCELs from facades that said HELLO, by datagram; anything else is counted as
-        malformed and dropped."""
+        """Requests and CANCELs from facades that said HELLO, and DONEs from local workers (known by the
+        `w-<worker id>.dgram` they named in READY), by datagram; anything else is counted as malformed and
+        dropped."""
         for _ in range(budget):
             try:
                 data, addr = self.dgram.recvfrom(P.DATAGRAM_MAX)
@@ -666,6 +672,16 @@ class Router:
                 log.warning("datagram socket: %s", exc)
                 return
             facade = self.dgram_facades.get(addr) if isinstance(addr, str) else None
+            if facade is None and isinstance(addr, str) and addr in self.dgram_workers:
+                try:
+                    self._on_backend([self.dgram_workers[addr], *P.split_datagram(data)], via_dgram=True)
+                except P.ProtocolError as exc:
+                    self.counters["malformed"] += 1
+                    log.warning("dropped malformed worker datagram: %s", exc)
+                except Exception:
+                    self.counters["malformed"] += 1
+                    log.exception("error while handling a worker datagram; dropped")
+                continue
             try:
                 if facade is None:
                     raise P.ProtocolError(f"datagram from {str(addr)[:80]!r}, no facade that said HELLO")

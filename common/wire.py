@@ -121,6 +121,7 @@ def send_datagram(sock: socket.socket, path: str, parts: Sequence[Any]) -> bool:
 # Datagram hops (docs/ARCHITECTURE.md, "Datagram hops"): requests outside any stream and their CANCELs go
 # facade -> broker -> local worker as datagrams too, when they fit; PML_DGRAM_HOPS=0 turns that off.
 DGRAM_COMMANDS = {REQUEST, CANCEL}
+DGRAM_WORKER_COMMANDS = {DONE}   # worker -> broker, from the worker's bound w-<id>.dgram
 
 
 def dgram_hops_on() -> bool:

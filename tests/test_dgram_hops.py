@@ -226,3 +226,70 @@ def test_a_worker_applies_a_cancel_that_came_before_its_request():
     job = w._dispatch(None, P.REQUEST, {"id": "r2", "method": ECHO}, [b""], take=True)
     assert not job[0].cancelled.is_set()
     assert "r1" not in w._early_cancels   # forgotten once applied
+
+
+def test_the_broker_takes_done_by_datagram_only_from_the_worker_that_holds_the_request():
+    """A local worker sends DONE (after a direct reply) from its bound w-<id>.dgram: the broker frees the
+    credit of that worker's request; a DONE from another address, or any other command from the worker's
+    address, is counted malformed and changes nothing; a dead worker's address is forgotten."""
+    from broker.router import WorkerState
+    folder = tempfile.mkdtemp(prefix="pml-dgram-")
+    router = Router(RouterConfig(frontend=f"ipc://{folder}/frontend.sock", backend=f"ipc://{folder}/b.sock"),
+                    _Events())
+    router.add_pool_slot("fake", "cpu")
+    ctx = zmq.Context.instance()
+    ws = WorkerState(worker_id="fake-cpu-0.1", pool="fake", device="cpu", index=0)
+    router.worker_started(ws)
+    wsock = ctx.socket(zmq.DEALER)
+    wsock.setsockopt(zmq.IDENTITY, ws.worker_id.encode())
+    wsock.setsockopt(zmq.LINGER, 0)
+    wsock.connect(f"ipc://{folder}/b.sock")
+    facade = ctx.socket(zmq.DEALER)
+    facade.setsockopt(zmq.IDENTITY, b"facade-t")
+    facade.setsockopt(zmq.LINGER, 0)
+    facade.connect(f"ipc://{folder}/frontend.sock")
+    wpath = f"{folder}/w-{ws.worker_id}.dgram"
+    mine = P.bind_datagram(wpath)
+    other = P.bind_datagram(f"{folder}/w-fake-cpu-0.2.dgram")   # a worker id the broker does not know
+    poller = zmq.Poller()
+    for s in (router.frontend, router.backend):
+        poller.register(s, zmq.POLLIN)
+    poller.register(router.dgram_fd(), zmq.POLLIN)
+
+    def pump(done):
+        for _ in range(300):
+            router.on_readable(dict(poller.poll(10)))
+            if done():
+                return
+        pytest.fail("the router did not get there")
+
+    def send(sock, command, header):
+        assert P.send_datagram(sock, f"{folder}/frontend.dgram", P.encode(command, header))
+
+    try:
+        wsock.send_multipart(P.encode(P.READY, {"capacity": 1, "pid": 4242, "dgram": wpath}))
+        pump(lambda: ws.state == "ready")
+        assert router.dgram_workers == {wpath: ws.worker_id.encode()}
+        facade.send_multipart(P.encode(P.REQUEST, {"id": "r1", "method": ECHO, "pool": "fake"}, [b""]))
+        pump(lambda: "r1" in ws.inflight)
+        assert mine.recv(P.DATAGRAM_MAX)   # the REQUEST reached the worker's socket as a datagram
+        send(other, P.DONE, {"id": "r1"})            # not the worker that holds it
+        send(mine, P.FINAL, {"id": "r1"})            # only DONE comes this way
+        mine.sendto(b"\x05\x00", f"{folder}/frontend.dgram")   # garbage
+        pump(lambda: router.counters["malformed"] == 3)
+        assert "r1" in ws.inflight and ws.free() == 0
+        send(mine, P.DONE, {"id": "r1"})
+        pump(lambda: not ws.inflight)
+        assert "r1" not in router.requests and ws.free() == 1 and ws.served == 1
+        assert not facade.poll(50)   # DONE forwards nothing: the worker answered the facade itself
+        router.worker_exited(ws, "gone", "gone")
+        assert not router.dgram_workers
+    finally:
+        for s in (wsock, facade):
+            s.close(0)
+        mine.close()
+        other.close()
+        router.close()
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)

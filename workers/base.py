@@ -172,11 +172,14 @@ class Worker:
         connect = str(getattr(args, "connect", ""))
         self._reply_dir = (os.path.dirname(connect) + "/reply-") if connect.startswith("ipc://") else ""
         # datagram hops: the broker sends requests outside streams to this socket (bound in serve())
+        # and DONE goes from it to the broker's datagram socket, which knows this worker by that address
         self._dgram: Optional[socket.socket] = None
         self._dgram_path = ""
+        self._broker_dgram = ""
         if (connect.startswith("ipc://") and "/" not in self.worker_id
                 and P.dgram_hops_on()):
             self._dgram_path = f"{os.path.dirname(connect[len('ipc://'):])}/w-{self.worker_id}.dgram"
+            self._broker_dgram = f"{os.path.dirname(connect[len('ipc://'):])}/frontend.dgram"
         self._early_cancels: "OrderedDict[str, None]" = OrderedDict()
 
     # ---- to override -------------------------------------------------------------------------
@@ -272,7 +275,7 @@ class Worker:
         forgets the request without forwarding anything). Otherwise, or when the facade cannot take it
         now, through the broker as before."""
         if not streamed and self._datagram_sent(ctx.header.get("reply_dgram"), P.encode(command, header, frames)):
-            self._send(P.DONE, {"id": ctx.request_id})
+            self._done(ctx.request_id)
             return
         sender = None if streamed else self._direct_sender(ctx.header.get("reply"))
         if sender is not None:
@@ -281,9 +284,18 @@ class Worker:
             except zmq.ZMQError:   # the facade is gone or not connected (yet): the broker's path
                 pass
             else:
-                self._send(P.DONE, {"id": ctx.request_id})
+                self._done(ctx.request_id)
                 return
         self._send(command, header, frames)
+
+    def _done(self, request_id: str) -> None:
+        """DONE to the broker after a direct reply: a datagram from this worker's bound `w-<id>.dgram` (the
+        address the broker knows it by) when it can go now, else on ZeroMQ. Either way the broker frees the
+        credit; a DONE needs no order with anything else this worker sends (its threads' sockets have none)."""
+        parts = P.encode(P.DONE, {"id": request_id})
+        if self._dgram is not None and self._broker_dgram and P.send_datagram(self._dgram, self._broker_dgram, parts):
+            return
+        self._send(P.DONE, {"id": request_id})
 
     def _datagram_sent(self, path, parts: list) -> bool:
         """Send a terminal reply as one unix datagram to the facade's `reply_dgram` socket (in the run
