@@ -2,7 +2,8 @@
 single-process peer, in one run.
 
 For each server, ours (run.py --pools vision,hf with its default CPU policy; and, for the before, with
---cpu-policy off) and the single-process peer (bench/peers/single_process.py: one grpc.aio process, the
+--cpu-policy off; with --before also the automatic policy before the core split, nice 10 on every core:
+`vision[cpus=<all>],hf[cpus=<all>;sched=normal]`) and the single-process peer (bench/peers/single_process.py: one grpc.aio process, the
 same vision and hf handlers on thread pools):
 - pose alone: a StreamPoseTracking stream of 640x480 rgb frames (the gesture clip, cycled): frames per
   second with IN_FLIGHT frames in flight, then the per-frame round trip p99 with one frame in flight;
@@ -13,6 +14,9 @@ same vision and hf handlers on thread pools):
 The servers stay up and are measured in turns (REPEATS each). Rows, per server: value = median under
 load, baseline = median alone, ratio = median of the turns' own ratios (each turn measures alone and under
 load back to back); goals (issue 16): pose p99 <= 1.1x, pose fps >= 0.95x, LLM tokens/s >= 0.6x.
+
+Usage: bench/bench_isolation.py [--full] [--turns N] [--only-ours] [--before]  (--only-ours: no peer and no
+--cpu-policy off server; the default measures ours, ours with --cpu-policy off and the peer, REPEATS turns).
 """
 from __future__ import annotations
 
@@ -166,21 +170,30 @@ def _rows(who: str, runs: list, note: str) -> list:
 
 
 POLICY_OFF = "ours, --cpu-policy off"
+NO_SPLIT = "ours, nice 10 without the core split"
 
 
-def run(quick: bool = True, peer: bool = True, policy_off: bool = True) -> list:
-    """The servers stay up; they are measured in turns (ours, ours without the CPU policy, peer; REPEATS
+def run(quick: bool = True, peer: bool = True, policy_off: bool = True, before: bool = False,
+        repeats: int = REPEATS) -> list:
+    """The servers stay up; they are measured in turns (ours, ours without the CPU policy, peer; `repeats`
     times), so that a burst of someone else's work on this shared machine does not fall on one of them only.
-    `policy_off`: also ours started with --cpu-policy off (the before of issue 16's CPU policy)."""
+    `policy_off`: also ours started with --cpu-policy off (the before of issue 16's CPU policy); `before`: also
+    ours with the automatic policy as it was before the core split and SCHED_IDLE (common/cpu_policy.py)."""
     from contextlib import ExitStack
 
     from bench.bench_vision import load_frames, payloads
+    from common.cpu_policy import available_cpus, format_cpus
     from tests.service import start_service
     n, max_new = (100, 128) if quick else (400, 256)
     data = payloads("rgb", load_frames(), n)
     args = ["--pools", "vision,hf", "--cuda", "off"]
+    every = format_cpus(available_cpus())
     with ExitStack() as stack:
         servers = {"ours": stack.enter_context(start_service(args=args, wait_service="ml.MediapipeService")).address}
+        if before:
+            servers[NO_SPLIT] = stack.enter_context(start_service(
+                args=["--pools", f"vision[cpus={every}],hf[cpus={every};sched=normal]", "--cuda", "off"],
+                wait_service="ml.MediapipeService")).address
         if policy_off:
             servers[POLICY_OFF] = stack.enter_context(start_service(
                 args=args + ["--cpu-policy", "off"], wait_service="ml.MediapipeService")).address
@@ -188,10 +201,11 @@ def run(quick: bool = True, peer: bool = True, policy_off: bool = True) -> list:
             from bench.peers.launch import start_peer
             servers["single-process peer"] = stack.enter_context(start_peer("vision,hf")).address
         runs: dict = {who: [] for who in servers}
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             for who, address in servers.items():
                 runs[who].append(measure(address, data, max_new))
     notes = {"ours": "run.py --pools vision,hf (default CPU policy and thread budgets)",
+             NO_SPLIT: f"run.py --pools vision[cpus={every}],hf[cpus={every};sched=normal]",
              POLICY_OFF: "run.py --pools vision,hf --cpu-policy off",
              "single-process peer": "one grpc.aio process, the same handlers on thread pools"}
     rows = []
@@ -201,5 +215,13 @@ def run(quick: bool = True, peer: bool = True, policy_off: bool = True) -> list:
 
 
 if __name__ == "__main__":
-    for r in run(quick="--full" not in sys.argv):
+    import argparse
+    ap = argparse.ArgumentParser(description="isolation: pose vs a streaming LLM, ours vs peers, in turns")
+    ap.add_argument("--full", action="store_true", help="400 frames and 256 tokens instead of 100 and 128")
+    ap.add_argument("--turns", type=int, default=REPEATS)
+    ap.add_argument("--only-ours", action="store_true", help="no peer and no --cpu-policy off server")
+    ap.add_argument("--before", action="store_true", help="also ours with nice 10 and no core split")
+    opts = ap.parse_args()
+    for r in run(quick=not opts.full, peer=not opts.only_ours, policy_off=not opts.only_ours, before=opts.before,
+                 repeats=opts.turns):
         print(r)

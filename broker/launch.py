@@ -33,7 +33,7 @@ class RunResources:
 # our own settings a remote worker needs (a local child inherits the whole environment; a Ray actor on another
 # node has its own): the working folder and model cache, fault injection in tests, the CurveZMQ client keys
 FORWARDED_ENV_PREFIXES = ("PYTHONML_", "PML_")
-NOT_FORWARDED = {"PML_PARENT_PID", "PML_CPUS", "PML_NICE"}
+NOT_FORWARDED = {"PML_PARENT_PID", "PML_CPUS", "PML_NICE", "PML_SCHED"}
 
 
 def child_argv(sig: int, module: str, args: list, python: str = sys.executable) -> list:
@@ -54,7 +54,7 @@ def worker_options(a: argparse.Namespace, res: RunResources, pool: str, device: 
 
 
 def worker_factory(a: argparse.Namespace, res: RunResources, spec: PoolSpec) -> Callable[[str], Child]:
-    """A worker of `spec`'s pool; its CPU policy (cores, priority) is taken by the child bootstrap
+    """A worker of `spec`'s pool; its CPU policy (cores, priority, scheduling class) is taken by the child bootstrap
     (common/child.py) before any heavy import, its thread budget by every library inside."""
     pool, device, policy, placement = spec.pool, spec.device, spec.policy, spec.placement
     module = family_of(pool).module

@@ -1,7 +1,7 @@
 """--pools: which workers run, where, how many, and with which CPU policy.
 
 `pool[@device][*count][[settings]]`, comma separated: e.g. `vision,hf,litert` (the default),
-`hf@cuda:0*2`, `vision[cpus=0],hf[cpus=1;nice=5;threads=1]` (common/cpu_policy.py), `hf[ray;num_cpus=2]`
+`hf@cuda:0*2`, `vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]` (common/cpu_policy.py), `hf[ray;num_cpus=2]`
 (placed on a Ray cluster: broker/ray_placement.py). With `--cuda auto` and no explicit CUDA device, a family
 that runs per CUDA device (hf) gets one more (local) worker on each.
 """
@@ -103,10 +103,13 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
         parsed.append((m, family, count, settings, placement))
     # thread budgets add up to THIS machine: Ray-placed pools run elsewhere and do not count
     beside_latency = any(family.latency for _, family, _, _, placement in parsed if placement is None)
+    beside_throughput = any(not family.latency for _, family, _, _, placement in parsed if placement is None)
     for m, family, count, settings, placement in parsed:
         if placement is not None and "threads" not in settings:
             settings["threads"] = str(placement.threads)
-        policy = policy_for(family.latency, settings, cpu_policy, worker_threads, beside_latency)
+        # both kinds run here: they split this machine's cores (a Ray-placed pool's cores are its node's)
+        split = placement is None and beside_latency and beside_throughput
+        policy = policy_for(family.latency, settings, cpu_policy, worker_threads, beside_latency, split)
         out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy, placement))
     if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
         wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device and s.placement is None}

@@ -58,7 +58,7 @@ def stats_view(manager) -> dict:
 def policy_view(policy) -> dict:
     if policy is None:
         return {}
-    return {"cpus": format_cpus(policy.cpus), "nice": policy.nice, "threads": policy.threads}
+    return {"cpus": format_cpus(policy.cpus), "nice": policy.nice, "threads": policy.threads, "sched": policy.sched}
 
 
 def view(name: str, manager) -> dict:

@@ -1,20 +1,34 @@
-"""CPU policy per pool: which cores a worker may run on, its scheduling priority, and its thread budget.
+"""CPU policy per pool: which cores a worker may run on, its scheduling class and priority, and its thread budget.
 
 Only separate processes make this possible: the operating system is told which process waits on a
 camera. Latency families (vision, litert: a frame or a tensor waits for each answer) run at normal
-priority; throughput families (hf: generation, embeddings, speech) run at a lower one (nice 10), so when
-both want the CPU a vision frame is served first while an LLM still makes progress (CFS shares by weight:
-nice 0 vs nice 10 is about 10:1 under contention, and an idle core is never withheld). The thread budget
-is what every library of the worker uses (torch, XNNPACK/LiteRT, OpenCV, CTranslate2, ONNX): by default
-half of the cores for a latency pool and the other half for a throughput pool beside it (all of them for a
-throughput pool alone), so the budgets add up to the machine instead of each library taking every core.
-Measured on 2 cores (bench_isolation turns): hf with 2 threads beside vision gave pose p99 under an LLM
-1.13-1.20x alone and LLM tokens/s while pose streams 0.45-0.74x; with 1 thread 1.09x and 0.64x, and the LLM
-alone was no slower (25.5 vs 23.9 tokens/s): two torch threads on two busy cores mostly wait for each other.
+priority; throughput families (hf: generation, embeddings, speech) run at a lower one (nice 10). The thread
+budget is what every library of the worker uses (torch, XNNPACK/LiteRT, OpenCV, CTranslate2, ONNX): by
+default half of the cores for a latency pool and the other half for a throughput pool beside it (all of
+them for a throughput pool alone), so the budgets add up to the machine instead of each library taking
+every core.
 
-Overrides per pool, in --pools: `vision[cpus=0],hf[cpus=1;nice=5;threads=1]` (cpus: a list such as
-`0-3;6` or `0,1` inside the brackets; nice: 0..19, only lowering priority is possible without privileges;
-threads: >= 1). `--cpu-policy off` leaves every worker at the service's own priority and cores.
+When the service runs both kinds here and has at least 2 cores, the automatic policy also splits the cores
+along the same line: latency pools are pinned to the first half, throughput pools to the other half and put
+in SCHED_IDLE (they run only when nothing else wants their cores; their nice stays set). Why (bench_isolation
+on 2 cores, pose with 3 frames in flight while a 1-thread SmolLM2 streams, /proc/<pid>/schedstat per frame):
+with nice 10 and no pinning the vision worker's CPU time per frame rose 13.0-13.3 -> 13.8-13.9 ms and its
+run-queue wait 0.5 -> 2.0-2.5 ms, pose fps fell to 0.82-0.89x alone: under EEVDF a waking nice-0 thread
+still waits for the niced LLM's slice, and the facade, broker and client threads that carry the 900 KB
+frames land on the vision worker's core or wait behind the LLM. Nice 19 alone (0.83-0.89x) or pinning alone
+(0.90x) did not help; pinning plus SCHED_IDLE did: bench_isolation --before, 5 turns in one run, pose fps
+0.90-0.99x (median 0.93; the old policy 0.80-0.88x, median 0.86), p99 1.07x (old 1.12x), LLM tokens/s while
+pose streams 0.79x (old 0.83x): a core that runs only a SCHED_IDLE task counts as idle when the kernel
+places a waking thread, and any normal thread preempts it at once, so the frame-carrying processes (not
+pinned) take the throughput core whenever they need it, and the vision worker keeps its core (and its L2)
+to itself. The LLM's own core cannot be taken by the latency pool, so it is never starved by it (only by the
+facade and broker's own work). On one core nothing is split or idled (SCHED_IDLE would starve the LLM
+under a steady stream).
+
+Overrides per pool, in --pools: `vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]` (cpus: a list such
+as `0-3;6` or `0,1` inside the brackets, replacing the automatic half; nice: 0..19, only lowering priority is
+possible without privileges; threads: >= 1; sched: idle or normal). `--cpu-policy off` leaves every worker
+at the service's own priority, class and cores.
 """
 from __future__ import annotations
 
@@ -30,10 +44,17 @@ class CpuPolicy:
     cpus: Optional[tuple] = None     # cores the worker may run on (None: every core the service has)
     nice: int = 0                    # added to the service's niceness (lower priority), 0..19
     threads: int = 1                 # thread budget of every library in the worker
+    idle: bool = False               # SCHED_IDLE: runs only on cores nothing else wants
+
+    @property
+    def sched(self) -> str:
+        return "idle" if self.idle else "normal"
 
     def env(self) -> dict:
         """Environment read by the child bootstrap (common/child.py) before anything heavy is imported."""
         out = {"PML_NICE": str(self.nice)}
+        if self.idle:
+            out["PML_SCHED"] = "idle"
         if self.cpus is not None:
             out["PML_CPUS"] = ",".join(str(c) for c in self.cpus)
         return out
@@ -85,17 +106,33 @@ def format_cpus(cpus: Optional[tuple]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def split_cores(cpus: tuple) -> Optional[tuple]:
+    """(latency cores, throughput cores): the first half (at least one) and the rest; None under 2 cores."""
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return tuple(cpus[:half]), tuple(cpus[half:])
+
+
 def policy_for(latency: bool, overrides: dict, enabled: bool = True, threads_flag: int = 0,
-               beside_latency: bool = False) -> CpuPolicy:
+               beside_latency: bool = False, split: bool = False) -> CpuPolicy:
     """The policy of one pool: automatic from its kind and the cores, then its overrides.
     `threads_flag` is --worker-threads (0 = automatic). `beside_latency`: the service also runs a latency
-    pool, so a throughput pool's threads leave it its half of the cores (the budgets add up to the machine)."""
-    unknown = set(overrides) - {"cpus", "nice", "threads"}
+    pool, so a throughput pool's threads leave it its half of the cores (the budgets add up to the machine).
+    `split`: latency and throughput pools both run on this machine, so (with >= 2 cores) this pool is pinned
+    to its kind's half of the cores, and a throughput pool put in SCHED_IDLE (module docstring)."""
+    unknown = set(overrides) - {"cpus", "nice", "threads", "sched"}
     if unknown:
-        raise ValueError(f"unknown pool setting(s) {sorted(unknown)}; known: cpus, nice, threads")
-    cpus = parse_cpus(overrides["cpus"]) if "cpus" in overrides else None
-    ncores = len(cpus) if cpus is not None else len(available_cpus())
+        raise ValueError(f"unknown pool setting(s) {sorted(unknown)}; known: cpus, nice, threads, sched")
+    have = available_cpus()
+    halves = split_cores(have) if enabled and split else None
+    if "cpus" in overrides:
+        cpus = parse_cpus(overrides["cpus"])
+    else:
+        cpus = None if halves is None else halves[0 if latency else 1]
+    ncores = len(cpus) if "cpus" in overrides else len(have)
     nice = 0 if (latency or not enabled) else THROUGHPUT_NICE
+    idle = halves is not None and not latency
     if "nice" in overrides:
         try:
             nice = int(overrides["nice"])
@@ -103,6 +140,10 @@ def policy_for(latency: bool, overrides: dict, enabled: bool = True, threads_fla
             raise ValueError(f"nice={overrides['nice']!r} is not a number") from None
         if not 0 <= nice <= 19:
             raise ValueError(f"nice={nice} is outside 0..19 (only lowering a worker's priority is possible)")
+    if "sched" in overrides:
+        if overrides["sched"] not in ("idle", "normal"):
+            raise ValueError(f"sched={overrides['sched']!r}: idle or normal")
+        idle = overrides["sched"] == "idle"
     if latency:
         auto = max(1, ncores // 2)
     else:
@@ -115,11 +156,12 @@ def policy_for(latency: bool, overrides: dict, enabled: bool = True, threads_fla
             raise ValueError(f"threads={overrides['threads']!r} is not a number") from None
         if threads < 1:
             raise ValueError("threads must be at least 1")
-    return CpuPolicy(cpus=cpus, nice=nice, threads=threads)
+    return CpuPolicy(cpus=cpus, nice=nice, threads=threads, idle=idle)
 
 
 def apply_from_env(environ=os.environ) -> None:
-    """In the child, before heavy imports: take the cores and the priority the policy gave it."""
+    """In the child, before heavy imports (one thread yet: the threads it starts inherit all of this): take the
+    cores, the priority and the scheduling class the policy gave it."""
     cpus = environ.get("PML_CPUS")
     if cpus:
         try:
@@ -131,4 +173,9 @@ def apply_from_env(environ=os.environ) -> None:
         try:
             os.nice(nice)
         except OSError:
+            pass
+    if environ.get("PML_SCHED") == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
             pass

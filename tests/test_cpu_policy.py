@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from broker.pool_specs import parse_pool_specs
+from common import cpu_policy
 from common.cpu_policy import THROUGHPUT_NICE, available_cpus, format_cpus, parse_cpus
 from tests.service import PYTHON, ROOT, start_service, stats, wait_for
 
@@ -25,7 +26,44 @@ def test_default_pools_latency_first():
     assert specs["hf"].policy.threads == max(1, len(CORES) - len(CORES) // 2)
     (alone,) = parse_pool_specs("hf", cuda="off")
     assert alone.policy.threads == len(CORES)   # a throughput pool alone takes every core
-    assert all(s.policy.cpus is None for s in specs.values())
+    # one kind alone: no pinning, no SCHED_IDLE
+    assert alone.policy.cpus is None and not alone.policy.idle
+    assert all(s.policy.cpus is None and not s.policy.idle for s in parse_pool_specs("vision,litert", cuda="off"))
+
+
+@pytest.mark.parametrize("cores,latency,throughput", [
+    ((0, 1), (0,), (1,)), ((0, 1, 2), (0,), (1, 2)), ((0, 1, 2, 3), (0, 1), (2, 3)), ((2, 5, 7, 9), (2, 5), (7, 9)),
+])
+def test_both_kinds_split_the_cores_and_throughput_idles(monkeypatch, cores, latency, throughput):
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: cores)
+    specs = {s.pool: s.policy for s in parse_pool_specs("vision,hf,litert", cuda="off")}
+    assert specs["vision"].cpus == specs["litert"].cpus == latency
+    assert specs["hf"].cpus == throughput
+    assert specs["hf"].idle and not specs["vision"].idle and not specs["litert"].idle
+    assert specs["hf"].env()["PML_SCHED"] == "idle" and "PML_SCHED" not in specs["vision"].env()
+    assert specs["hf"].env()["PML_CPUS"] == ",".join(map(str, throughput))
+    # the thread budgets stay what they were: the size of each half
+    assert specs["vision"].threads == len(latency) and specs["hf"].threads == len(throughput)
+
+
+def test_no_split_on_one_core_or_with_the_policy_off_or_a_remote_pool(monkeypatch):
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0,))
+    specs = {s.pool: s.policy for s in parse_pool_specs("vision,hf", cuda="off")}
+    assert specs["hf"].cpus is None and not specs["hf"].idle and specs["hf"].nice == THROUGHPUT_NICE
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1))
+    off = {s.pool: s.policy for s in parse_pool_specs("vision,hf", cuda="off", cpu_policy=False)}
+    assert all(p.cpus is None and not p.idle and p.nice == 0 for p in off.values())
+    remote = {s.pool: s.policy for s in parse_pool_specs("vision,hf[ray]", cuda="off")}
+    assert all(p.cpus is None and not p.idle for p in remote.values())   # hf's cores are its node's
+
+
+def test_split_overrides(monkeypatch):
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1, 2, 3))
+    specs = {s.pool: s.policy for s in parse_pool_specs("vision[cpus=0-3],hf[sched=normal;nice=19]", cuda="off")}
+    assert specs["vision"].cpus == (0, 1, 2, 3) and specs["vision"].threads == 2
+    assert specs["hf"].cpus == (2, 3) and not specs["hf"].idle and specs["hf"].nice == 19
+    (alone,) = parse_pool_specs("hf[sched=idle]", cuda="off")
+    assert alone.policy.idle and alone.policy.cpus is None
 
 
 def test_policy_off_and_overrides():
@@ -51,7 +89,7 @@ def test_core_lists():
 @pytest.mark.parametrize("spec,words", [
     ("bogus", "unknown pool"), ("vision[cpus=99999]", "not available"), ("vision[cpus=1-0]", "backwards"),
     ("vision[nice=-5]", "outside 0..19"), ("vision[nice=x]", "not a number"), ("vision[threads=0]", "at least 1"),
-    ("vision[speed=9]", "unknown pool setting"), ("vision[cpus=0", "without ']'"), ("vision*0", "at least 1"),
+    ("vision[speed=9]", "unknown pool setting"), ("hf[sched=fifo]", "idle or normal"), ("vision[cpus=0", "without ']'"), ("vision*0", "at least 1"),
     ("vision@", "pool[@device]"),
 ])
 def test_bad_specs_refused_with_the_reason(spec, words):
@@ -69,7 +107,7 @@ def test_run_refuses_a_bad_spec_before_starting():
 @pytest.mark.integration
 def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
     core = CORES[-1]
-    with start_service(["--pools", f"fake[cpus={core};nice=4;threads=1],fake2"]) as svc:
+    with start_service(["--pools", f"fake[cpus={core};nice=4;threads=1;sched=idle],fake2"]) as svc:
         def both_ready():
             ready = [w for w in stats(svc.channel()).workers if w.state == "ready"]
             return ready if len(ready) == 2 else None
@@ -82,6 +120,10 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         p = psutil.Process(pinned.pid)
         assert p.cpu_affinity() == [core] and p.nice() == own_nice + 4
         assert psutil.Process(free.pid).nice() == own_nice
+        # SCHED_IDLE was taken before any thread started, so every thread of the worker has it
+        tids = [int(t) for t in os.listdir(f"/proc/{pinned.pid}/task")]
+        assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
+        assert os.sched_getscheduler(free.pid) == os.SCHED_OTHER
         assert p.environ().get("OMP_NUM_THREADS") == "1"
         out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "call", "--address", svc.address, "stats"],
                              capture_output=True, text=True, timeout=60).stdout
