@@ -150,6 +150,7 @@ class Router:
         self.queues: dict[str, FairQueue] = {}
         self.requests: dict[str, Request] = {}              # every request not yet answered
         self.streams: dict[str, str] = {}                    # stream id -> worker id
+        self.closing: set = set()                            # closed by the facade, frames still queued
         self.dead_streams: dict[str, str] = {}               # stream id -> reason (worker died)
         self.facades: set = set()
         self.retired: "OrderedDict[str, bool]" = OrderedDict()   # dead worker ids -> told to stop (fencing)
@@ -410,12 +411,31 @@ class Router:
             except (KeyError, ValueError):
                 pass
             self._error(req, "CANCELLED", "cancelled by the client before it reached a worker")
+            if self.closing:
+                self._flush_closing()
             return
         ws = self.workers.get(req.worker_id)
         if ws is not None:
             self._send_worker(ws, P.CANCEL, {"id": rid}, dgram=req.dgram)
 
     def _on_stream_close(self, stream: str) -> None:
+        """The facade closed a stream. Its frames still waiting here for a credit go to its worker first:
+        the close follows the last of them out of the queue (dispatched, cancelled, expired or dropped)."""
+        if self._queued_of(stream):
+            self.closing.add(stream)
+            return
+        self._close_stream(stream)
+
+    def _queued_of(self, stream: str) -> bool:
+        return any(r.stream == stream for q in self.queues.values() for r in q)
+
+    def _flush_closing(self) -> None:
+        """Close the streams whose STREAM_CLOSE waited for their queued frames, once none is queued."""
+        for stream in [s for s in self.closing if not self._queued_of(s)]:
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: str) -> None:
+        self.closing.discard(stream)
         self.dead_streams.pop(stream, None)
         wid = self.streams.pop(stream, None)
         ws = self.workers.get(wid) if wid else None
@@ -440,6 +460,8 @@ class Router:
                 ws = self.workers.get(req.worker_id)
                 if ws is not None:
                     self._send_worker(ws, P.CANCEL, {"id": req.id}, dgram=req.dgram)
+        if self.closing:
+            self._flush_closing()
         return len(mine)
 
     # ---------------------------------------------------------------- routing
@@ -529,6 +551,8 @@ class Router:
                     if code == "DEADLINE_EXCEEDED":
                         self.counters["expired"][pool] += 1
                     self._error(req, code, message)
+        if self.closing:
+            self._flush_closing()
 
     def _queued_drop_reason(self, req: Request, now: float) -> Optional[tuple]:
         if req.deadline is not None and now >= req.deadline:

@@ -40,7 +40,7 @@ def svc():
 @pytest.fixture(scope="module")
 def wide():
     """16 credits: a burst of a stream's frames all reach the worker at once (none wait in the broker's
-    queue, whose frames a STREAM_CLOSE does not wait for)."""
+    queue: this tests the order on the worker's side)."""
     s = start_service(["--pools", "fake"], env={"PML_FAKE_CAPACITY": "16", "PML_FAULT_INJECTION": "1"})
     yield s
     assert s.stop() == 0
