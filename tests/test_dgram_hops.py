@@ -11,18 +11,17 @@ import asyncio
 import glob
 import os
 import socket
-import tempfile
 import uuid
 
 import pytest
 import zmq
 
-from broker.router import Router, RouterConfig
 from common import wire as P
 from facade.broker_client import BrokerClient
 from facade.errors import BrokerError
 from protos import pythonml_pb2 as X
 from tests.broker_peer import run_dir_of
+from tests.router_rig import RouterRig
 from tests.service import start_service
 from workers.base import Worker, worker_arg_parser
 
@@ -150,36 +149,15 @@ def test_a_stream_close_after_a_burst_closes_after_its_last_frame(wide):
     asyncio.run(main())
 
 
-class _Events:
-    def worker_ready(self, ws): pass
-    def model_loaded(self, *a): pass
-    def model_unloaded(self, *a): pass
-    def facade_hello(self, header): pass
-    def view(self, name): return {}
-
-
 def test_the_broker_takes_datagrams_only_from_a_facade_that_said_hello_and_applies_an_early_cancel():
-    folder = tempfile.mkdtemp(prefix="pml-dgram-")
-    router = Router(RouterConfig(frontend=f"ipc://{folder}/frontend.sock", backend=f"ipc://{folder}/b.sock"),
-                    _Events())
+    rig = RouterRig()
+    router, folder = rig.router, rig.folder
     router.add_pool_slot("fake", "cpu")
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.IDENTITY, b"facade-t")
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"ipc://{folder}/frontend.sock")
+    dealer = rig.dealer(b"facade-t")
     me = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     me.bind(f"{folder}/reply-t.dgram")
     stranger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    poller = zmq.Poller()
-    poller.register(router.frontend, zmq.POLLIN)
-    poller.register(router.dgram_fd(), zmq.POLLIN)
-
-    def pump(done):
-        for _ in range(300):
-            router.on_readable(dict(poller.poll(10)))
-            if done():
-                return
-        pytest.fail("the router did not get there")
+    pump = rig.pump
 
     def send(sock, command, header):
         sock.sendto(b"".join(P.datagram_buffers(P.encode(command, header, [b""]))), router.dgram.getsockname())
@@ -210,10 +188,9 @@ def test_the_broker_takes_datagrams_only_from_a_facade_that_said_hello_and_appli
         send(me, P.REQUEST, dict(request, id="r3"))
         pump(lambda: "r3" in router.requests)
     finally:
-        dealer.close(0)
         me.close()
         stranger.close()
-        router.close()
+        rig.close()
 
 
 def test_a_worker_applies_a_cancel_that_came_before_its_request():
@@ -232,43 +209,19 @@ def test_the_broker_takes_done_by_datagram_only_from_the_worker_that_holds_the_r
     """A local worker sends DONE (after a direct reply) from its bound w-<id>.dgram: the broker frees the
     credit of that worker's request; a DONE from another address, or any other command from the worker's
     address, is counted malformed and changes nothing; a dead worker's address is forgotten."""
-    from broker.router import WorkerState
-    folder = tempfile.mkdtemp(prefix="pml-dgram-")
-    router = Router(RouterConfig(frontend=f"ipc://{folder}/frontend.sock", backend=f"ipc://{folder}/b.sock"),
-                    _Events())
-    router.add_pool_slot("fake", "cpu")
-    ctx = zmq.Context.instance()
-    ws = WorkerState(worker_id="fake-cpu-0.1", pool="fake", device="cpu", index=0)
-    router.worker_started(ws)
-    wsock = ctx.socket(zmq.DEALER)
-    wsock.setsockopt(zmq.IDENTITY, ws.worker_id.encode())
-    wsock.setsockopt(zmq.LINGER, 0)
-    wsock.connect(f"ipc://{folder}/b.sock")
-    facade = ctx.socket(zmq.DEALER)
-    facade.setsockopt(zmq.IDENTITY, b"facade-t")
-    facade.setsockopt(zmq.LINGER, 0)
-    facade.connect(f"ipc://{folder}/frontend.sock")
-    wpath = f"{folder}/w-{ws.worker_id}.dgram"
+    rig = RouterRig()
+    router, folder = rig.router, rig.folder
+    wpath = f"{folder}/w-fake-cpu-0.1.dgram"
     mine = P.bind_datagram(wpath)
     other = P.bind_datagram(f"{folder}/w-fake-cpu-0.2.dgram")   # a worker id the broker does not know
-    poller = zmq.Poller()
-    for s in (router.frontend, router.backend):
-        poller.register(s, zmq.POLLIN)
-    poller.register(router.dgram_fd(), zmq.POLLIN)
-
-    def pump(done):
-        for _ in range(300):
-            router.on_readable(dict(poller.poll(10)))
-            if done():
-                return
-        pytest.fail("the router did not get there")
+    facade = rig.dealer(b"facade-t")
+    pump = rig.pump
 
     def send(sock, command, header):
         assert P.send_datagram(sock, f"{folder}/frontend.dgram", P.encode(command, header))
 
     try:
-        wsock.send_multipart(P.encode(P.READY, {"capacity": 1, "pid": 4242, "dgram": wpath}))
-        pump(lambda: ws.state == "ready")
+        ws, _ = rig.worker("fake-cpu-0.1", dgram=wpath)
         assert router.dgram_workers == {wpath: ws.worker_id.encode()}
         facade.send_multipart(P.encode(P.REQUEST, {"id": "r1", "method": ECHO, "pool": "fake"}, [b""]))
         pump(lambda: "r1" in ws.inflight)
@@ -285,11 +238,6 @@ def test_the_broker_takes_done_by_datagram_only_from_the_worker_that_holds_the_r
         router.worker_exited(ws, "gone", "gone")
         assert not router.dgram_workers
     finally:
-        for s in (wsock, facade):
-            s.close(0)
         mine.close()
         other.close()
-        router.close()
-        for name in os.listdir(folder):
-            os.unlink(os.path.join(folder, name))
-        os.rmdir(folder)
+        rig.close()
