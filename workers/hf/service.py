@@ -24,7 +24,8 @@ until then, so Stats tells the truth).
 Worker options used: auto_load, model_dirs, cache_dir, model_file_service, threads, plus optional
 default_generation_model, default_embedding_model, default_speech_model, default_max_new_tokens (256),
 chat_max_new_tokens (512), gen_concurrency (4), max_audio_s, max_pipeline_inputs (256),
-embed_max_batch (32) and embed_max_wait_ms (5) (read by workers/hf/pipelines/sentence_embeddings.py),
+embed_max_batch (32) and embed_max_wait_ms (unset: the batcher's wait follows the model; read by
+workers/hf/pipelines/sentence_embeddings.py),
 recycle_on_unload (true), warm_imports (true: workers/hf/warm.py), and the limit options of
 workers/hf/limits.py.
 """
