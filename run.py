@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pools", default=env_default("pools", default_pools()),
       help="comma list of pool[@device][*count][[settings]], e.g. 'vision,hf,hf@cuda:0,litert' (default: vision,hf,litert "
            "on cpu plus hf on every CUDA device); settings override the CPU policy of a pool: "
-           "'vision[cpus=0],hf[cpus=1;nice=5;threads=1]'")
+           "'vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]'")
     a("--cpu-policy", choices=["auto", "off"], default=env_default("cpu_policy", "auto"),
       help="auto (default): latency pools (vision, litert) at normal priority, throughput pools (hf) at nice 10, "
-           "thread budgets from the cores; off: every worker at the service's priority (cpus/threads settings "
-           "still apply)")
+           "thread budgets from the cores; with both kinds and >= 2 cores, latency pools pinned to the first half "
+           "of the cores and throughput pools to the rest in SCHED_IDLE; off: every worker at the service's "
+           "priority (cpus/threads/sched settings still apply)")
     a("--cuda", choices=["auto", "off"], default=env_default("cuda", "auto"),
       help="add an hf worker per CUDA device when --pools has no explicit device (default auto)")
     a("--log-level", default=env_default("log_level", "info"), choices=["debug", "info", "warning", "error"])

@@ -72,12 +72,12 @@ def cmd_stats(args, channel) -> int:
         return 0
     print(f"uptime {resp.uptime_s:.0f}s, malformed frames {resp.malformed_frames}")
     print(f"{'worker':22s} {'pid':>7s} {'state':9s} {'rss MB':>8s} {'uss MB':>8s} {'pss MB':>8s} {'cuda MB':>8s} "
-          f"{'infl':>4s} {'queue':>5s} {'rst':>3s} {'served':>7s} {'cpus':>6s} {'nice':>4s} {'thr':>3s} {'node':14s} models")
+          f"{'infl':>4s} {'queue':>5s} {'rst':>3s} {'served':>7s} {'cpus':>6s} {'nice':>4s} {'sched':6s} {'thr':>3s} {'node':14s} models")
     for w in resp.workers:
         models = ",".join(f"{m.model_id}({m.ram_mb:.0f}MB)" for m in w.models) or "-"
         print(f"{w.worker_id:22s} {w.pid:7d} {w.state:9s} {w.rss_mb:8.1f} {w.uss_mb:8.1f} {w.pss_mb:8.1f} "
               f"{w.cuda_allocated_mb:8.1f} {w.inflight:4d} {w.queue_depth:5d} {w.restarts:3d} {w.requests_served:7d} "
-              f"{w.cpus or '-':>6s} {w.nice:4d} {w.threads:3d} {_node(w):14s} {models}")
+              f"{w.cpus or '-':>6s} {w.nice:4d} {w.sched or '-':6s} {w.threads:3d} {_node(w):14s} {models}")
     return 0
 
 

@@ -98,7 +98,7 @@ def stats_message(stats: dict) -> X.StatsResponse:
             restarts=w["restarts"], uptime_s=w["uptime_s"], capacity=w["capacity"],
             requests_served=w["requests_served"], worker_id=w["worker_id"], cpus=str(w.get("cpus", "")),
             nice=int(w.get("nice", 0)), threads=int(w.get("threads", 0)), placement=str(w.get("placement", "")),
-            node=str(w.get("node", "")), node_ip=str(w.get("node_ip", "")))
+            node=str(w.get("node", "")), node_ip=str(w.get("node_ip", "")), sched=str(w.get("sched", "")))
         for m in w.get("models", []):
             ws.models.add(model_id=str(m.get("model_id", "")), pipeline_type=str(m.get("pipeline_type", "")),
                           ram_mb=float(m.get("ram_mb") or 0), vram_mb=float(m.get("vram_mb") or 0),

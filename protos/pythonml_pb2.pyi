@@ -52,7 +52,7 @@ class PoolStats(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., device: _Optional[str] = ..., live_workers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., rejected: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("pid", "pool", "device", "state", "rss_mb", "uss_mb", "pss_mb", "cuda_allocated_mb", "cuda_reserved_mb", "inflight", "queue_depth", "restarts", "uptime_s", "models", "capacity", "requests_served", "worker_id", "cpus", "nice", "threads", "placement", "node", "node_ip")
+    __slots__ = ("pid", "pool", "device", "state", "rss_mb", "uss_mb", "pss_mb", "cuda_allocated_mb", "cuda_reserved_mb", "inflight", "queue_depth", "restarts", "uptime_s", "models", "capacity", "requests_served", "worker_id", "cpus", "nice", "threads", "placement", "node", "node_ip", "sched")
     PID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class WorkerStats(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     NODE_IP_FIELD_NUMBER: _ClassVar[int]
+    SCHED_FIELD_NUMBER: _ClassVar[int]
     pid: int
     pool: str
     device: str
@@ -99,7 +100,8 @@ class WorkerStats(_message.Message):
     placement: str
     node: str
     node_ip: str
-    def __init__(self, pid: _Optional[int] = ..., pool: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[str] = ..., rss_mb: _Optional[float] = ..., uss_mb: _Optional[float] = ..., pss_mb: _Optional[float] = ..., cuda_allocated_mb: _Optional[float] = ..., cuda_reserved_mb: _Optional[float] = ..., inflight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., restarts: _Optional[int] = ..., uptime_s: _Optional[float] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., capacity: _Optional[int] = ..., requests_served: _Optional[int] = ..., worker_id: _Optional[str] = ..., cpus: _Optional[str] = ..., nice: _Optional[int] = ..., threads: _Optional[int] = ..., placement: _Optional[str] = ..., node: _Optional[str] = ..., node_ip: _Optional[str] = ...) -> None: ...
+    sched: str
+    def __init__(self, pid: _Optional[int] = ..., pool: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[str] = ..., rss_mb: _Optional[float] = ..., uss_mb: _Optional[float] = ..., pss_mb: _Optional[float] = ..., cuda_allocated_mb: _Optional[float] = ..., cuda_reserved_mb: _Optional[float] = ..., inflight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., restarts: _Optional[int] = ..., uptime_s: _Optional[float] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., capacity: _Optional[int] = ..., requests_served: _Optional[int] = ..., worker_id: _Optional[str] = ..., cpus: _Optional[str] = ..., nice: _Optional[int] = ..., threads: _Optional[int] = ..., placement: _Optional[str] = ..., node: _Optional[str] = ..., node_ip: _Optional[str] = ..., sched: _Optional[str] = ...) -> None: ...
 
 class ModelStats(_message.Message):
     __slots__ = ("model_id", "pipeline_type", "ram_mb", "vram_mb", "loaded_at")

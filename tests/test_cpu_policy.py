@@ -114,8 +114,8 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         ws = wait_for(both_ready)
         by_pool = {w.pool: w for w in ws}
         pinned, free = by_pool["fake"], by_pool["fake2"]
-        assert (pinned.cpus, pinned.nice, pinned.threads) == (str(core), 4, 1)
-        assert free.cpus == "all" and free.nice == 0
+        assert (pinned.cpus, pinned.nice, pinned.threads, pinned.sched) == (str(core), 4, 1, "idle")
+        assert free.cpus == "all" and free.nice == 0 and free.sched == "normal"
         own_nice = psutil.Process().nice()
         p = psutil.Process(pinned.pid)
         assert p.cpu_affinity() == [core] and p.nice() == own_nice + 4
@@ -128,5 +128,5 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "call", "--address", svc.address, "stats"],
                              capture_output=True, text=True, timeout=60).stdout
         row = next(line.split() for line in out.splitlines() if line.startswith(pinned.worker_id))
-        assert out.splitlines()[1].split()[-5:] == ["cpus", "nice", "thr", "node", "models"]
-        assert row[-5:] == [str(core), "4", "1", "local", "-"]   # a local child, no model loaded
+        assert out.splitlines()[1].split()[-6:] == ["cpus", "nice", "sched", "thr", "node", "models"]
+        assert row[-6:] == [str(core), "4", "idle", "1", "local", "-"]   # a local child, no model loaded
