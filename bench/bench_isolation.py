@@ -11,6 +11,10 @@ same vision and hf handlers on thread pools):
   (SmolLM2-135M-Instruct, one after another);
 - LLM alone: tokens/s of one greedy GenerateText stream (request to last token);
 - LLM while pose streams: the same while another client keeps a pose stream going (IN_FLIGHT in flight).
+The other client is another process (`--load llm|pose ADDRESS`), as a camera client and a chat client are:
+on a thread of the measuring process its gRPC threads shared that process's GIL with the measured stream
+(pose fps under an LLM 0.941x alone with the LLM client on a thread, 0.959x with it in a process, 5 turns
+against one server, same run).
 The servers stay up and are measured in turns (REPEATS each). Rows, per server: value = median under
 load, baseline = median alone, ratio = median of the turns' own ratios (each turn measures alone and under
 load back to back); goals (issue 16): pose p99 <= 1.1x, pose fps >= 0.95x, LLM tokens/s >= 0.6x.
@@ -21,7 +25,10 @@ Usage: bench/bench_isolation.py [--full] [--turns N] [--only-ours] [--before]  (
 from __future__ import annotations
 
 import os
+import select
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -65,6 +72,52 @@ class Background:
         self._thread.join(60)
         if self.error:
             raise RuntimeError(f"background load failed: {self.error[0]}")
+
+
+class LoadProcess:
+    """A background load in its own process (this file with `--load llm|pose ADDRESS`) until the block ends;
+    entered once the load answered once. A load that fails is reported with its error output."""
+
+    def __init__(self, kind: str, address: str):
+        self.kind, self.address = kind, address
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LoadProcess":
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--load", self.kind, self.address],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 300)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "STARTED":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=60)
+            raise RuntimeError(f"the background {self.kind} load did not start: {err.strip()[-2000:]}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        if self.proc.returncode != 0 and exc[0] is None:
+            raise RuntimeError(f"the background {self.kind} load failed ({self.proc.returncode}): {err.strip()[-2000:]}")
+
+
+def _load_main(kind: str, address: str) -> int:
+    """The body of a LoadProcess: run the load on a thread until SIGTERM."""
+    if kind == "llm":
+        target = llm_load(address, 1024)
+    else:
+        from bench.bench_vision import load_frames, payloads
+        target = pose_load(address, payloads("rgb", load_frames(), 100))
+    load = Background(target)
+    signal.signal(signal.SIGTERM, lambda *_: load.stop_event.set())
+    with load:
+        print("STARTED", flush=True)
+        while not load.stop_event.wait(0.5):
+            pass
+    return 0
 
 
 def _channel(address: str):
@@ -139,11 +192,11 @@ def measure(address: str, data: list, max_new: int) -> dict:
     llm_stream(address, 8)
     out = {}
     out["pose_fps"], out["pose_p99"] = pose_pass(address, data)
-    with Background(llm_load(address, 1024)):
+    with LoadProcess("llm", address):
         out["pose_fps_llm"], out["pose_p99_llm"] = pose_pass(address, data)
     n, dt = llm_stream(address, max_new)
     out["tok_s"] = n / dt
-    with Background(pose_load(address, data)):
+    with LoadProcess("pose", address):
         n, dt = llm_stream(address, max_new)
     out["tok_s_pose"] = n / dt
     return out
@@ -215,6 +268,8 @@ def run(quick: bool = True, peer: bool = True, policy_off: bool = True, before: 
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--load"]:
+        sys.exit(_load_main(sys.argv[2], sys.argv[3]))
     import argparse
     ap = argparse.ArgumentParser(description="isolation: pose vs a streaming LLM, ours vs peers, in turns")
     ap.add_argument("--full", action="store_true", help="400 frames and 256 tokens instead of 100 and 128")
