@@ -78,6 +78,9 @@ def main(argv=None) -> int:
         print(f"== {name}", flush=True)
         try:
             mod = importlib.import_module(f"bench.{name}")
+            if not hasattr(mod, "run"):   # run by hand only (e.g. bench_ray: needs a Ray install)
+                print(f"   skipped: {name} has no run(); see its docstring", flush=True)
+                continue
             got = mod.run(quick=args.quick)
             for r in got:
                 print(f"   {r['metric']}: {fmt(r['value'])} vs {fmt(r['baseline'])} (ratio {fmt(r['ratio'])})", flush=True)
