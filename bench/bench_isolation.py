@@ -3,8 +3,8 @@ single-process peer, in one run.
 
 For each server, ours (run.py --pools vision,hf with its default CPU policy; and, for the before, with
 --cpu-policy off; with --before also the automatic policy before the core split, nice 10 on every core:
-`vision[cpus=<all>],hf[cpus=<all>;sched=normal]`) and the single-process peer (bench/peers/single_process.py: one grpc.aio process, the
-same vision and hf handlers on thread pools):
+`vision[cpus=<all>],hf[cpus=<all>;sched=normal]`) and the single-process peer (bench/peers/single_process.py:
+one grpc.aio process, the same vision and hf handlers on thread pools):
 - pose alone: a StreamPoseTracking stream of 640x480 rgb frames (the gesture clip, cycled): frames per
   second with IN_FLIGHT frames in flight, then the per-frame round trip p99 with one frame in flight;
 - pose while an LLM streams: the same while another client keeps greedy GenerateText streams going

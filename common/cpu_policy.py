@@ -18,10 +18,10 @@ still waits for the niced LLM's slice, and the facade, broker and client threads
 frames land on the vision worker's core or wait behind the LLM. Nice 19 alone (0.83-0.89x) or pinning alone
 (0.90x) did not help; pinning plus SCHED_IDLE did: bench_isolation --before, 5 turns in one run, pose fps
 0.90-0.99x (median 0.93; the old policy 0.80-0.88x, median 0.86), p99 1.07x (old 1.12x), LLM tokens/s while
-pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that runs only a SCHED_IDLE task counts as idle when the kernel
-places a waking thread, and any normal thread preempts it at once, so the frame-carrying processes (not
-pinned) take the throughput core whenever they need it, and the vision worker keeps its core (and its L2)
-to itself. The LLM's own core cannot be taken by the latency pool, so it is never starved by it (only by the
+pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that
+runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
+preempts it at once, so the frame-carrying processes (not pinned) take the throughput core whenever they
+need it, and the vision worker keeps its core (and its L2) to itself. The LLM's own core cannot be taken by the latency pool, so it is never starved by it (only by the
 facade and broker's own work). On one core nothing is split or idled (SCHED_IDLE would starve the LLM
 under a steady stream).
 

@@ -19,8 +19,9 @@ the last forward pass (at least 5 ms). On 2 cores, 32 closed-loop clients are ba
 ~80 ms pass of 32 sentences: a fixed 5 ms timer split them into batches of ~15 whose forward passes ran
 beside the other half's transport (two OpenMP threads on two busy cores stall at every barrier). Token
 counts (the reply's prompt_tokens) are taken per sub-batch in this thread, one tokenizer call for all
-its texts, instead of in each of the 32 handler threads that wake at once when a batch is answered. The batcher thread is woken once per batch, not per request: a request wakes it only when it
-completes what the batcher waits for. Each request hands in its cancel token
+its texts, instead of in each of the 32 handler threads that wake at once when a batch is answered. The
+batcher thread is woken once per batch, not per request: a request wakes it only when it completes what the
+batcher waits for. Each request hands in its cancel token
 (workers/hf/cancel.py); before every sub-batch the batcher asks each token: a cancelled or expired
 request is dropped there, so it stops within one sub-batch, and its caller (blocked on the result, not
 polling) is answered only then (a request counts as in flight until its work stopped). A request still
