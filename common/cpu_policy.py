@@ -21,8 +21,8 @@ frames land on the vision worker's core or wait behind the LLM. Nice 19 alone (0
 pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that
 runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
 preempts it at once, so the frame-carrying processes (not pinned) take the throughput core whenever they
-need it, and the vision worker keeps its core (and its L2) to itself. The LLM's own core cannot be taken by the latency pool, so it is never starved by it (only by the
-facade and broker's own work). On one core nothing is split or idled (SCHED_IDLE would starve the LLM
+need it, and the vision worker keeps its core (and its L2) to itself. The LLM's own core cannot be taken by
+the latency pool, so it is never starved by it (only by the facade and broker's own work). On one core nothing is split or idled (SCHED_IDLE would starve the LLM
 under a steady stream).
 
 Overrides per pool, in --pools: `vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]` (cpus: a list such
