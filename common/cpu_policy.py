@@ -22,8 +22,8 @@ pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12
 runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
 preempts it at once, so the frame-carrying processes (not pinned) take the throughput core whenever they
 need it, and the vision worker keeps its core (and its L2) to itself. The LLM's own core cannot be taken by
-the latency pool, so it is never starved by it (only by the facade and broker's own work). On one core nothing is split or idled (SCHED_IDLE would starve the LLM
-under a steady stream).
+the latency pool, so it is never starved by it (only by the facade and broker's own work). On one core
+nothing is split or idled (SCHED_IDLE would starve the LLM under a steady stream).
 
 Overrides per pool, in --pools: `vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]` (cpus: a list such
 as `0-3;6` or `0,1` inside the brackets, replacing the automatic half; nice: 0..19, only lowering priority is
