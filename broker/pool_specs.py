@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from broker.ray_placement import RayPlacement, take_placement
@@ -103,15 +103,30 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
         parsed.append((m, family, count, settings, placement))
     # thread budgets add up to THIS machine: Ray-placed pools run elsewhere and do not count
     beside_latency = any(family.latency for _, family, _, _, placement in parsed if placement is None)
-    beside_throughput = any(not family.latency for _, family, _, _, placement in parsed if placement is None)
+    # a GPU worker's CPU side only feeds its device: it neither splits the cores nor idles (SCHED_IDLE would
+    # starve its kernel launches whenever a frame is served)
+    beside_throughput = any(not family.latency and not _on_gpu(m) for m, family, _, _, placement in parsed
+                            if placement is None)
+    cpus_set, sched_set = set(), set()   # pools whose cores / scheduling class the operator chose
     for m, family, count, settings, placement in parsed:
+        if "cpus" in settings:
+            cpus_set.add(m["pool"])
+        if "sched" in settings:
+            sched_set.add(m["pool"])
         if placement is not None and "threads" not in settings:
             settings["threads"] = str(placement.threads)
         # both kinds run here: they split this machine's cores (a Ray-placed pool's cores are its node's)
-        split = placement is None and beside_latency and beside_throughput
+        split = placement is None and beside_latency and beside_throughput and not _on_gpu(m)
         policy = policy_for(family.latency, settings, cpu_policy, worker_threads, beside_latency, split)
         out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy, placement))
     if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
         wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device and s.placement is None}
-        out += [PoolSpec(s.pool, dev, 1, s.policy) for s in wanted.values() for dev in detect_cuda_devices()]
+        # the GPU copy keeps the pool's settings, not the CPU side's automatic core half and SCHED_IDLE
+        out += [PoolSpec(s.pool, dev, 1, replace(s.policy, idle=s.policy.idle and s.pool in sched_set,
+                                                   cpus=s.policy.cpus if s.pool in cpus_set else None))
+                for s in wanted.values() for dev in detect_cuda_devices()]
     return out
+
+
+def _on_gpu(m) -> bool:
+    return (m["device"] or "cpu").startswith("cuda")

@@ -57,6 +57,25 @@ def test_no_split_on_one_core_or_with_the_policy_off_or_a_remote_pool(monkeypatc
     assert all(p.cpus is None and not p.idle for p in remote.values())   # hf's cores are its node's
 
 
+def test_a_gpu_worker_neither_splits_the_cores_nor_idles(monkeypatch):
+    """Its CPU side only feeds its device: SCHED_IDLE would starve its kernel launches while frames are served."""
+    import broker.pool_specs as pool_specs
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1))
+    only_gpu = {s.pool: s.policy for s in parse_pool_specs("vision,hf@cuda:0", cuda="off")}
+    assert only_gpu["vision"].cpus is None and only_gpu["hf"].cpus is None and not only_gpu["hf"].idle
+    both = {(s.pool, s.device): s.policy for s in parse_pool_specs("vision,hf,hf@cuda:0", cuda="off")}
+    assert both[("vision", "cpu")].cpus == (0,) and both[("hf", "cpu")].cpus == (1,) and both[("hf", "cpu")].idle
+    assert both[("hf", "cuda:0")].cpus is None and not both[("hf", "cuda:0")].idle
+    # the worker --cuda auto adds per device copies the CPU pool's settings, not its automatic half and class
+    monkeypatch.setattr(pool_specs, "detect_cuda_devices", lambda: ["cuda:0"])
+    auto = {(s.pool, s.device): s.policy for s in parse_pool_specs("vision,hf", cuda="auto")}
+    assert auto[("hf", "cpu")].cpus == (1,) and auto[("hf", "cpu")].idle
+    gpu = auto[("hf", "cuda:0")]
+    assert gpu.cpus is None and not gpu.idle and gpu.nice == THROUGHPUT_NICE
+    chosen = {(s.pool, s.device): s.policy for s in parse_pool_specs("vision,hf[cpus=1;sched=idle]", cuda="auto")}
+    assert chosen[("hf", "cuda:0")].cpus == (1,) and chosen[("hf", "cuda:0")].idle   # the operator's own choice
+
+
 def test_split_overrides(monkeypatch):
     monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1, 2, 3))
     specs = {s.pool: s.policy for s in parse_pool_specs("vision[cpus=0-3],hf[sched=normal;nice=19]", cuda="off")}
