@@ -1,12 +1,14 @@
 """Run every bench/bench_*.py present and write bench/results.md (table) and bench/results.png (plot).
 
-Usage: python -m bench.run_all [--quick] [--only core,vision]
+Usage: python -m bench.run_all [--quick] [--only core,vision]; `--render` writes results.md and results.png
+again from the rows the last run kept in results.json (after a change to the tables, without measuring).
 Each benchmark measures its baseline in the same run and reports ratios, never absolute asserts.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pkgutil
 import sys
@@ -24,9 +26,10 @@ def fmt(v) -> str:
     return str(v)
 
 
-def write_markdown(rows: list, path: str, elapsed: float, load: str = "") -> None:
+def write_markdown(rows: list, path: str, elapsed: float, load: str = "", generated: str = "") -> None:
     from bench.peers import summary
-    lines = ["# Benchmark results", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
+    generated = generated or time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    lines = ["# Benchmark results", "", f"Generated {generated} "
              f"in {elapsed:.0f}s on {os.cpu_count()} CPUs{load}. ratio = value / baseline (same run).", "",
              *summary.markdown(rows),
              "| bench | metric | value | baseline | ratio | goal | note |", "|---|---|---|---|---|---|---|"]
@@ -43,7 +46,9 @@ def write_plot(rows: list, path: str) -> None:
     import matplotlib.pyplot as plt
     from bench.peers import summary
     peers = summary.table(rows)
-    rows = [r for r in rows if isinstance(r.get("ratio"), (int, float)) and r["ratio"] == r["ratio"]]
+    # a log scale: ratios run from ~0.01 (bytes per frame) to ~60 (ms per frame against one face's): on a
+    # linear axis the big ones flatten every other bar
+    rows = [r for r in rows if isinstance(r.get("ratio"), (int, float)) and r["ratio"] == r["ratio"] and r["ratio"] > 0]
     if not rows:
         return
     if peers:   # the ours-vs-peer bars above the per-row bars
@@ -53,11 +58,14 @@ def write_plot(rows: list, path: str) -> None:
     else:
         fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     labels = [f"{r['bench']}: {r['metric']}" for r in rows]
-    ax.barh(range(len(rows)), [r["ratio"] for r in rows], color="#4477aa")
+    ratios = [r["ratio"] for r in rows]
+    ax.hlines(range(len(rows)), 1.0, ratios, color="#4477aa", lw=3)   # from 1 (same as the baseline) to the ratio
+    ax.plot(ratios, range(len(rows)), "o", color="#4477aa", ms=3)
+    ax.set_xscale("log")
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio to the same-run baseline")
+    ax.set_xlabel("ratio to the same-run baseline (log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -67,7 +75,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--render", action="store_true", help="re-render from results.json, measure nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(os.path.join(args.out, "results.json")) as f:
+            kept = json.load(f)
+        write_markdown(kept["rows"], os.path.join(args.out, "results.md"), kept["elapsed"], kept["load"],
+                       generated=kept["generated"])
+        write_plot(kept["rows"], os.path.join(args.out, "results.png"))
+        return 0
     only = {s for s in args.only.split(",") if s}
     names = sorted(m.name for m in pkgutil.iter_modules([HERE]) if m.name.startswith("bench_"))
     rows, t0, failed = [], time.time(), 0
@@ -94,7 +110,11 @@ def main(argv=None) -> int:
     load1 = os.getloadavg()
     load = (f", load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load0)} at the start and "
             f"{'/'.join(f'{v:.1f}' for v in load1)} at the end")
-    write_markdown(rows, os.path.join(args.out, "results.md"), time.time() - t0, load)
+    elapsed, generated = time.time() - t0, time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"generated": generated, "elapsed": elapsed, "load": load, "rows": rows}, f, indent=1,
+                  default=str, allow_nan=True)
+    write_markdown(rows, os.path.join(args.out, "results.md"), elapsed, load, generated=generated)
     write_plot(rows, os.path.join(args.out, "results.png"))
     print(f"wrote {os.path.join(args.out, 'results.md')} and results.png")
     return 1 if failed else 0
