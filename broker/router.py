@@ -29,7 +29,6 @@ import itertools
 import logging
 import socket
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
@@ -39,6 +38,7 @@ from common import wire as P
 from broker.fair_queue import FairQueue
 from common.methods import LOAD_MODEL
 from common.payload import INLINE, SHM
+from common.recent import Recent
 from shm.pool import SlotRef, StaleSlotError
 
 log = logging.getLogger("broker")
@@ -134,7 +134,7 @@ class Router:
         self.wsend: Optional[socket.socket] = None     # unbound: sends to workers' w-<id>.dgram
         self.dgram_facades: dict[str, bytes] = {}      # facade datagram address -> its ZeroMQ identity
         self.dgram_workers: dict[str, bytes] = {}      # local worker's w-<id>.dgram -> its ZeroMQ identity
-        self.early_cancels: "OrderedDict[str, None]" = OrderedDict()
+        self.early_cancels = Recent(EARLY_CANCELS_KEPT)
         if P.ipc_folder(config.frontend) and P.dgram_hops_on():
             self.run_dir = P.ipc_folder(config.frontend)
             path = f"{self.run_dir}/frontend.dgram"
@@ -153,7 +153,7 @@ class Router:
         self.closing: set = set()                            # closed by the facade, frames still queued
         self.dead_streams: dict[str, str] = {}               # stream id -> reason (worker died)
         self.facades: set = set()
-        self.retired: "OrderedDict[str, bool]" = OrderedDict()   # dead worker ids -> told to stop (fencing)
+        self.retired = Recent(RETIRED_KEPT)   # dead worker ids -> told to stop (fencing)
         self.counters = {"malformed": 0, "rejected": {}, "expired": {}, "unroutable_replies": 0}
         self._ids = itertools.count()
         self._last_pools: dict = {}
@@ -203,9 +203,7 @@ class Router:
         ws.state = "dead"
         self.workers.pop(ws.worker_id, None)
         self.dgram_workers.pop(ws.dgram, None)
-        self.retired[ws.worker_id] = False
-        while len(self.retired) > RETIRED_KEPT:
-            self.retired.popitem(last=False)
+        self.retired.remember(ws.worker_id, False)
         for req in list(ws.inflight.values()):
             self._error(req, "UNAVAILABLE", requests_message)
         ws.inflight.clear()
@@ -401,9 +399,7 @@ class Router:
         req = self.requests.get(rid)
         if req is None:
             # it may have overtaken its REQUEST (a datagram REQUEST, its CANCEL on ZeroMQ): remember it
-            self.early_cancels[rid] = None
-            while len(self.early_cancels) > EARLY_CANCELS_KEPT:
-                self.early_cancels.popitem(last=False)
+            self.early_cancels.remember(rid)
             return
         if req.worker_id is None:
             try:
@@ -695,27 +691,22 @@ class Router:
             except OSError as exc:
                 log.warning("datagram socket: %s", exc)
                 return
-            facade = self.dgram_facades.get(addr) if isinstance(addr, str) else None
-            if facade is None and isinstance(addr, str) and addr in self.dgram_workers:
-                try:
-                    self._on_backend([self.dgram_workers[addr], *P.split_datagram(data)], via_dgram=True)
-                except P.ProtocolError as exc:
-                    self.counters["malformed"] += 1
-                    log.warning("dropped malformed worker datagram: %s", exc)
-                except Exception:
-                    self.counters["malformed"] += 1
-                    log.exception("error while handling a worker datagram; dropped")
+            if not isinstance(addr, str):
+                addr = ""
+            if addr in self.dgram_facades:
+                handler, identity = self._on_frontend, self.dgram_facades[addr]
+            elif addr in self.dgram_workers:
+                handler, identity = self._on_backend, self.dgram_workers[addr]
+            else:
+                self.counters["malformed"] += 1
+                log.warning("dropped a datagram from %r: no facade that said HELLO, no worker that said READY",
+                            addr[:80])
                 continue
             try:
-                if facade is None:
-                    raise P.ProtocolError(f"datagram from {str(addr)[:80]!r}, no facade that said HELLO")
-                parts = P.split_datagram(data)
+                handler([identity, *P.split_datagram(data)], via_dgram=True)
             except P.ProtocolError as exc:
                 self.counters["malformed"] += 1
-                log.warning("dropped malformed frontend datagram: %s", exc)
-                continue
-            try:
-                self._on_frontend([facade, *parts], via_dgram=True)
+                log.warning("dropped malformed datagram from %r: %s", addr[:80], exc)
             except Exception:
                 self.counters["malformed"] += 1
                 log.exception("error while handling a datagram; dropped")

@@ -36,6 +36,7 @@ import zmq
 
 from common import wire as P
 from common import logs, payload, proc
+from common.recent import Recent
 from shm.pool import SlotReader
 from workers.context import Cancelled, RequestContext, WorkerError
 
@@ -151,7 +152,7 @@ class Worker:
         # a stream closed while one of its frames runs: its state is closed after that frame, not under it
         self._close_after: dict[str, dict] = {}
         # recently closed streams: a late frame for one is refused instead of opening state nobody closes
-        self._closed_streams: "OrderedDict[str, None]" = OrderedDict()
+        self._closed_streams = Recent(CLOSED_STREAMS_KEPT)
         self._stream_lock = threading.Lock()
         self._stopping = threading.Event()
         self._recycle_reason: Optional[str] = None
@@ -180,7 +181,7 @@ class Worker:
                 and P.dgram_hops_on()):
             self._dgram_path = f"{os.path.dirname(connect[len('ipc://'):])}/w-{self.worker_id}.dgram"
             self._broker_dgram = f"{os.path.dirname(connect[len('ipc://'):])}/frontend.dgram"
-        self._early_cancels: "OrderedDict[str, None]" = OrderedDict()
+        self._early_cancels = Recent(EARLY_CANCELS_KEPT)
 
     # ---- to override -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -292,10 +293,10 @@ class Worker:
         """DONE to the broker after a direct reply: a datagram from this worker's bound `w-<id>.dgram` (the
         address the broker knows it by) when it can go now, else on ZeroMQ. Either way the broker frees the
         credit; a DONE needs no order with anything else this worker sends (its threads' sockets have none)."""
-        parts = P.encode(P.DONE, {"id": request_id})
-        if self._dgram is not None and self._broker_dgram and P.send_datagram(self._dgram, self._broker_dgram, parts):
+        header = {"id": request_id}
+        if self._dgram is not None and P.send_datagram(self._dgram, self._broker_dgram, P.encode(P.DONE, header)):
             return
-        self._send(P.DONE, {"id": request_id})
+        self._send(P.DONE, header)
 
     def _datagram_sent(self, path, parts: list) -> bool:
         """Send a terminal reply as one unix datagram to the facade's `reply_dgram` socket (in the run
@@ -575,9 +576,7 @@ class Worker:
             if ctx is not None:
                 ctx.cancelled.set()
             else:   # finished, or its REQUEST is still on its way on the other channel
-                self._early_cancels[rid] = None
-                while len(self._early_cancels) > EARLY_CANCELS_KEPT:
-                    self._early_cancels.popitem(last=False)
+                self._early_cancels.remember(rid)
         elif command == P.STREAM_CLOSE:
             self._on_stream_close(executor, str(header.get("stream", "")))
         elif command == P.STOP:
@@ -586,9 +585,7 @@ class Worker:
     def _on_stream_close(self, executor: ThreadPoolExecutor, stream: str) -> None:
         """The stream ended (client done, cancelled or gone). Its frames still queued are cancelled; its
         state is closed now if none of its frames runs, else by the stream's thread after that frame."""
-        self._closed_streams[stream] = None
-        while len(self._closed_streams) > CLOSED_STREAMS_KEPT:
-            self._closed_streams.popitem(last=False)
+        self._closed_streams.remember(stream)
         state = self._streams.pop(stream, None)
         if state is None:
             return
