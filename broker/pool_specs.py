@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from broker.ray_placement import RayPlacement, take_placement
@@ -107,12 +107,7 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
     # starve its kernel launches whenever a frame is served)
     beside_throughput = any(not family.latency and not _on_gpu(m) for m, family, _, _, placement in parsed
                             if placement is None)
-    cpus_set, sched_set = set(), set()   # pools whose cores / scheduling class the operator chose
     for m, family, count, settings, placement in parsed:
-        if "cpus" in settings:
-            cpus_set.add(m["pool"])
-        if "sched" in settings:
-            sched_set.add(m["pool"])
         if placement is not None and "threads" not in settings:
             settings["threads"] = str(placement.threads)
         # both kinds run here: they split this machine's cores (a Ray-placed pool's cores are its node's)
@@ -120,11 +115,12 @@ def parse_pool_specs(spec: str, cuda: str = "auto", cpu_policy: bool = True, wor
         policy = policy_for(family.latency, settings, cpu_policy, worker_threads, beside_latency, split)
         out.append(PoolSpec(m["pool"], m["device"] or "cpu", count, policy, placement))
     if cuda == "auto" and not any(s.device.startswith("cuda") for s in out):
-        wanted = {s.pool: s for s in out if family_of(s.pool).per_cuda_device and s.placement is None}
-        # the GPU copy keeps the pool's settings, not the CPU side's automatic core half and SCHED_IDLE
-        out += [PoolSpec(s.pool, dev, 1, replace(s.policy, idle=s.policy.idle and s.pool in sched_set,
-                                                   cpus=s.policy.cpus if s.pool in cpus_set else None))
-                for s in wanted.values() for dev in detect_cuda_devices()]
+        # one more worker per device, with the pool's settings and the policy of a GPU pool (no core split)
+        wanted = {m["pool"]: (family, settings) for m, family, _, settings, placement in parsed
+                  if family.per_cuda_device and placement is None}
+        out += [PoolSpec(pool, dev, 1, policy_for(family.latency, settings, cpu_policy, worker_threads,
+                                                  beside_latency))
+                for pool, (family, settings) in wanted.items() for dev in detect_cuda_devices()]
     return out
 
 

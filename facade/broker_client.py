@@ -191,8 +191,7 @@ class BrokerClient:
         if command == P.POOLS:
             self.pools = header.get("pools") or {}
             path = header.get("dgram")
-            if (self._hops and isinstance(path, str) and path.endswith("/frontend.dgram")
-                    and os.path.dirname(path) == os.path.dirname(self.dgram_path)):
+            if self._hops and path == os.path.join(os.path.dirname(self.dgram_path), "frontend.dgram"):
                 self.broker_dgram = path
             for cb in self.on_pools:
                 try:
