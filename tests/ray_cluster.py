@@ -2,6 +2,7 @@
 each with its own resources, and the checks that nothing of it is left afterwards."""
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -58,6 +59,9 @@ def shutdown(cluster) -> None:
     left = wait_gone([pid for pid, _ in before + processes_of(address)], timeout=30)
     assert not left, f"processes of the Ray cluster left after its shutdown: {left}"
     shutil.rmtree(session, ignore_errors=True)   # its logs and sockets under /tmp/ray
+    latest = os.path.join(os.path.dirname(session), "session_latest")
+    if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+        os.unlink(latest)   # Ray's pointer to the session just removed
 
 
 class OtherPool:
