@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from broker.children import Child
 from broker.pool_specs import PoolSpec
+from common.cpu_policy import facade_cpus
 from common.families import family_of
 
 # libraries must never reach a hub, and stay quiet: set in every worker's environment
@@ -92,6 +93,8 @@ def _remote_child(a: argparse.Namespace, worker_id: str, module: str, args: list
 def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: Callable[[], int]) -> Callable[[], Child]:
     """The facade; `port()` is read at each start, so a restarted facade binds the port its first one got."""
     names = ",".join(sorted({spec.pool for spec in pools}))
+    cores = facade_cpus([spec.policy for spec in pools if spec.placement is None])   # Ray pools: other nodes
+    env = {} if cores is None else {"PML_CPUS": ",".join(str(c) for c in cores)}
 
     def make() -> Child:
         args = ["--host", a.host, "--port", str(port()), "--broker", res.frontend, "--pools", names,
@@ -103,6 +106,6 @@ def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: 
                 "--cwd-models", "0" if a.no_working_dir_models else "1",
                 "--tls-cert", a.tls_cert, "--tls-key", a.tls_key, "--tls-client-ca", a.tls_client_ca,
                 "--log-level", a.log_level, "--log-format", a.log_format]
-        return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env={},
+        return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env=env,
                      pass_fds=(res.shm_fd,))
     return make

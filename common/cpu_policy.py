@@ -22,7 +22,8 @@ pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12
 runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
 preempts it at once, so the frame-carrying processes (not pinned) take the throughput core whenever they
 need it, and the vision worker keeps its core (and its L2) to itself. The LLM's own core cannot be taken by
-the latency pool, so it is never starved by it (only by the facade and broker's own work). On one core
+the latency pool, so it is never starved by it (only by the facade and broker's own work). The facade is
+pinned to the idle pools' cores as well (facade_cpus): left free, it still took 2.5-5% of the vision core. On one core
 nothing is split or idled (SCHED_IDLE would starve the LLM under a steady stream). A pool on a CUDA device
 takes no part in the split and never idles (broker/pool_specs.py): its CPU side only feeds the GPU, and
 SCHED_IDLE would delay its kernel launches whenever a frame is served. With vision idle, the split costs hf
@@ -161,6 +162,21 @@ def policy_for(latency: bool, overrides: dict, enabled: bool = True, threads_fla
         if threads < 1:
             raise ValueError("threads must be at least 1")
     return CpuPolicy(cpus=cpus, nice=nice, threads=threads, idle=idle)
+
+
+def facade_cpus(policies) -> Optional[tuple]:
+    """The cores of the facade (the gRPC process that carries every frame and token): those of the pools in
+    SCHED_IDLE, less any core a normal pool is pinned to; None (every core) when no pool idles.
+    There any of its threads preempts the idle pool at once, and it stays off the latency pool's core: left
+    free, a facade thread woken by the vision worker's reply was placed on the vision worker's core (the
+    kernel prefers the waker's core when the other one is busy, even with only a SCHED_IDLE task) and took
+    2.5-5% of it while an LLM streamed (perf sched on core 0, 3 s: 0.3% alone). bench_isolation's pose with
+    an LLM, 4 turns each against two services in one run: fps 0.945x alone -> 0.986x, p99 1.04x -> 1.01x,
+    LLM tokens/s under pose unchanged (0.755x both)."""
+    idle = {c for p in policies if p.idle and p.cpus for c in p.cpus}
+    busy = {c for p in policies if not p.idle and p.cpus for c in p.cpus}
+    cores = tuple(sorted(idle - busy))
+    return cores if cores and cores != available_cpus() else None
 
 
 def apply_from_env(environ=os.environ) -> None:

@@ -150,8 +150,9 @@ async def serve(args: argparse.Namespace) -> int:
             return 2
         log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", "https" if tls.enabled else "http", args.host, http_port)
     await client.start({"port": port, "pid": os.getpid()})
-    log.info("listening on %s:%d%s, on the %s event loop", args.host, port,
-             " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "", event_loop.loop_name())
+    log.info("listening on %s:%d%s, on the %s event loop, on cores %s", args.host, port,
+             " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "", event_loop.loop_name(),
+             os.environ.get("PML_CPUS") or "all")
 
     stop = asyncio.Event()
     parent = os.getppid()

@@ -76,6 +76,22 @@ def test_a_gpu_worker_neither_splits_the_cores_nor_idles(monkeypatch):
     assert chosen[("hf", "cuda:0")].cpus == (1,) and chosen[("hf", "cuda:0")].idle   # the operator's own choice
 
 
+def test_the_facade_runs_on_the_idle_pools_cores(monkeypatch):
+    monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1, 2, 3))
+
+    def facade(spec: str, **kw):
+        return cpu_policy.facade_cpus([s.policy for s in parse_pool_specs(spec, cuda="off", **kw)])
+    assert facade("vision,hf") == (2, 3)                       # the automatic split: the throughput half
+    assert facade("vision,hf,litert") == (2, 3)
+    assert facade("vision,hf[sched=normal]") is None           # nothing idles: anywhere, as before
+    assert facade("vision,hf", cpu_policy=False) is None
+    assert facade("vision") is None and facade("hf") is None    # no split (hf alone idles nowhere)
+    assert facade("vision[cpus=0-2],hf[cpus=2-3]") == (3,)     # never on a core a normal pool is pinned to
+    assert facade("vision[cpus=0-3],hf[cpus=2-3]") is None
+    assert facade("fake[cpus=3;sched=idle],fake2") == (3,)
+    assert facade("hf[sched=idle]") is None                     # an idle pool on every core: nothing to leave
+
+
 def test_split_overrides(monkeypatch):
     monkeypatch.setattr(cpu_policy, "available_cpus", lambda: (0, 1, 2, 3))
     specs = {s.pool: s.policy for s in parse_pool_specs("vision[cpus=0-3],hf[sched=normal;nice=19]", cuda="off")}
@@ -144,6 +160,11 @@ def test_worker_runs_with_its_cores_and_priority_and_stats_say_so():
         assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
         assert os.sched_getscheduler(free.pid) == os.SCHED_OTHER
         assert p.environ().get("OMP_NUM_THREADS") == "1"
+        # the facade runs beside the idle pool, on its core (common/cpu_policy.facade_cpus)
+        (facade,) = [c for c in psutil.Process(svc.proc.pid).children() if "facade.server" in " ".join(c.cmdline())]
+        assert facade.cpu_affinity() == [core]
+        tids = [int(t) for t in os.listdir(f"/proc/{facade.pid}/task")]
+        assert len(tids) > 1 and all(os.sched_getaffinity(t) == {core} for t in tids)
         out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py"), "call", "--address", svc.address, "stats"],
                              capture_output=True, text=True, timeout=60).stdout
         row = next(line.split() for line in out.splitlines() if line.startswith(pinned.worker_id))
