@@ -94,7 +94,7 @@ def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: 
     """The facade; `port()` is read at each start, so a restarted facade binds the port its first one got."""
     names = ",".join(sorted({spec.pool for spec in pools}))
     cores = facade_cpus([spec.policy for spec in pools if spec.placement is None])   # Ray pools: other nodes
-    env = {} if cores is None else {"PML_CPUS": ",".join(str(c) for c in cores)}
+    latency_cpus = "" if cores is None else ",".join(str(c) for c in cores)
 
     def make() -> Child:
         args = ["--host", a.host, "--port", str(port()), "--broker", res.frontend, "--pools", names,
@@ -105,7 +105,7 @@ def facade_factory(a: argparse.Namespace, res: RunResources, pools: list, port: 
                 "--grace-s", str(a.drain_s), "--model-dirs", os.pathsep.join(a.model_dir),
                 "--cwd-models", "0" if a.no_working_dir_models else "1",
                 "--tls-cert", a.tls_cert, "--tls-key", a.tls_key, "--tls-client-ca", a.tls_client_ca,
-                "--log-level", a.log_level, "--log-format", a.log_format]
-        return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env=env,
+                "--latency-cpus", latency_cpus, "--log-level", a.log_level, "--log-format", a.log_format]
+        return Child(name="facade", argv=child_argv(signal.SIGTERM, "facade.server", args), env={},
                      pass_fds=(res.shm_fd,))
     return make

@@ -21,9 +21,9 @@ frames land on the vision worker's core or wait behind the LLM. Nice 19 alone (0
 pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that
 runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
 preempts it at once, so the frame-carrying processes take the throughput core whenever they need it, and
-the vision worker keeps its core (and its L2) to itself. The facade is pinned there (facade_cpus): left free,
-it still took 2.5-5% of the vision core (pose fps 0.945x -> 0.986x once pinned); the broker and the clients
-are not ours to pin and did not show on it. The LLM's own core cannot be taken by the latency pool, so it is
+the vision worker keeps its core (and its L2) to itself. The facade keeps to those cores while a latency pool
+is served (facade_cpus, facade/cores.py): left free, it still took 2.5-5% of the vision core (pose fps 0.945x
+-> 0.986x); the broker and the clients are not ours to pin and did not show on it. The LLM's own core cannot be taken by the latency pool, so it is
 never starved by it (only by the facade and broker's own work). On one core
 nothing is split or idled (SCHED_IDLE would starve the LLM under a steady stream). A pool on a CUDA device
 takes no part in the split and never idles (broker/pool_specs.py): its CPU side only feeds the GPU, and
@@ -166,15 +166,17 @@ def policy_for(latency: bool, overrides: dict, enabled: bool = True, threads_fla
 
 
 def facade_cpus(policies) -> Optional[tuple]:
-    """The cores of the facade (the gRPC process that carries every frame and token): those of the pools in
-    SCHED_IDLE, less any core a normal pool is pinned to; None (every core) when no pool idles.
+    """The cores the facade (the gRPC process that carries every frame and token) keeps to while a latency
+    pool is served (facade/cores.py): those of the pools in SCHED_IDLE, less any core a normal pool is pinned
+    to; None (every core, always) when no pool idles.
     There any of its threads preempts the idle pool at once, and it stays off the latency pool's core: left
     free, a facade thread woken by the vision worker's reply was placed on the vision worker's core (the
     kernel prefers the waker's core when the other one is busy, even with only a SCHED_IDLE task) and took
     2.5-5% of it while an LLM streamed (perf sched on core 0, 3 s: 0.3% alone). bench_isolation's pose with
     an LLM, 4 turns each against two services in one run: fps 0.945x alone -> 0.986x, p99 1.04x -> 1.01x,
-    LLM tokens/s under pose unchanged (0.755x both). The price: with the latency pool idle the facade cannot
-    use its core either (vision,hf, 32 embeddings clients, 4 turns: 190 vs 202 sentences/s unpinned)."""
+    LLM tokens/s under pose unchanged (0.755x both). Kept there for good, the facade also lost the latency
+    pool's core while no frame flowed (vision,hf, 32 embeddings clients, 6 turns: 195 sentences/s against
+    204 when it widens again after the latency traffic stops)."""
     idle = {c for p in policies if p.idle and p.cpus for c in p.cpus}
     busy = {c for p in policies if not p.idle and p.cpus for c in p.cpus}
     cores = tuple(sorted(idle - busy))

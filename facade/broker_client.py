@@ -92,6 +92,7 @@ class BrokerClient:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         # direct replies: workers send a request's terminal reply (when it had no partials) straight to this
         # PULL socket, named in the REQUEST header `reply`, and tell the broker DONE (common/wire.py)
+        self.cores = None   # facade/cores.FacadeCores, told of every request (server.py sets it)
         self.reply_endpoint = reply_endpoint_for(endpoint)
         self.replies: Optional[zmq.Socket] = None
         if self.reply_endpoint:
@@ -222,6 +223,8 @@ class BrokerClient:
                       timeout: Optional[float], frame, extra: Optional[dict], stream: Optional[str],
                       waiter) -> str:
         rid = self.new_id()
+        if self.cores is not None:
+            self.cores.request(pool)   # before it leaves: its reply finds the facade on its cores
         header = {"id": rid, "method": method, "pool": pool, "model": model or "", "device": device or "",
                   "deadline": (time.time() + timeout) if timeout is not None else None, "stream": stream,
                   "caller": CALLER.get()}

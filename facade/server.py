@@ -20,7 +20,7 @@ from common import logs, proc
 from common.tls import TlsFiles, grpc_server_credentials, server_ssl_context
 from facade.auth import TokenInterceptor
 from facade.caller import CallerInterceptor
-from facade import event_loop
+from facade import cores, event_loop
 from facade.broker_client import BrokerClient
 from facade.budget import DEFAULT_BUFFER_MB, ByteBudget
 from facade.parse_errors import DecodeErrorInterceptor
@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--tls-client-ca", default="")
+    ap.add_argument("--latency-cpus", default="",
+                    help="cores to keep to while a latency pool is served (facade/cores.py); '' = every core")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     return ap.parse_args(argv)
@@ -80,6 +82,7 @@ async def serve(args: argparse.Namespace) -> int:
     pools = {p for p in args.pools.split(",") if p}
     allocator = SlotAllocator(args.shm_fd, args.shm_slots, args.shm_slot_size) if args.shm_fd >= 0 else None
     client = BrokerClient(args.broker, allocator, max_message_bytes=(args.max_message_mb + 16) * 2**20)
+    client.cores = cores.from_args(args.latency_cpus, sorted(pools), asyncio.get_running_loop())
     token = os.environ.get(args.token_env, "") if args.token_env else ""
     response_bytes = int(args.max_response_mb * 2**20)
     interceptors = ([TokenInterceptor(token)] if token else []) + [
@@ -150,9 +153,9 @@ async def serve(args: argparse.Namespace) -> int:
             return 2
         log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", "https" if tls.enabled else "http", args.host, http_port)
     await client.start({"port": port, "pid": os.getpid()})
-    log.info("listening on %s:%d%s, on the %s event loop, on cores %s", args.host, port,
+    log.info("listening on %s:%d%s, on the %s event loop%s", args.host, port,
              " (mutual TLS)" if tls.client_ca else " (TLS)" if tls.enabled else "", event_loop.loop_name(),
-             os.environ.get("PML_CPUS") or "all")
+             f", on cores {args.latency_cpus} while latency pools are served" if client.cores else "")
 
     stop = asyncio.Event()
     parent = os.getppid()
