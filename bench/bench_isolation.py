@@ -237,7 +237,7 @@ def run(quick: bool = True, peer: bool = True, policy_off: bool = True, before: 
     from bench.bench_vision import load_frames, payloads
     from common.cpu_policy import available_cpus, format_cpus
     from tests.service import start_service
-    n, max_new = (100, 128) if quick else (400, 256)
+    n, max_new = (250, 128) if quick else (400, 256)   # 100 frames (1.4 s a pass) swung +-0.05 turn to turn
     data = payloads("rgb", load_frames(), n)
     args = ["--pools", "vision,hf", "--cuda", "off"]
     every = format_cpus(available_cpus())
@@ -272,7 +272,7 @@ if __name__ == "__main__":
         sys.exit(_load_main(sys.argv[2], sys.argv[3]))
     import argparse
     ap = argparse.ArgumentParser(description="isolation: pose vs a streaming LLM, ours vs peers, in turns")
-    ap.add_argument("--full", action="store_true", help="400 frames and 256 tokens instead of 100 and 128")
+    ap.add_argument("--full", action="store_true", help="400 frames and 256 tokens instead of 250 and 128")
     ap.add_argument("--turns", type=int, default=REPEATS)
     ap.add_argument("--only-ours", action="store_true", help="no peer and no --cpu-policy off server")
     ap.add_argument("--before", action="store_true", help="also ours with nice 10 and no core split")
