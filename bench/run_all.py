@@ -26,9 +26,8 @@ def fmt(v) -> str:
     return str(v)
 
 
-def write_markdown(rows: list, path: str, elapsed: float, load: str = "", generated: str = "") -> None:
+def write_markdown(rows: list, path: str, elapsed: float, load: str, generated: str) -> None:
     from bench.peers import summary
-    generated = generated or time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
     lines = ["# Benchmark results", "", f"Generated {generated} "
              f"in {elapsed:.0f}s on {os.cpu_count()} CPUs{load}. ratio = value / baseline (same run).", "",
              *summary.markdown(rows),

@@ -9,27 +9,27 @@ them for a throughput pool alone), so the budgets add up to the machine instead 
 every core.
 
 When the service runs both kinds here and has at least 2 cores, the automatic policy also splits the cores
-along the same line: latency pools are pinned to the first half, throughput pools to the other half and put
-in SCHED_IDLE (they run only when nothing else wants their cores; their nice stays set). Why (bench_isolation
-on 2 cores, pose with 3 frames in flight while a 1-thread SmolLM2 streams, /proc/<pid>/schedstat per frame):
-with nice 10 and no pinning the vision worker's CPU time per frame rose 13.0-13.3 -> 13.8-13.9 ms and its
-run-queue wait 0.5 -> 2.0-2.5 ms, pose fps fell to 0.82-0.89x alone: under EEVDF a waking nice-0 thread
-still waits for the niced LLM's slice, and the facade, broker and client threads that carry the 900 KB
-frames land on the vision worker's core or wait behind the LLM. Nice 19 alone (0.83-0.89x) or pinning alone
-(0.90x) did not help; pinning plus SCHED_IDLE did: bench_isolation --before, 5 turns in one run, pose fps
-0.90-0.99x (median 0.93; the old policy 0.80-0.88x, median 0.86), p99 1.07x (old 1.12x), LLM tokens/s while
-pose streams 0.79x (old 0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that
-runs only a SCHED_IDLE task counts as idle when the kernel places a waking thread, and any normal thread
-preempts it at once, so the frame-carrying processes take the throughput core whenever they need it, and
-the vision worker keeps its core (and its L2) to itself. The facade keeps to those cores while a latency pool
-is served (facade_cpus, facade/cores.py): left free, it still took 2.5-5% of the vision core (pose fps 0.945x
--> 0.986x); the broker and the clients are not ours to pin and did not show on it. The LLM's own core cannot be taken by the latency pool, so it is
-never starved by it (only by the facade and broker's own work). On one core
-nothing is split or idled (SCHED_IDLE would starve the LLM under a steady stream). A pool on a CUDA device
-takes no part in the split and never idles (broker/pool_specs.py): its CPU side only feeds the GPU, and
-SCHED_IDLE would delay its kernel launches whenever a frame is served. With vision idle, the split costs hf
-nothing measurable (vision,hf, 4 turns: embeddings 32 clients 224 vs 217 sentences/s without the split,
-SmolLM2 24.5 vs 25.2 tokens/s).
+along the same line: latency pools are pinned to the first half, throughput pools to the other half and put in
+SCHED_IDLE (they run only when nothing else wants their cores; their nice stays set). Why (bench_isolation on
+2 cores, pose with 3 frames in flight while a 1-thread SmolLM2 streams, /proc/<pid>/schedstat per frame): with
+nice 10 and no pinning the vision worker's CPU time per frame rose 13.0-13.3 -> 13.8-13.9 ms and its run-queue
+wait 0.5 -> 2.0-2.5 ms, pose fps fell to 0.82-0.89x alone: under EEVDF a waking nice-0 thread still waits for
+the niced LLM's slice, and the facade, broker and client threads that carry the 900 KB frames land on the
+vision worker's core or wait behind the LLM. Nice 19 alone (0.83-0.89x) or pinning alone (0.90x) did not help;
+pinning plus SCHED_IDLE did: bench_isolation --before, 5 turns in one run, pose fps 0.90-0.99x (median 0.93;
+the old policy 0.80-0.88x, median 0.86), p99 1.07x (old 1.12x), LLM tokens/s while pose streams 0.79x (old
+0.83x); a second such run 0.94x (old 0.89x), 1.02x (1.12x), 0.80x (0.84x): a core that runs only a SCHED_IDLE
+task counts as idle when the kernel places a waking thread, and any normal thread preempts it at once, so the
+frame-carrying processes take the throughput core whenever they need it, and the vision worker keeps its core
+(and its L2) to itself. The facade keeps to those cores while a latency pool is served (facade_cpus,
+facade/cores.py): left free, it still took 2.5-5% of the vision core (pose fps 0.945x -> 0.986x); the broker
+and the clients are not ours to pin and did not show on it. The LLM's own core cannot be taken by the latency
+pool, so it is never starved by it (only by the facade and broker's own work). On one core nothing is split or
+idled (SCHED_IDLE would starve the LLM under a steady stream). A pool on a CUDA device takes no part in the
+split and never idles (broker/pool_specs.py): its CPU side only feeds the GPU, and SCHED_IDLE would delay its
+kernel launches whenever a frame is served. With vision idle, the split costs hf nothing measurable
+(vision,hf, 4 turns: embeddings 32 clients 224 vs 217 sentences/s without the split, SmolLM2 24.5 vs 25.2
+tokens/s).
 
 Overrides per pool, in --pools: `vision[cpus=0],hf[cpus=1;nice=5;threads=1;sched=normal]` (cpus: a list such
 as `0-3;6` or `0,1` inside the brackets, replacing the automatic half; nice: 0..19, only lowering priority is

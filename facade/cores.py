@@ -42,7 +42,6 @@ class FacadeCores:
         self.loop, self.linger_s, self.apply, self.clock = loop, linger_s, apply, clock
         self.narrowed = False
         self.last = 0.0       # when the last latency request was sent
-        self.changes = 0      # narrowings and widenings so far
 
     def request(self, pool: str) -> None:
         if pool not in self.latency_pools:
@@ -62,7 +61,6 @@ class FacadeCores:
     def _set(self, narrow: bool) -> None:
         self.apply(self.narrow if narrow else self.wide)
         self.narrowed = narrow
-        self.changes += 1
         log.debug("facade on cores %s (%s)", sorted(self.narrow if narrow else self.wide),
                   "latency pools served" if narrow else f"no latency request for {self.linger_s:g} s")
 
@@ -72,9 +70,9 @@ def from_args(text: str, pools: Iterable[str], loop) -> Optional[FacadeCores]:
     if not text:
         return None
     from common.families import family_of
-    narrow = {int(c) for c in text.split(",") if c.strip()}
     wide = os.sched_getaffinity(0)
+    narrow = {int(c) for c in text.split(",") if c.strip()} & wide
     latency = [p for p in pools if p and family_of(p).latency]
-    if not narrow or narrow >= wide or not latency:
+    if not narrow or narrow == wide or not latency:
         return None
-    return FacadeCores(narrow & wide, wide, latency, loop)
+    return FacadeCores(narrow, wide, latency, loop)

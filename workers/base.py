@@ -179,8 +179,9 @@ class Worker:
         self._broker_dgram = ""
         if (connect.startswith("ipc://") and "/" not in self.worker_id
                 and P.dgram_hops_on()):
-            self._dgram_path = f"{os.path.dirname(connect[len('ipc://'):])}/w-{self.worker_id}.dgram"
-            self._broker_dgram = f"{os.path.dirname(connect[len('ipc://'):])}/frontend.dgram"
+            run_dir = os.path.dirname(connect[len("ipc://"):])
+            self._dgram_path = f"{run_dir}/w-{self.worker_id}.dgram"
+            self._broker_dgram = f"{run_dir}/frontend.dgram"
         self._early_cancels = Recent(EARLY_CANCELS_KEPT)
 
     # ---- to override -------------------------------------------------------------------------
