@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import pytest
 import zmq
 
 from common import wire as P
 from facade.broker_client import BrokerClient, reply_endpoint_for
+from protos import ml_inference_pb2 as ML
 from protos import pythonml_pb2 as X
 from tests.broker_peer import Peer, run_dir_of
 from tests.service import start_service
@@ -102,6 +104,39 @@ def test_partials_keep_the_broker_path_so_nothing_overtakes_them(svc):
     finally:
         peer.close()
         pull.close(0)
+
+
+def test_a_load_or_unload_replies_behind_its_registry_change(svc):
+    """LoadModel / UnloadModel answer through the broker, after the LOADED / UNLOADED they caused (same
+    socket): a GetLoadedModels sent when the answer arrives lists the change. A direct reply could overtake
+    it (CI once saw a model missing from GetLoadedModels right after its LoadModel succeeded). The next
+    request of the same handler thread goes straight to the facade again."""
+    run_dir = run_dir_of(svc.proc.pid)
+    endpoint = f"ipc://{run_dir}/reply-test{os.getpid()}c.sock"
+    pull = _pull(endpoint)
+    dgram_path = f"{run_dir}/reply-test{os.getpid()}c.dgram"
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(dgram_path)
+    dgram.setblocking(False)
+    peer = Peer(f"ipc://{run_dir}/frontend.sock")
+    try:
+        _wait_direct(peer, pull, endpoint)
+        for method, message in (("ml.ModelManagementService/LoadModel",
+                                 ML.LoadModelRequest(model_id="ordered", pipeline_type="fake")),
+                                ("ml.ModelManagementService/UnloadModel", ML.UnloadModelRequest(model_id="ordered"))):
+            rid = peer.request(method, "fake", message.SerializeToString(), model="ordered", reply=endpoint,
+                               reply_dgram=dgram_path)
+            command, header, _ = peer.recv_terminal(rid)
+            assert command == P.FINAL, header
+            assert not pull.poll(200), f"{method} replied directly"
+            with pytest.raises(BlockingIOError):
+                dgram.recv(65536)
+        _wait_direct(peer, pull, endpoint)
+    finally:
+        peer.close()
+        pull.close(0)
+        dgram.close()
+        os.unlink(dgram_path)
 
 
 def test_a_reply_socket_outside_the_run_folder_is_never_used(svc, tmp_path):

@@ -208,9 +208,11 @@ class Worker:
     def _announce_loaded(self, record: ModelRecord, version: int) -> None:
         self._send(P.LOADED, {"model": record.summary(), "method": record.load_method, "version": version},
                    [record.load_payload])
+        self._tls.announced = True
 
     def _announce_unloaded(self, model_id: str, version: int) -> None:
         self._send(P.UNLOADED, {"model_id": model_id, "version": version})
+        self._tls.announced = True
 
     def request_recycle(self, reason: str) -> None:
         """Ask the supervisor to replace this process between requests (e.g. to give memory back)."""
@@ -275,7 +277,12 @@ class Worker:
         """A request's terminal reply. Without partials, from a handler thread, to a facade that named its
         direct-reply socket: straight to the facade, then DONE to the broker (which frees the credit and
         forgets the request without forwarding anything). Otherwise, or when the facade cannot take it
-        now, through the broker as before."""
+        now, through the broker as before. A request that loaded or unloaded a model on this thread also
+        replies through the broker, on the socket its LOADED / UNLOADED left on: the broker has applied
+        the change before the caller hears of it, so a GetLoadedModels right after a LoadModel lists it."""
+        if getattr(self._tls, "announced", False):
+            self._tls.announced = False
+            streamed = [True]
         if not streamed and self._datagram_sent(ctx.header.get("reply_dgram"), P.encode(command, header, frames)):
             self._done(ctx.request_id)
             return
@@ -390,6 +397,7 @@ class Worker:
                 streamed.append(True)
                 self._send_on(own, P.PARTIAL, {"id": rid}, [data])
             ctx._send_partial = send_partial
+        self._tls.announced = False   # set when this request changes the model registry (_announce_*)
         try:
             ctx.check_cancelled()
             result = fn(ctx)
