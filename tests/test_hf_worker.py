@@ -272,3 +272,24 @@ def test_auto_load_off(models, tmp_path):
     assert load(w, "tiny-llama", "text-generation").success
     _, final = gen(w, max_length=3)
     assert final.tokens_generated == 3
+
+
+def test_concurrent_auto_loads_of_one_model_under_two_strings_share_one_copy(tmp_path, monkeypatch):
+    """Two first requests name one folder by two strings (its id and its file path): one load, one copy.
+    The second waits for the first's load and must find its record. The log line between the load and the
+    registry is slowed down to hold open the window where, when the record was added after the load lock,
+    the second request loaded a second copy."""
+    build_tiny_llama(tmp_path / "acme" / "tiny-lm")
+    w = make_worker(model_dirs=[str(tmp_path)], cache_dir=str(tmp_path / "cache"), auto_load=True)
+    info = w.log.info
+
+    def slow_info(msg, *args, **kw):
+        if msg.startswith("loaded %s ("):
+            time.sleep(0.5)
+        info(msg, *args, **kw)
+    monkeypatch.setattr(w.log, "info", slow_info)   # the logger is shared: restored after the test
+    out, errs = run_threads([lambda: gen(w, model="acme/tiny-lm", max_length=3),
+                             lambda: gen(w, model="acme/tiny-lm/model.safetensors", max_length=3)])
+    assert errs == [None, None], errs
+    assert all(final.tokens_generated == 3 for _, final in out)
+    assert len(w.models) == 1, sorted(w.models)

@@ -157,12 +157,14 @@ class ModelHandlers:
                     raise WorkerError("FAILED_PRECONDITION", f"model '{model_id}' loaded as {entry.name} but its first "
                                                              f"test pass failed: {type(exc).__name__}: {exc}") from None
                 used = memory.delta(before, memory.snapshot(self.device))
-            record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
-                                 ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
-                                 load_payload=payload, runtime=lm)
-            self.log.info("loaded %s (%s, %s) from %s %s in %.2fs: +%.0f MB RAM, +%.0f MB VRAM", model_id, kind,
-                          self.device, resolved.source, resolved.path, time.time() - t0, used.ram_mb, used.vram_mb)
-            self.models.add(record)   # requests find it from here on; the broker is told (replay, Stats)
+                record = ModelRecord(model_id=model_id, pipeline_type=entry.name if not pipeline_type else pipeline_type,
+                                     ram_mb=round(max(0.0, used.ram_mb), 1), vram_mb=round(max(0.0, used.vram_mb), 1),
+                                     load_payload=payload, runtime=lm)
+                self.log.info("loaded %s (%s, %s) from %s %s in %.2fs: +%.0f MB RAM, +%.0f MB VRAM", model_id, kind,
+                              self.device, resolved.source, resolved.path, time.time() - t0, used.ram_mb, used.vram_mb)
+                # requests find it from here on; the broker is told (replay, Stats). Under the load lock: a
+                # concurrent auto-load of the same model under another string, next in line, finds this copy
+                self.models.add(record)
             return record, True
 
     def _same_model(self, model_id: str) -> Optional[ModelRecord]:
