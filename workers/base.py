@@ -208,11 +208,19 @@ class Worker:
     def _announce_loaded(self, record: ModelRecord, version: int) -> None:
         self._send(P.LOADED, {"model": record.summary(), "method": record.load_method, "version": version},
                    [record.load_payload])
-        self._tls.announced = True
+        self._sent_ahead()
 
     def _announce_unloaded(self, model_id: str, version: int) -> None:
         self._send(P.UNLOADED, {"model_id": model_id, "version": version})
-        self._tls.announced = True
+        self._sent_ahead()
+
+    def _sent_ahead(self) -> None:
+        """A LOADED / UNLOADED left on the socket of the request this thread runs: its terminal reply follows
+        it through the broker, which has then applied the change before the caller hears of it (a
+        GetLoadedModels right after a LoadModel lists the model)."""
+        ahead = getattr(self._tls, "ahead", None)
+        if ahead is not None:
+            ahead.append(True)
 
     def request_recycle(self, reason: str) -> None:
         """Ask the supervisor to replace this process between requests (e.g. to give memory back)."""
@@ -273,20 +281,15 @@ class Worker:
             self._thread_socks.append(sock)
         self._tls.own = (sock, threading.Lock())
 
-    def _reply(self, ctx: RequestContext, streamed: list, command: bytes, header: dict, frames=()) -> None:
-        """A request's terminal reply. Without partials, from a handler thread, to a facade that named its
-        direct-reply socket: straight to the facade, then DONE to the broker (which frees the credit and
-        forgets the request without forwarding anything). Otherwise, or when the facade cannot take it
-        now, through the broker as before. A request that loaded or unloaded a model on this thread also
-        replies through the broker, on the socket its LOADED / UNLOADED left on: the broker has applied
-        the change before the caller hears of it, so a GetLoadedModels right after a LoadModel lists it."""
-        if getattr(self._tls, "announced", False):
-            self._tls.announced = False
-            streamed = [True]
-        if not streamed and self._datagram_sent(ctx.header.get("reply_dgram"), P.encode(command, header, frames)):
+    def _reply(self, ctx: RequestContext, ahead: list, command: bytes, header: dict, frames=()) -> None:
+        """A request's terminal reply. When nothing went ahead of it (no partial, no LOADED / UNLOADED), from
+        a handler thread, to a facade that named its direct-reply socket: straight to the facade, then DONE
+        to the broker (which frees the credit and forgets the request without forwarding anything).
+        Otherwise, or when the facade cannot take it now, through the broker, behind what went ahead."""
+        if not ahead and self._datagram_sent(ctx.header.get("reply_dgram"), P.encode(command, header, frames)):
             self._done(ctx.request_id)
             return
-        sender = None if streamed else self._direct_sender(ctx.header.get("reply"))
+        sender = None if ahead else self._direct_sender(ctx.header.get("reply"))
         if sender is not None:
             try:
                 sender.send_multipart(P.encode(command, header, frames), flags=zmq.NOBLOCK, copy=False)
@@ -389,27 +392,29 @@ class Worker:
     def _run_request(self, ctx: RequestContext, fn: Callable) -> None:
         rid = ctx.request_id
         own = getattr(self._tls, "own", None)
-        streamed = []   # non-empty once a partial left: the terminal reply then follows it through the broker
+        # non-empty once a partial or a LOADED / UNLOADED (_sent_ahead) left: the terminal reply then follows
+        # it through the broker
+        ahead = self._tls.ahead = []
         if own is not None:
             # partials leave on the same socket as the final reply, from whichever thread sends them,
             # so they can never overtake it
             def send_partial(data, rid=rid, own=own):
-                streamed.append(True)
+                ahead.append(True)
                 self._send_on(own, P.PARTIAL, {"id": rid}, [data])
             ctx._send_partial = send_partial
-        self._tls.announced = False   # set when this request changes the model registry (_announce_*)
         try:
             ctx.check_cancelled()
             result = fn(ctx)
             if ctx.cancelled.is_set():
                 raise Cancelled()
-            self._reply(ctx, streamed, P.FINAL, {"id": rid}, [result] if result is not None else [])
+            self._reply(ctx, ahead, P.FINAL, {"id": rid}, [result] if result is not None else [])
         except WorkerError as exc:
-            self._reply(ctx, streamed, P.ERROR, P.error_header(rid, exc.code, exc.message))
+            self._reply(ctx, ahead, P.ERROR, P.error_header(rid, exc.code, exc.message))
         except Exception as exc:  # a bug or a library error: INTERNAL, the worker stays up
             self.log.error("handler %s failed: %s", ctx.method, traceback.format_exc())
-            self._reply(ctx, streamed, P.ERROR, P.error_header(rid, "INTERNAL", f"{ctx.method} failed in the {self.pool} worker: {type(exc).__name__}: {exc}"))
+            self._reply(ctx, ahead, P.ERROR, P.error_header(rid, "INTERNAL", f"{ctx.method} failed in the {self.pool} worker: {type(exc).__name__}: {exc}"))
         finally:
+            self._tls.ahead = None
             with self._inflight_lock:
                 self._inflight.pop(rid, None)
             self.requests_served += 1
