@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 
 import psutil
 import pytest
 
+from broker.ray_host import clean_stale_caches
 from tests.service import wait_gone
 
 ray_available = True
@@ -62,6 +64,9 @@ def shutdown(cluster) -> None:
     latest = os.path.join(os.path.dirname(session), "session_latest")
     if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
         os.unlink(latest)   # Ray's pointer to the session just removed
+    # the cache folders of its actors that were killed (a removed node, a killed service): on a real node the
+    # next actor to start removes them; no actor starts on this cluster again
+    clean_stale_caches(tempfile.gettempdir())
 
 
 class OtherPool:
